@@ -1,0 +1,93 @@
+"""Config: RecBole's, plus the plugin's YAML defaults and dataset location rules.
+
+Order (later wins): RecBole overall -> RecBole model -> RecBole dataset -> RecBole quick-start presets
+-> plugin ``properties/overall.yaml`` -> ``properties/model/<Model>.yaml`` ->
+``properties/dataset/<dataset>.yaml`` -> config files -> config dict -> command line.
+
+Dataset folder: ``<data_path>/<dataset>/`` if it holds ``<dataset>.inter``, else the checkout's
+``dataset_atomic/<dataset>/``; ml-100k falls back to the copy inside the recbole wheel (offline).
+An unknown name raises :class:`UnknownNameError` listing the datasets that exist.
+"""
+
+import glob
+import importlib
+import os
+
+from recbole.config import Config as RecBoleConfig
+
+from recbole_llm.utils import PROJECT_ROOT, UnknownNameError, get_model, properties_dir
+
+RECBOLE_ML100K = os.path.join(
+    os.path.dirname(importlib.import_module("recbole").__file__), "dataset_example", "ml-100k"
+)
+
+
+def _has_atomic_files(folder, dataset):
+    return bool(glob.glob(os.path.join(folder, f"{dataset}*.inter")))
+
+
+def known_datasets(data_path):
+    names = {"ml-100k"}
+    names.update(os.path.splitext(os.path.basename(f))[0] for f in glob.glob(os.path.join(properties_dir(), "dataset", "*.yaml")))
+    for root in {data_path, os.path.join(PROJECT_ROOT, "dataset_atomic")}:
+        if root and os.path.isdir(root):
+            names.update(d for d in os.listdir(root) if _has_atomic_files(os.path.join(root, d), d))
+    return sorted(names)
+
+
+def resolve_dataset_dir(dataset, data_path):
+    """The folder that holds ``<dataset>.inter``; raises UnknownNameError when there is none."""
+    candidates = []
+    if data_path:
+        candidates.append(os.path.join(data_path, dataset))
+    candidates.append(os.path.join(PROJECT_ROOT, "dataset_atomic", dataset))
+    if dataset == "ml-100k":
+        candidates.append(RECBOLE_ML100K)
+    for folder in candidates:
+        if _has_atomic_files(folder, dataset):
+            return os.path.abspath(folder)
+    where = " or ".join(f"'{c}'" for c in candidates)
+    raise UnknownNameError(
+        f"Unknown dataset '{dataset}': no {dataset}.inter in {where}. "
+        f"Known datasets: {', '.join(known_datasets(data_path))}. "
+        f"Put the atomic files in dataset_atomic/{dataset}/ or pass --data_path=<folder holding {dataset}/>."
+    )
+
+
+class Config(RecBoleConfig):
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+            if model is None:
+                raise UnknownNameError("No model given: pass --model=<name> (e.g. --model=SASRec).")
+        if isinstance(model, str):
+            final_model, final_model_class = model, get_model(model)
+        else:
+            final_model, final_model_class = model.__name__, model
+        if dataset is None:
+            dataset = self.external_config_dict.get("dataset")
+            if dataset is None:
+                raise UnknownNameError("No dataset given: pass --dataset=<name> (e.g. --dataset=ml-100k).")
+        return final_model, final_model_class, dataset
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        props = properties_dir()
+        for file in (
+            os.path.join(props, "overall.yaml"),
+            os.path.join(props, "model", f"{model}.yaml"),
+            os.path.join(props, "dataset", f"{dataset}.yaml"),
+        ):
+            if os.path.isfile(file):
+                config_dict = self._update_internal_config_dict(file) or {}
+                if os.path.basename(os.path.dirname(file)) == "dataset":
+                    self.parameters["Dataset"] += [k for k in config_dict if k not in self.parameters["Dataset"]]
+
+    def _set_default_parameters(self):
+        data_path = self.final_config_dict.get("data_path")
+        # RecBole's overall.yaml samples one negative per row, which its own check then rejects for CE
+        # losses: with CE, no training negatives unless the user asked for them explicitly.
+        if self.final_config_dict.get("loss_type") == "CE" and "train_neg_sample_args" not in self.external_config_dict:
+            self.final_config_dict["train_neg_sample_args"] = None
+        super()._set_default_parameters()
+        self.final_config_dict["data_path"] = resolve_dataset_dir(self.dataset, data_path)

