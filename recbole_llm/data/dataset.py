@@ -1,1 +1,50 @@
 """Plugin datasets. ``<Model>Dataset`` classes here are picked by name (see utils.create_dataset)."""
+
+from logging import getLogger
+
+from recbole.data.dataset import SequentialDataset
+
+from recbole_llm.llm.features import FeatureFileError, align_features, find_feature_file, load_features
+
+
+class LLMFeatureDataset(SequentialDataset):
+    """A ``SequentialDataset`` with frozen LLM feature tables attached.
+
+    ``llm_features: [name, ...]`` in the config names feature files (see ``recbole_llm.llm.features``);
+    each becomes a float32 tensor of shape ``(item_num, d)`` aligned to RecBole's internal item ids
+    through ``field2id_token`` (row 0, the padding id, is zeros). Models read them with
+    :meth:`llm_feature`. ``llm_feature_dims: {name: d}`` optionally checks the width.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.llm_features = {}
+        self._load_llm_features()
+
+    def _load_llm_features(self):
+        names = self.config["llm_features"] or []
+        if isinstance(names, str):
+            names = [names]
+        expected = self.config["llm_feature_dims"] or {}
+        id2token = self.field2id_token[self.iid_field]
+        for name in names:
+            base = find_feature_file(self.config, name)
+            if base is None:
+                raise FeatureFileError(
+                    f"feature file '{self.dataset_name}.{name}' not found for dataset '{self.dataset_name}' "
+                    f"(looked for {self.dataset_name}.{name}.json/.npy in the dataset folder and dataset_atomic/): "
+                    f"build it with python -m recbole_llm.features --dataset={self.dataset_name} --name={name}"
+                )
+            tokens, matrix, meta = load_features(base)
+            self.llm_features[name] = align_features(tokens, matrix, id2token, base + ".npy", expected.get(name))
+            getLogger().info(f"attached LLM features '{name}' {tuple(self.llm_features[name].shape)} from {base}.npy")
+
+    def llm_feature(self, name=None):
+        """The aligned feature table ``name`` (default: the first of ``llm_features``)."""
+        if not self.llm_features:
+            raise FeatureFileError("this model needs LLM features: set llm_features: [<name>] in the config")
+        if name is None:
+            name = next(iter(self.llm_features))
+        if name not in self.llm_features:
+            raise FeatureFileError(f"feature '{name}' is not attached; attached: {list(self.llm_features)}")
+        return self.llm_features[name]

@@ -1,0 +1,183 @@
+"""Feature files: item tokens + a float32 matrix + metadata, written atomically, loaded memory-mapped.
+
+A feature file named ``<name>`` of dataset ``<dataset>`` is two files in the feature folder:
+
+    <dataset>.<name>.npy    float32 matrix, one row per item token (np.load(mmap_mode="r"))
+    <dataset>.<name>.json   {"tokens": [...], "dims": d, "rows": n, "model": ..., "pooling": ...,
+                             "prompt_hash": ..., "created_by": ..., "created_at": ..., ...}
+
+The ``.npy`` is written first and the ``.json`` last, each to a temp file renamed into place: a file
+whose ``.json`` exists is complete. Feature folder: ``feature_dir`` if set, else the dataset folder when
+it is writable and not inside an installed package, else ``dataset_atomic/<dataset>/`` of the checkout
+(``../shared/datasets`` and the recbole wheel are read-only).
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+SUFFIX_MATRIX = ".npy"
+SUFFIX_META = ".json"
+
+
+class FeatureFileError(ValueError):
+    """A missing, corrupt or mismatched feature file; the message names the file and the fix."""
+
+
+def _writable(folder):
+    return os.path.isdir(folder) and os.access(folder, os.W_OK) and "site-packages" not in os.path.abspath(folder)
+
+
+def feature_dirs(config):
+    """Folders searched for feature files, the first being where new ones are written."""
+    from recbole_llm.utils import PROJECT_ROOT
+
+    dataset = config["dataset"]
+    data_dir = config["data_path"]
+    fallback = os.path.join(os.getcwd(), "dataset_atomic", dataset)
+    repo_fallback = os.path.join(PROJECT_ROOT, "dataset_atomic", dataset)
+    if config["feature_dir"]:
+        dirs = [config["feature_dir"]]
+    elif _writable(data_dir):
+        dirs = [data_dir]
+    else:
+        dirs = [fallback]
+    for extra in (data_dir, fallback, repo_fallback):
+        if extra not in dirs:
+            dirs.append(extra)
+    return [os.path.abspath(d) for d in dirs]
+
+
+def feature_base(folder, dataset, name):
+    return os.path.join(folder, f"{dataset}.{name}")
+
+
+def find_feature_file(config, name):
+    """Base path (without suffix) of feature ``name``, or None when no complete file exists."""
+    for folder in feature_dirs(config):
+        base = feature_base(folder, config["dataset"], name)
+        if os.path.isfile(base + SUFFIX_META) and os.path.isfile(base + SUFFIX_MATRIX):
+            return base
+    return None
+
+
+def _atomic_write(path, write_fn, suffix):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write_fn(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_features(base, tokens, matrix, meta=None):
+    """Write ``<base>.npy`` and ``<base>.json`` atomically; returns the metadata written."""
+    matrix = np.ascontiguousarray(np.asarray(matrix, dtype=np.float32))
+    tokens = [str(t) for t in tokens]
+    if matrix.ndim != 2 or matrix.shape[0] != len(tokens):
+        raise FeatureFileError(
+            f"feature matrix for '{base}' has shape {matrix.shape}, expected ({len(tokens)}, d): one row per token"
+        )
+    bad = ~np.isfinite(matrix).all(axis=1)
+    if bad.any():
+        examples = [tokens[i] for i in np.flatnonzero(bad)[:5]]
+        raise FeatureFileError(f"refusing to write '{base}': {int(bad.sum())} rows contain NaN/inf (items {examples})")
+    meta = dict(meta or {})
+    meta.update(
+        {
+            "tokens": tokens,
+            "rows": int(matrix.shape[0]),
+            "dims": int(matrix.shape[1]),
+            "dtype": "float32",
+            "created_at": meta.get("created_at") or time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "created_by": meta.get("created_by") or " ".join([os.path.basename(sys.executable)] + sys.argv),
+        }
+    )
+    _atomic_write(base + SUFFIX_MATRIX, lambda h: np.save(h, matrix), SUFFIX_MATRIX)
+    _atomic_write(base + SUFFIX_META, lambda h: h.write(json.dumps(meta, indent=1).encode("utf-8")), SUFFIX_META)
+    return meta
+
+
+def load_meta(base):
+    path = base + SUFFIX_META
+    if not os.path.isfile(path):
+        raise FeatureFileError(f"feature metadata '{path}' not found: build it with python -m recbole_llm.features")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise FeatureFileError(f"feature metadata '{path}' is corrupt ({err}): delete it and rebuild the features")
+    if not isinstance(meta, dict) or "tokens" not in meta:
+        raise FeatureFileError(f"feature metadata '{path}' has no 'tokens' list: delete it and rebuild the features")
+    return meta
+
+
+def load_features(base, mmap=True):
+    """(tokens, matrix, meta) of a feature file; the matrix is memory-mapped when ``mmap``."""
+    meta = load_meta(base)
+    path = base + SUFFIX_MATRIX
+    try:
+        matrix = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise FeatureFileError(f"feature matrix '{path}' cannot be read ({err}): delete it and rebuild the features")
+    tokens = [str(t) for t in meta["tokens"]]
+    if matrix.ndim != 2 or matrix.shape[0] != len(tokens):
+        raise FeatureFileError(
+            f"feature matrix '{path}' has shape {matrix.shape} but its metadata lists {len(tokens)} tokens: "
+            "the pair is out of sync; delete both files and rebuild"
+        )
+    if "dims" in meta and int(meta["dims"]) != matrix.shape[1]:
+        raise FeatureFileError(
+            f"feature matrix '{path}' has {matrix.shape[1]} dims but its metadata says {meta['dims']}: rebuild it"
+        )
+    return tokens, matrix, meta
+
+
+def align_features(tokens, matrix, id2token, source, expected_dims=None):
+    """A (len(id2token), d) float32 tensor whose row i is the feature of internal item id i.
+
+    Rows are matched by token, never by position; row 0 (RecBole's ``[PAD]``) is zeros. Missing items,
+    duplicated tokens, a dims mismatch and NaN/inf rows raise :class:`FeatureFileError` naming ``source``.
+    """
+    index = {}
+    duplicates = []
+    for row, token in enumerate(tokens):
+        if token in index:
+            duplicates.append(token)
+        index[token] = row
+    if duplicates:
+        raise FeatureFileError(
+            f"feature file '{source}' lists {len(duplicates)} duplicated item tokens (first: {duplicates[:5]}): rebuild it"
+        )
+    if expected_dims is not None and matrix.shape[1] != int(expected_dims):
+        raise FeatureFileError(
+            f"feature file '{source}' has {matrix.shape[1]} dims but the config expects {expected_dims}: "
+            "pick the matching feature file or change the dims in the config"
+        )
+    id2token = [str(t) for t in id2token]
+    missing = [t for t in id2token[1:] if t not in index]
+    if missing:
+        raise FeatureFileError(
+            f"{len(missing)} items of the dataset are missing from feature file '{source}' "
+            f"(first: {missing[:5]}): rebuild the features for this dataset (python -m recbole_llm.features)"
+        )
+    rows = np.asarray([index[t] for t in id2token[1:]], dtype=np.int64)
+    table = np.zeros((len(id2token), matrix.shape[1]), dtype=np.float32)
+    table[1:] = np.asarray(matrix[rows], dtype=np.float32)
+    bad = ~np.isfinite(table).all(axis=1)
+    if bad.any():
+        examples = [id2token[i] for i in np.flatnonzero(bad)[:5]]
+        raise FeatureFileError(
+            f"feature file '{source}' has NaN/inf rows for {int(bad.sum())} items (first: {examples}): rebuild it"
+        )
+    return torch.from_numpy(table)

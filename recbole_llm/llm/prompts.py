@@ -1,0 +1,160 @@
+"""Item prompts from the text fields of a RecBole ``.item`` file.
+
+LLMEmb form:  ``"<instruction> \\n " + "; ".join(f"{attr} is {value}")`` (values truncated).
+LEARN form:   ``"Title: {title}. Brand: {brand}. Category: {categories}"`` (the public Amazon code),
+              generalised to ``"<Attr>: <value>."`` for every non-empty field.
+
+Fields come from the dataset YAML: ``text_fields`` (order), ``text_field_names`` (display names),
+``text_list_fields`` (token_seq fields that are lists of names, joined with ", "; ``_`` -> space).
+An item with no text at all gets ``item id is <token>`` and is reported, never a crash.
+"""
+
+import hashlib
+import logging
+import os
+
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LIST_FIELDS = ("categories", "class", "genres", "tags")
+DEFAULT_MAX_VALUE_LEN = 100
+
+
+class ItemText:
+    """Text attributes of every item of one ``.item`` file.
+
+    ``attributes[token]`` is the ordered list of ``(display_name, value)`` pairs with non-empty values.
+    """
+
+    def __init__(self, tokens, attributes, path):
+        self.tokens = tokens
+        self.attributes = attributes
+        self.path = path
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def empty_items(self):
+        return [t for t in self.tokens if not self.attributes.get(t)]
+
+
+def item_file(dataset_dir, dataset):
+    return os.path.join(dataset_dir, f"{dataset}.item")
+
+
+def _column_map(columns):
+    """{field name: (column, type)} from RecBole's ``name:type`` headers."""
+    result = {}
+    for col in columns:
+        name, _, ftype = col.partition(":")
+        result[name] = (col, ftype or "token")
+    return result
+
+
+def read_item_text(dataset_dir, dataset, text_fields=None, field_names=None, list_fields=None, item_field="item_id"):
+    """Read the text fields of ``<dataset_dir>/<dataset>.item`` into an :class:`ItemText`."""
+    path = item_file(dataset_dir, dataset)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"item text file '{path}' not found: LLM features need <dataset>.item with text columns "
+            f"(e.g. title:token) next to {dataset}.inter"
+        )
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3, encoding="utf-8")
+    columns = _column_map(frame.columns)
+    if item_field not in columns:
+        raise ValueError(f"'{path}' has no '{item_field}' column (columns: {list(columns)})")
+    if text_fields is None:
+        text_fields = [f for f in columns if f != item_field]
+    missing = [f for f in text_fields if f not in columns]
+    if missing:
+        raise ValueError(
+            f"text_fields {missing} are not columns of '{path}' (columns: {list(columns)}); "
+            f"fix 'text_fields' in properties/dataset/{dataset}.yaml or your config"
+        )
+    field_names = dict(field_names or {})
+    list_fields = set(DEFAULT_LIST_FIELDS if list_fields is None else list_fields)
+    tokens = frame[columns[item_field][0]].tolist()
+    attributes = {}
+    value_columns = []
+    for field in text_fields:
+        col, ftype = columns[field]
+        values = frame[col].str.strip()
+        if ftype == "token_seq" and field in list_fields:
+            values = values.map(lambda v: ", ".join(x.replace("_", " ") for x in v.split()))
+        value_columns.append((field_names.get(field, field.replace("_", " ")), values.tolist()))
+    for row, token in enumerate(tokens):
+        attributes[token] = [(name, vals[row]) for name, vals in value_columns if vals[row]]
+    return ItemText(tokens, attributes, path)
+
+
+def truncate(value, max_len):
+    return value if max_len is None or len(value) <= max_len else value[:max_len]
+
+
+def llmemb_prompt(attributes, instruction, max_value_len=DEFAULT_MAX_VALUE_LEN):
+    """The LLMEmb item prompt from ``(name, value)`` pairs (order kept, values truncated)."""
+    body = "; ".join(f"{name} is {truncate(value, max_value_len)}" for name, value in attributes)
+    return f"{instruction} \n {body}" if instruction else body
+
+
+def learn_prompt(attributes, max_value_len=DEFAULT_MAX_VALUE_LEN):
+    """The LEARN (public Amazon code) item prompt: ``Title: ... . Brand: ... . Category: ...``."""
+    parts = []
+    for name, value in attributes:
+        label = "Category" if name in ("categories", "category") else name[:1].upper() + name[1:]
+        parts.append(f"{label}: {truncate(value, max_value_len)}")
+    return ". ".join(parts)
+
+
+PROMPT_STYLES = ("llmemb", "learn")
+
+
+def fallback_attributes(token):
+    return [("item id", token)]
+
+
+def build_prompts(item_text, style="llmemb", instruction="", max_value_len=DEFAULT_MAX_VALUE_LEN, tokens=None):
+    """{token: prompt} for ``tokens`` (default: every item of the file).
+
+    Items without any text (or absent from the ``.item`` file) get a prompt from their id and are
+    reported in the log with a count and examples.
+    """
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style '{style}': use one of {PROMPT_STYLES}")
+    tokens = item_text.tokens if tokens is None else tokens
+    prompts, empty = {}, []
+    for token in tokens:
+        attributes = item_text.attributes.get(token)
+        if not attributes:
+            empty.append(token)
+            attributes = fallback_attributes(token)
+        if style == "llmemb":
+            prompts[token] = llmemb_prompt(attributes, instruction, max_value_len)
+        else:
+            prompts[token] = learn_prompt(attributes, max_value_len)
+    if empty:
+        logger.warning(
+            f"{len(empty)} of {len(tokens)} items have no text in '{item_text.path}' "
+            f"(e.g. {', '.join(map(str, empty[:5]))}): their prompt is built from the item id"
+        )
+    return prompts
+
+
+def prompt_config(config):
+    """The prompt-related keys of a RecBole Config (or dict) with their defaults."""
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: config[k] if config[k] is not None else d)
+    return {
+        "text_fields": get("text_fields", None),
+        "field_names": get("text_field_names", None),
+        "list_fields": get("text_list_fields", None),
+        "instruction": get("prompt_instruction", ""),
+        "max_value_len": get("prompt_max_value_len", DEFAULT_MAX_VALUE_LEN),
+        "item_field": get("ITEM_ID_FIELD", "item_id"),
+    }
+
+
+def template_hash(style, instruction, max_value_len, text_fields, field_names=None):
+    """A short hash of everything that shapes the prompt text (feature-file cache key)."""
+    key = repr((style, instruction, max_value_len, list(text_fields or []), sorted((field_names or {}).items())))
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
