@@ -83,6 +83,15 @@ class Config(RecBoleConfig):
                 if os.path.basename(os.path.dirname(file)) == "dataset":
                     self.parameters["Dataset"] += [k for k in config_dict if k not in self.parameters["Dataset"]]
 
+    def _get_final_config_dict(self):
+        final = super()._get_final_config_dict()
+        # eval_args given by the user (e.g. {mode: uni100}) update the defaults instead of replacing them,
+        # so that switching the ranking mode keeps the leave-one-out split
+        internal, external = self.internal_config_dict.get("eval_args"), self.external_config_dict.get("eval_args")
+        if isinstance(internal, dict) and isinstance(external, dict):
+            final["eval_args"] = {**internal, **external}
+        return final
+
     def _set_default_parameters(self):
         data_path = self.final_config_dict.get("data_path")
         # RecBole's overall.yaml samples one negative per row, which its own check then rejects for CE

@@ -1,0 +1,146 @@
+"""Long-tail grouped metrics against hand-computed values."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from recbole.config import Config as RecBoleConfig
+from recbole.evaluator.collector import DataStruct
+
+from recbole_llm.evaluator.longtail import (
+    GROUPED_METRICS,
+    ITEM_POP_KEY,
+    TARGET_KEY,
+    USER_KEY,
+    USER_LEN_KEY,
+    short_mask,
+    tail_mask,
+)
+
+
+# RecBole's metrics use np.float; RecBole's Config restores that alias whenever it is built. These tests
+# call the metrics without a Config, so apply RecBole's own compatibility step here.
+RecBoleConfig.compatibility_settings(None)
+
+
+def make_config(**overrides):
+    config = {"topk": [1, 3], "metric_decimal_place": 4, "tail_threshold": 3, "tail_ratio": 0.8, "short_history_threshold": 4}
+    config.update(overrides)
+    return config
+
+
+def make_struct():
+    """4 eval rows, top-3 lists. Items 1..5 with training popularity [_, 5, 4, 2, 1, 0] -> tail (<3): 3, 4, 5.
+
+    row  user  target  rank of target   hist len of user
+    0    1     1       1                10 (long)
+    1    2     3       3                2  (short)
+    2    3     4       miss             2  (short)
+    3    4     2       2                7  (long)
+    """
+    struct = DataStruct()
+    topk = torch.tensor(
+        [
+            [1, 0, 0, 1],
+            [0, 0, 1, 1],
+            [0, 0, 0, 1],
+            [0, 1, 0, 1],
+        ]
+    )
+    struct.set("rec.topk", topk)
+    struct.set(TARGET_KEY, torch.tensor([1, 3, 4, 2]))
+    struct.set(USER_KEY, torch.tensor([1, 2, 3, 4]))
+    struct.set(ITEM_POP_KEY, torch.tensor([0, 5, 4, 2, 1, 0]))
+    struct.set(USER_LEN_KEY, torch.tensor([0, 10, 2, 2, 7]))
+    return struct
+
+
+def compute(name, config=None):
+    metric = GROUPED_METRICS[name](config or make_config())
+    return metric.calculate_metric(make_struct())
+
+
+def test_head_tail_by_target_popularity():
+    # head rows: 0 (rank 1), 3 (rank 2); tail rows: 1 (rank 3), 2 (miss)
+    assert compute("hit_head") == {"hit_head@1": 0.5, "hit_head@3": 1.0}
+    assert compute("hit_tail") == {"hit_tail@1": 0.0, "hit_tail@3": 0.5}
+    ndcg_head_3 = (1.0 + 1.0 / math.log2(3)) / 2
+    ndcg_tail_3 = (1.0 / math.log2(4) + 0.0) / 2
+    assert compute("ndcg_head") == {"ndcg_head@1": 0.5, "ndcg_head@3": round(ndcg_head_3, 4)}
+    assert compute("ndcg_tail") == {"ndcg_tail@1": 0.0, "ndcg_tail@3": round(ndcg_tail_3, 4)}
+    assert compute("recall_tail") == {"recall_tail@1": 0.0, "recall_tail@3": 0.5}
+
+
+def test_short_long_by_user_history():
+    # short users (len < 4): rows 1, 2; long: rows 0, 3
+    assert compute("hit_short") == {"hit_short@1": 0.0, "hit_short@3": 0.5}
+    assert compute("hit_long") == {"hit_long@1": 0.5, "hit_long@3": 1.0}
+    assert compute("ndcg_long")["ndcg_long@3"] == round((1.0 + 1.0 / math.log2(3)) / 2, 4)
+
+
+def test_tail_ratio_and_empty_group():
+    # ratio 0.4 of 5 items -> the 2 least popular: items 5 (0) and 4 (1): only row 2 (a miss) is tail
+    config = make_config(tail_threshold=None, tail_ratio=0.4)
+    assert tail_mask(torch.tensor([0, 5, 4, 2, 1, 0]), config).tolist() == [False, False, False, False, True, True]
+    assert compute("hit_tail", config) == {"hit_tail@1": 0.0, "hit_tail@3": 0.0}
+    assert compute("hit_head", config)["hit_head@3"] == 1.0
+    # threshold 1: only item 5 is tail, no eval row targets it -> empty group reports 0.0
+    assert compute("ndcg_tail", make_config(tail_threshold=1)) == {"ndcg_tail@1": 0.0, "ndcg_tail@3": 0.0}
+
+
+def test_short_threshold_defaults_to_median():
+    config = make_config(short_history_threshold=None)
+    # median of [10, 2, 2, 7] (torch lower median) = 2 -> nobody is < 2
+    assert short_mask(torch.tensor([0, 10, 2, 2, 7]), config).tolist() == [True, False, False, False, False]
+
+
+def test_bad_tail_ratio():
+    with pytest.raises(ValueError, match="tail_ratio"):
+        tail_mask(torch.tensor([0, 1, 2]), make_config(tail_threshold=None, tail_ratio=1.5))
+
+
+def test_grouped_metrics_need_training_statistics():
+    struct = make_struct()
+    del struct[ITEM_POP_KEY]
+    with pytest.raises(RuntimeError, match="data_collect"):
+        GROUPED_METRICS["hit_tail"](make_config()).calculate_metric(struct)
+
+
+def test_metrics_are_registered_with_recbole():
+    from recbole.evaluator.register import metric_information, metrics_dict
+
+    for name in ("hit_tail", "ndcg_head", "recall_short", "ndcg_long"):
+        assert name in metrics_dict and name in metric_information
+
+
+def test_training_statistics_counts_distinct_users(tiny_data, tmp_path):
+    """Popularity from the train split only (targets of valid/test rows excluded), distinct users."""
+    from conftest import tiny_config
+    from recbole_llm import Config, create_dataset
+    from recbole_llm.evaluator import training_statistics
+    from recbole_llm.utils import data_preparation
+
+    config = Config(model="SASRec", dataset="tiny", config_dict=tiny_config(tiny_data, tmp_path))
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    item_pop, user_len = training_statistics(train.dataset)
+
+    # expected from the raw file: each user's sequence minus its last two items
+    import pandas as pd
+
+    raw = pd.read_csv(f"{tiny_data}/tiny/tiny.inter", sep="\t")
+    expected_pop, expected_len = {}, {}
+    for user, rows in raw.groupby("user_id:token", sort=False):
+        items = rows.sort_values("timestamp:float")["item_id:token"].tolist()[:-2]
+        expected_len[user] = len(set(items))
+        for item in set(items):
+            expected_pop[item] = expected_pop.get(item, 0) + 1
+    token2id = dataset.field2token_id["item_id"]
+    for item, count in expected_pop.items():
+        assert int(item_pop[token2id[item]]) == count
+    assert int(item_pop.sum()) == sum(expected_pop.values())
+    user2id = dataset.field2token_id["user_id"]
+    for user, length in expected_len.items():
+        assert int(user_len[user2id[user]]) == length
+    assert np.all(item_pop.numpy() >= 0)
