@@ -14,6 +14,7 @@ import importlib
 import os
 
 from recbole.config import Config as RecBoleConfig
+from recbole.utils import InputType
 
 from recbole_llm.utils import PROJECT_ROOT, UnknownNameError, get_model, properties_dir
 
@@ -99,4 +100,7 @@ class Config(RecBoleConfig):
         if self.final_config_dict.get("loss_type") == "CE" and "train_neg_sample_args" not in self.external_config_dict:
             self.final_config_dict["train_neg_sample_args"] = None
         super()._set_default_parameters()
+        if self.final_config_dict.get("loss_type") == "BCE" and "MODEL_INPUT_TYPE" not in self.final_config_dict:
+            # the official LLMEmb loss: one positive and one sampled negative per row, like BPR's input
+            self.final_config_dict["MODEL_INPUT_TYPE"] = InputType.PAIRWISE
         self.final_config_dict["data_path"] = resolve_dataset_dir(self.dataset, data_path)

@@ -1,7 +1,52 @@
-"""Dataloader construction: RecBole's, with the plugin's training modes."""
+"""Dataloader construction: RecBole's, plus the plugin's ``train_mode: all_positions``.
 
+``train_mode: prefix`` (default) is RecBole's prefix augmentation: one training row per prefix of every
+user's sequence, loss at its last position. ``train_mode: all_positions`` keeps one row per user (its
+longest training prefix, i.e. the whole training sequence up to MAX_ITEM_LIST_LENGTH) and adds the field
+``<item_id>_target_list``: the next item at every position, so the model takes the loss at all positions
+in one pass (the original SASRec and the official LLMEmb code). Validation and test are RecBole's.
+"""
+
+import numpy as np
+import torch
 from recbole.data import data_preparation as recbole_data_preparation
+from recbole.data.interaction import Interaction
+from recbole.utils import FeatureSource, FeatureType
+
+TARGET_LIST_SUFFIX = "_target_list"
+
+
+def all_positions_dataset(train_dataset):
+    """A copy of a prefix-augmented train split with one row per user and a next-item target list."""
+    inter = train_dataset.inter_feat
+    uid_field, iid_field = train_dataset.uid_field, train_dataset.iid_field
+    list_field, len_field = train_dataset.item_id_list_field, train_dataset.item_list_length_field
+    users, lengths = inter[uid_field].numpy(), inter[len_field].numpy()
+    # the row of each user with the longest history (ties: the latest row) is its whole training sequence
+    order = np.lexsort((np.arange(len(users)), lengths, users))
+    last_of_user = np.ones(len(users), dtype=bool)
+    last_of_user[:-1] = users[order][1:] != users[order][:-1]
+    rows = torch.from_numpy(order[last_of_user])
+    picked = inter[rows]
+    seq, seq_len, target = picked[list_field], picked[len_field].long(), picked[iid_field]
+    targets = torch.zeros_like(seq)
+    targets[:, :-1] = seq[:, 1:]
+    targets[torch.arange(len(seq)), (seq_len - 1).clamp(min=0)] = target
+    target_field = iid_field + TARGET_LIST_SUFFIX
+    picked.update(Interaction({target_field: targets}))
+    train_dataset.set_field_property(target_field, FeatureType.TOKEN_SEQ, FeatureSource.INTERACTION, seq.size(1))
+    new = train_dataset.copy(picked)
+    new.statistics_source = train_dataset  # long-tail popularity keeps counting every training interaction
+    return new
 
 
 def data_preparation(config, dataset):
-    return recbole_data_preparation(config, dataset)
+    """RecBole's data_preparation; with ``train_mode: all_positions`` the train loader yields one row per user."""
+    train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
+    if (config["train_mode"] or "prefix") == "all_positions":
+        from recbole.data.utils import get_dataloader
+
+        train_dataset = all_positions_dataset(train_data._dataset)
+        train_sampler = train_data._sampler
+        train_data = get_dataloader(config, "train")(config, train_dataset, train_sampler, shuffle=config["shuffle"])
+    return train_data, valid_data, test_data

@@ -42,6 +42,7 @@ def training_statistics(dataset):
     item plus the history list: the union of targets and histories is the set of training
     interactions. Each (user, item) pair is counted once.
     """
+    dataset = getattr(dataset, "statistics_source", dataset)  # all_positions train sets point at the full split
     uid, iid = dataset.uid_field, dataset.iid_field
     n_items, n_users = dataset.item_num, dataset.user_num
     inter = dataset.inter_feat

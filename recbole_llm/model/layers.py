@@ -1,0 +1,49 @@
+"""Shared layers: length-bucketed sequence encoding.
+
+RecBole pads every sequence to MAX_ITEM_LIST_LENGTH (50) although most histories are a few items long. For a
+left-aligned sequence (items at positions 0..len-1, padding after), the encoder output at any real position
+depends only on positions 0..len-1: with causal attention by construction, with bidirectional attention
+because padded keys are masked out. So a batch can be encoded in groups of similar length, each group cut to
+its own longest sequence, with exactly the same outputs (only dropout draws differ) at a fraction of the cost.
+"""
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_BOUNDARIES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def length_groups(item_seq_len, max_len, boundaries=DEFAULT_BOUNDARIES):
+    """[(row indices, cut length)] grouping rows whose lengths fall between the same boundaries."""
+    lengths = item_seq_len.clamp(min=1, max=max_len)
+    bounds = torch.tensor([b for b in boundaries if b < max_len] + [max_len], device=lengths.device)
+    bucket = torch.bucketize(lengths, bounds)
+    groups = []
+    for b in torch.unique(bucket).tolist():
+        idx = torch.nonzero(bucket == b, as_tuple=False).squeeze(1)
+        groups.append((idx, int(lengths[idx].max())))
+    return groups
+
+
+def bucketed_encode(encode, item_seq, item_seq_len, gather_last=False, boundaries=DEFAULT_BOUNDARIES):
+    """Run ``encode(seq_cut) -> (n, cut, H)`` on length groups of ``item_seq`` (B, L).
+
+    Returns (B, L, H), or (B, H), the state at position len-1, when ``gather_last``. Rows keep their
+    order. As with the padded encoder, positions past a row's length carry no meaning (past its group's
+    cut they are zeros).
+    """
+    batch, max_len = item_seq.shape
+    outputs, order = [], []
+    for idx, cut in length_groups(item_seq_len, max_len, boundaries):
+        hidden = encode(item_seq[idx, :cut])
+        if gather_last:
+            last = (item_seq_len[idx].clamp(min=1, max=cut) - 1).view(-1, 1, 1).expand(-1, 1, hidden.size(-1))
+            hidden = hidden.gather(1, last).squeeze(1)
+        elif cut < max_len:
+            hidden = F.pad(hidden, (0, 0, 0, max_len - cut))
+        outputs.append(hidden)
+        order.append(idx)
+    perm = torch.cat(order)
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(len(perm), device=perm.device)
+    return torch.cat(outputs, dim=0)[inverse]

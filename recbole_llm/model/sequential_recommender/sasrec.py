@@ -1,0 +1,119 @@
+r"""SASRec, the plugin's version: RecBole's model plus speed options and hooks for LLM item tables.
+
+Same name as RecBole's, so ``--model=SASRec`` resolves here (plugin first). Differences, all by config:
+
+- ``length_bucketing`` (True): encode sub-batches grouped by length, each cut to its longest sequence
+  (identical outputs, see :mod:`recbole_llm.model.layers`).
+- ``bidirectional_attention`` (False): no causal mask, key-padding mask only (the official LLMEmb SASRec).
+  Only safe with prefix-augmented training (``train_mode: prefix``), where the target is never inside the
+  input sequence; with ``all_positions`` a position could attend to the items it must predict.
+- ``train_mode``: ``prefix`` (RecBole: one row per prefix, loss at the last position) or ``all_positions``
+  (one row per user, loss at every position: the original SASRec and the official LLMEmb code).
+- ``loss_type``: ``CE`` (all items), ``BPR`` (RecBole), ``BCE`` (one sampled negative per position, the
+  official LLMEmb loss; needs ``train_neg_sample_args`` in prefix mode, samples uniformly in all_positions).
+
+Hooks for subclasses (LLMEmb, LLM2X): :meth:`item_table` is the (n_items, hidden) table used for the input
+sequence AND for scoring; :meth:`embed_item_seq` embeds the input sequence from it.
+"""
+
+import torch
+import torch.nn.functional as F
+from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
+from torch import nn
+
+from recbole_llm.model.layers import bucketed_encode
+
+TARGET_LIST_SUFFIX = "_target_list"
+
+
+class SASRec(RecBoleSASRec):
+    def __init__(self, config, dataset):
+        loss_type = config["loss_type"]
+        if loss_type == "BCE":  # RecBole's SASRec only accepts BPR/CE; it builds the BPR pieces we reuse
+            config["loss_type"] = "BPR"
+        try:
+            super().__init__(config, dataset)
+        finally:
+            config["loss_type"] = loss_type
+        self.loss_type = loss_type
+        if loss_type == "BCE":
+            self.loss_fct = nn.BCEWithLogitsLoss()
+        self.length_bucketing = config["length_bucketing"] is not False
+        self.bidirectional_attention = bool(config["bidirectional_attention"])
+        self.train_mode = config["train_mode"] or "prefix"
+        if self.train_mode not in ("prefix", "all_positions"):
+            raise ValueError(f"config key 'train_mode' must be 'prefix' or 'all_positions', got '{self.train_mode}'")
+        self.TARGET_SEQ = self.ITEM_ID + TARGET_LIST_SUFFIX
+
+    # ---- hooks ------------------------------------------------------------------------------------
+    def item_table(self):
+        """(n_items, hidden) item embeddings used for the input sequence and for scoring."""
+        return self.item_embedding.weight
+
+    def embed_item_seq(self, item_seq, table=None):
+        return F.embedding(item_seq, self.item_table() if table is None else table)
+
+    # ---- encoder ------------------------------------------------------------------------------------
+    def encode_sequence(self, item_seq, table=None):
+        """(B, L, H) encoder states of left-aligned ``item_seq`` (B, L)."""
+        position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
+        input_emb = self.embed_item_seq(item_seq, table) + self.position_embedding(position_ids).unsqueeze(0)
+        input_emb = self.dropout(self.LayerNorm(input_emb))
+        mask = self.get_attention_mask(item_seq, bidirectional=self.bidirectional_attention)
+        return self.trm_encoder(input_emb, mask, output_all_encoded_layers=False)[-1]
+
+    def encode_all(self, item_seq, item_seq_len, table=None):
+        """(B, L, H) states at every position."""
+        if self.length_bucketing:
+            return bucketed_encode(lambda s: self.encode_sequence(s, table), item_seq, item_seq_len)
+        return self.encode_sequence(item_seq, table)
+
+    def forward(self, item_seq, item_seq_len, table=None):
+        """(B, H) state at the last real position."""
+        if self.length_bucketing:
+            return bucketed_encode(lambda s: self.encode_sequence(s, table), item_seq, item_seq_len, gather_last=True)
+        return self.gather_indexes(self.encode_sequence(item_seq, table), item_seq_len - 1)
+
+    # ---- losses ---------------------------------------------------------------------------------------
+    def calculate_loss(self, interaction):
+        table = self.item_table()
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        if self.train_mode == "all_positions":
+            if self.TARGET_SEQ not in interaction:
+                raise KeyError(
+                    f"train_mode all_positions needs '{self.TARGET_SEQ}' in the training batch: build the "
+                    "dataloaders with recbole_llm.utils.data_preparation"
+                )
+            hidden = self.encode_all(item_seq, item_seq_len, table)
+            positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
+            valid = positions < item_seq_len.unsqueeze(1)
+            return self.score_loss(hidden[valid], interaction[self.TARGET_SEQ][valid], table)
+        seq_output = self.forward(item_seq, item_seq_len, table)
+        neg_items = interaction[self.NEG_ITEM_ID] if self.loss_type in ("BPR", "BCE") and self.NEG_ITEM_ID in interaction else None
+        return self.score_loss(seq_output, interaction[self.POS_ITEM_ID], table, neg_items)
+
+    def score_loss(self, states, pos_items, table, neg_items=None):
+        """Recommendation loss of ``states`` (N, H) for ``pos_items`` (N,) scored against ``table``."""
+        if self.loss_type == "CE":
+            return self.loss_fct(states @ table.t(), pos_items)
+        if neg_items is None:  # all_positions: one uniformly sampled negative per position
+            neg_items = torch.randint(1, table.size(0), pos_items.shape, device=pos_items.device)
+        pos_score = (states * table[pos_items]).sum(-1)
+        neg_score = (states * table[neg_items]).sum(-1)
+        if self.loss_type == "BPR":
+            return self.loss_fct(pos_score, neg_score)
+        logits = torch.cat([pos_score, neg_score])
+        labels = torch.cat([torch.ones_like(pos_score), torch.zeros_like(neg_score)])
+        return self.loss_fct(logits, labels)
+
+    # ---- prediction -----------------------------------------------------------------------------------
+    def predict(self, interaction):
+        table = self.item_table()
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], table)
+        return (seq_output * table[interaction[self.ITEM_ID]]).sum(dim=1)
+
+    def full_sort_predict(self, interaction):
+        table = self.item_table()
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], table)
+        return seq_output @ table.t()
