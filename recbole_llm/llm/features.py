@@ -73,6 +73,7 @@ def _atomic_write(path, write_fn, suffix):
     try:
         with os.fdopen(fd, "wb") as handle:
             write_fn(handle)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

