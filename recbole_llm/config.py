@@ -1,6 +1,7 @@
 """Config: RecBole's, plus the plugin's YAML defaults and dataset location rules.
 
 Order (later wins): RecBole overall -> RecBole model -> RecBole dataset -> RecBole quick-start presets
+-> the YAML of every model class the model subclasses (RecBole's and the plugin's, most basic first)
 -> plugin ``properties/overall.yaml`` -> ``properties/model/<Model>.yaml`` ->
 ``properties/dataset/<dataset>.yaml`` -> config files -> config dict -> command line.
 
@@ -14,10 +15,12 @@ import importlib
 import os
 
 from recbole.config import Config as RecBoleConfig
+from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType
 
 from recbole_llm.utils import PROJECT_ROOT, UnknownNameError, get_model, properties_dir
 
+RECBOLE_MODEL_PROPS = os.path.join(os.path.dirname(importlib.import_module("recbole").__file__), "properties", "model")
 RECBOLE_ML100K = os.path.join(
     os.path.dirname(importlib.import_module("recbole").__file__), "dataset_example", "ml-100k"
 )
@@ -74,6 +77,15 @@ class Config(RecBoleConfig):
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         props = properties_dir()
+        # a plugin model inherits the YAML defaults of the models it subclasses (RecBole's, then the
+        # plugin's), most basic first: LLMEmbSASRec gets SASRec's n_layers, dropout, ... before its own
+        base_files = []
+        for base in reversed(model_class.__mro__[1:]):
+            if isinstance(base, type) and issubclass(base, AbstractRecommender):
+                base_files += [os.path.join(RECBOLE_MODEL_PROPS, f"{base.__name__}.yaml"), os.path.join(props, "model", f"{base.__name__}.yaml")]
+        for file in base_files:
+            if os.path.isfile(file):
+                self._update_internal_config_dict(file)
         for file in (
             os.path.join(props, "overall.yaml"),
             os.path.join(props, "model", f"{model}.yaml"),

@@ -91,6 +91,7 @@ def run_recbole_llm(
         "epochs_run": len(epoch_times),
         "eval_seconds": eval_seconds,
         "num_params": sum(p.numel() for p in model.parameters()),
+        "item_tokens": [str(t) for t in dataset.field2id_token[dataset.iid_field]],
     }
 
 

@@ -1,0 +1,198 @@
+"""LLM item tables for RecBole backbones: the LLMEmb adapter, collaborative alignment, artifacts.
+
+:class:`AdaptedEmbedding` is a drop-in replacement for a backbone's ``item_embedding``: ``.weight`` is the
+adapted table ``g(x_i)`` of the frozen LLM features (row 0, the padding id, zeros; optional extra learned
+rows such as BERT4Rec's mask token) and calling it looks ids up in that table. RecBole's own SASRec,
+GRU4Rec and BERT4Rec code therefore uses ``g(x_i)`` for the input sequence and for scoring unchanged.
+In eval mode the table is computed once and reused until the module goes back to training; inside
+:meth:`AdaptedEmbedding.cached` (one training step) it is computed once per step.
+
+:class:`LLMEmbMixin` puts it into a backbone and adds ``loss_rec + alpha * loss_align`` against a frozen
+teacher item table (see :mod:`recbole_llm.model.teacher`).
+"""
+
+import contextlib
+from logging import getLogger
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recbole_llm.model.losses import soft_contrastive_loss
+
+ACTIVATIONS = {None: None, "none": None, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+
+
+def build_adapter(in_dim, out_dim, layers=2, activation=None, dropout=0.0):
+    """LLMEmb adapter: ``Linear(d, d/2) -> Linear(d/2, out)`` (paper: no activation, no dropout).
+
+    ``layers=1`` is a single Linear (the paper's "no adapter" ablation); more layers halve the width each
+    time. ``activation`` (relu|gelu|tanh) and ``dropout`` go between layers.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"adapter_activation must be one of {list(ACTIVATIONS)[1:]}, got '{activation}'")
+    if int(layers) < 1:
+        raise ValueError(f"adapter_layers must be >= 1, got {layers}")
+    dims = [in_dim] + [max(in_dim // (2**i), out_dim) for i in range(1, int(layers))] + [out_dim]
+    modules = []
+    for i in range(len(dims) - 1):
+        if i > 0:
+            if ACTIVATIONS[activation] is not None:
+                modules.append(ACTIVATIONS[activation]())
+            if dropout:
+                modules.append(nn.Dropout(dropout))
+        modules.append(nn.Linear(dims[i], dims[i + 1]))
+    return nn.Sequential(*modules)
+
+
+class AdaptedEmbedding(nn.Module):
+    """``item_embedding`` whose table is ``adapter(LLM features)``; see the module docstring."""
+
+    def __init__(self, features, out_dim, layers=2, activation=None, dropout=0.0, freeze=True, extra_rows=0, init_std=0.02):
+        super().__init__()
+        features = torch.as_tensor(features, dtype=torch.float32)
+        if freeze:
+            self.register_buffer("features", features.clone())
+        else:
+            self.features = nn.Parameter(features.clone())
+        self.adapter = build_adapter(features.size(1), out_dim, layers, activation, dropout)
+        self.extra = nn.Parameter(torch.randn(extra_rows, out_dim) * init_std) if extra_rows else None
+        self.embedding_dim = out_dim
+        self.num_embeddings = features.size(0) + extra_rows
+        self._cache = None
+        self._hold = 0
+
+    def compute_table(self):
+        table = self.adapter(self.features)
+        table = torch.cat([table.new_zeros(1, table.size(1)), table[1:]])  # padding id 0 stays zero
+        if self.extra is not None:
+            table = torch.cat([table, self.extra])
+        return table
+
+    @property
+    def weight(self):
+        if self._cache is not None:
+            return self._cache
+        table = self.compute_table()
+        if self._hold or not self.training:
+            self._cache = table
+        return table
+
+    def forward(self, ids):
+        return F.embedding(ids, self.weight)
+
+    @contextlib.contextmanager
+    def cached(self):
+        """Compute the table at most once inside the block (one training step)."""
+        self._hold += 1
+        try:
+            yield
+        finally:
+            self._hold -= 1
+            if not self._hold:
+                self._cache = None
+
+    def train(self, mode=True):
+        self._cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+
+class LLMEmbMixin:
+    """Turn a RecBole sequential backbone into its LLMEmb version.
+
+    Config keys: ``llm_feature`` (feature name; default the first of ``llm_features``), ``adapter_layers``
+    (2), ``adapter_activation`` (null), ``adapter_dropout`` (0), ``freeze_llm`` (True), ``align_alpha``
+    (0.01; 0 disables the alignment), ``align_tau`` (2), ``align_max_items`` (1024 target items per step),
+    ``teacher_checkpoint`` (auto | path).
+    """
+
+    llm_extra_rows = 0  # BERT4Rec: 1 (its mask token keeps its own learned vector)
+
+    def setup_llm_embedding(self, config, dataset, out_dim):
+        features = dataset.llm_feature(config["llm_feature"])
+        self.item_embedding = AdaptedEmbedding(
+            features,
+            out_dim,
+            layers=config["adapter_layers"] or 2,
+            activation=config["adapter_activation"],
+            dropout=config["adapter_dropout"] or 0.0,
+            freeze=config["freeze_llm"] is not False,
+            extra_rows=self.llm_extra_rows,
+        )
+        self.align_alpha = float(config["align_alpha"] or 0.0)
+        self.align_tau = float(config["align_tau"] or 2.0)
+        self.align_max_items = int(config["align_max_items"] or 1024)
+        if self.align_alpha > 0:
+            from recbole_llm.model.teacher import load_teacher_table
+
+            table = load_teacher_table(config["teacher_checkpoint"], dataset, out_dim)
+            self.register_buffer("teacher_table", table)
+        getLogger().info(
+            f"{type(self).__name__}: item table = adapter({tuple(features.shape)} LLM features) -> {out_dim}, "
+            f"alignment alpha {self.align_alpha}"
+        )
+
+    def alignment_items(self, interaction):
+        """Unique target items of the batch (next items, target lists, BERT4Rec's masked items)."""
+        items = [interaction[self.ITEM_ID].view(-1)] if self.ITEM_ID in interaction else []
+        for field in (self.ITEM_ID + "_target_list", getattr(self, "POS_ITEMS", None)):
+            if field and field in interaction:
+                items.append(interaction[field].view(-1))
+        items = torch.unique(torch.cat(items))
+        items = items[items > 0]
+        if len(items) > self.align_max_items:
+            items = items[torch.randperm(len(items), device=items.device)[: self.align_max_items]]
+        return items
+
+    def alignment_loss(self, interaction):
+        items = self.alignment_items(interaction)
+        student = self.item_embedding.weight[items]
+        teacher = self.teacher_table[items]
+        return soft_contrastive_loss(teacher, student, self.align_tau)
+
+    def calculate_loss(self, interaction):
+        with self.item_embedding.cached():
+            loss = super().calculate_loss(interaction)
+            if self.align_alpha > 0:
+                loss = loss + self.align_alpha * self.alignment_loss(interaction)
+        return loss
+
+    @classmethod
+    def prepare_artifacts(cls, config):
+        """Features (SCFT-tuned when ``scft: True``) and, with alignment on, the teacher; sets the config."""
+        prepare_llm_features(config)
+        if float(config["align_alpha"] or 0.0) > 0 and config["teacher_checkpoint"] in (None, "auto"):
+            from recbole_llm.model.teacher import ensure_teacher
+
+            config["teacher_checkpoint"] = ensure_teacher(config, cls.table_dim(config))
+
+    @classmethod
+    def table_dim(cls, config):
+        """Width of the backbone's item table (and so of the teacher)."""
+        return int(config["hidden_size"])
+
+
+def prepare_llm_features(config, pca_dim=None):
+    """Make sure the model's feature file exists; sets ``llm_features``/``llm_feature`` in the config."""
+    name = config["llm_feature"]
+    if name is None:
+        if config["scft"]:
+            try:
+                from recbole_llm.llm.scft import ensure_scft_features
+            except ImportError:
+                raise RuntimeError("scft: True needs recbole_llm.llm.scft, which this install lacks") from None
+            name = ensure_scft_features(config)
+        else:
+            from recbole_llm.llm.extract import ensure_features
+
+            name = ensure_features(config, pca_dim=pca_dim if pca_dim is not None else config["pca_dim"])
+    names = list(config["llm_features"] or [])
+    if name not in names:
+        names.append(name)
+    config["llm_features"] = names
+    config["llm_feature"] = name
+    return name

@@ -1,0 +1,11 @@
+r"""LLM2XBERT4Rec: the LLM2X baseline on RecBole's BERT4Rec (PCA LLM features initialise the item table)."""
+
+from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+
+from recbole_llm.model.llm2x import LLM2XMixin
+
+
+class LLM2XBERT4Rec(LLM2XMixin, BERT4Rec):
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.init_item_table_from_llm(config, dataset)

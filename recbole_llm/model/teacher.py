@@ -1,0 +1,154 @@
+"""The collaborative teacher of LLMEmb's alignment: a SASRec trained on the same data and split.
+
+``teacher_checkpoint: auto`` trains it once (:func:`ensure_teacher`) and caches
+``<feature dir>/<dataset>.teacher-<key>.pth`` holding the item table and the item tokens; the key hashes
+the dataset files and every setting that shapes the teacher, so a changed split or size retrains it.
+``teacher_checkpoint: <path>`` takes that file or any RecBole checkpoint with an ``item_embedding``;
+rows are always matched to this dataset by item token, and the width must equal the student's.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from logging import getLogger
+
+import torch
+
+from recbole_llm.compat import load_checkpoint
+from recbole_llm.llm.features import feature_dirs
+
+# dataset-shaping keys the teacher inherits from the student's config
+INHERITED_KEYS = (
+    "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "load_col", "unload_col", "unused_col", "rm_dup_inter",
+    "val_interval", "filter_inter_by_user_or_item", "user_inter_num_interval", "item_inter_num_interval",
+    "MAX_ITEM_LIST_LENGTH", "eval_args", "seed", "reproducibility", "benchmark_filename", "device", "use_gpu",
+    "gpu_id", "train_batch_size", "eval_batch_size", "metrics", "topk", "valid_metric",
+    "tail_threshold", "tail_ratio", "short_history_threshold",
+)
+
+
+class TeacherError(ValueError):
+    """A teacher checkpoint that does not fit the dataset or the model."""
+
+
+def teacher_config(config, dim):
+    """Config dict of the teacher run (a plugin SASRec of width ``dim``)."""
+    teacher = {key: config[key] for key in INHERITED_KEYS if config[key] is not None}
+    teacher.update(
+        {
+            "data_path": os.path.dirname(os.path.abspath(config["data_path"])),
+            "hidden_size": int(dim),
+            "inner_size": int(config["teacher_inner_size"] or 4 * dim),
+            "n_layers": int(config["teacher_n_layers"] or 2),
+            "n_heads": int(config["teacher_n_heads"] or 2),
+            "epochs": int(config["teacher_epochs"] or 100),
+            "stopping_step": int(config["teacher_stopping_step"] or 10),
+            "learning_rate": float(config["teacher_learning_rate"] or 0.001),
+            "train_mode": config["teacher_train_mode"] or "all_positions",
+            "loss_type": "CE",
+            "hidden_dropout_prob": float(config["teacher_dropout"] if config["teacher_dropout"] is not None else 0.5),
+            "attn_dropout_prob": float(config["teacher_dropout"] if config["teacher_dropout"] is not None else 0.5),
+            "show_progress": False,
+        }
+    )
+    return teacher
+
+
+def _dataset_stamp(config):
+    stamp = []
+    for suffix in ("inter", "item"):
+        path = os.path.join(config["data_path"], f"{config['dataset']}.{suffix}")
+        if os.path.isfile(path):
+            stat = os.stat(path)
+            stamp.append([suffix, stat.st_size, int(stat.st_mtime)])
+    return stamp
+
+
+def teacher_path(config, dim):
+    settings = {"teacher": teacher_config(config, dim), "dataset": config["dataset"], "files": _dataset_stamp(config)}
+    settings["teacher"].pop("device", None)
+    settings["teacher"].pop("gpu_id", None)
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return os.path.join(feature_dirs(config)[0], f"{config['dataset']}.teacher-{key}.pth")
+
+
+def ensure_teacher(config, dim):
+    """Path of a cached teacher of width ``dim`` for ``config``; trains and caches it when missing."""
+    from recbole_llm.quick_start import run_recbole_llm
+
+    path = teacher_path(config, dim)
+    logger = getLogger()
+    if os.path.isfile(path):
+        logger.info(f"teacher: reusing {path}")
+        print(f"teacher: reusing cached {path}")
+        return path
+    print(f"teacher: training SASRec (hidden {dim}) on {config['dataset']} -> {path}")
+    with tempfile.TemporaryDirectory() as checkpoint_dir:
+        teacher = teacher_config(config, dim)
+        teacher["checkpoint_dir"] = checkpoint_dir
+        result = run_recbole_llm(model="SASRec", dataset=config["dataset"], config_dict=teacher)
+        state = load_checkpoint(result["model_file"])["state_dict"]
+    artifact = {
+        "item_embedding": state["item_embedding.weight"].cpu(),
+        "item_tokens": result["item_tokens"],
+        "teacher_config": {k: v for k, v in teacher.items() if k != "checkpoint_dir"},
+        "test_result": dict(result["test_result"]),
+    }
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".pth")
+    os.close(fd)
+    try:
+        torch.save(artifact, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    logger.info(f"teacher: test {dict(result['test_result'])}; saved {path}")
+    return path
+
+
+def _tokens_of_checkpoint(checkpoint, path):
+    if "item_tokens" in checkpoint:
+        return [str(t) for t in checkpoint["item_tokens"]]
+    config = checkpoint.get("config")
+    if config is None:
+        raise TeacherError(f"teacher checkpoint '{path}' has neither item tokens nor a RecBole config to rebuild them from")
+    from recbole_llm.utils import create_dataset
+
+    dataset = create_dataset(config)
+    return [str(t) for t in dataset.field2id_token[dataset.iid_field]]
+
+
+def load_teacher_table(path, dataset, dim):
+    """(item_num, dim) frozen teacher table aligned to ``dataset``'s item ids by token."""
+    if path in (None, "auto"):
+        raise TeacherError("teacher_checkpoint is not built yet: run through run_recbole_llm (prepare_artifacts) or pass a path")
+    checkpoint = load_checkpoint(path)
+    if "item_embedding" in checkpoint:
+        table = checkpoint["item_embedding"]
+    else:
+        state = checkpoint.get("state_dict", {})
+        if "item_embedding.weight" not in state:
+            raise TeacherError(f"teacher checkpoint '{path}' has no item_embedding.weight: train a SASRec teacher")
+        table = state["item_embedding.weight"]
+    tokens = _tokens_of_checkpoint(checkpoint, path)
+    if table.size(0) < len(tokens):
+        raise TeacherError(f"teacher checkpoint '{path}': {table.size(0)} rows for {len(tokens)} item tokens")
+    if table.size(1) != dim:
+        raise TeacherError(
+            f"teacher checkpoint '{path}' has width {table.size(1)} but the model's item table has {dim}: "
+            f"train the teacher with hidden_size {dim} (teacher_checkpoint: auto does)"
+        )
+    index = {token: row for row, token in enumerate(tokens)}
+    ours = [str(t) for t in dataset.field2id_token[dataset.iid_field]]
+    missing = [t for t in ours[1:] if t not in index]
+    if missing:
+        raise TeacherError(
+            f"teacher checkpoint '{path}' lacks {len(missing)} items of dataset '{dataset.dataset_name}' "
+            f"(first: {missing[:5]}): it was trained on other data; use teacher_checkpoint: auto"
+        )
+    rows = torch.tensor([0] + [index[t] for t in ours[1:]])
+    aligned = table.float()[rows].clone()
+    aligned[0] = 0
+    return aligned

@@ -1,0 +1,203 @@
+"""LLMEmb RAT models, LLM2X, alignment loss, teacher loading, cold-start items."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config, write_tiny_dataset
+
+from recbole_llm import Config, create_dataset, get_model, run_recbole_llm
+from recbole_llm.llm.features import feature_base, save_features
+from recbole_llm.model.adapters import AdaptedEmbedding, build_adapter
+from recbole_llm.model.losses import info_nce_loss, soft_contrastive_loss
+from recbole_llm.model.teacher import TeacherError, load_teacher_table
+from recbole_llm.utils import data_preparation
+
+N_ITEMS = 30
+DIM = 12
+
+
+def write_features(folder, n_items=N_ITEMS, dim=DIM, seed=0, extra_tokens=()):
+    tokens = [f"i{i}" for i in range(n_items)] + list(extra_tokens)
+    matrix = np.random.default_rng(seed).normal(size=(len(tokens), dim)).astype(np.float32)
+    save_features(feature_base(folder, "tiny", "rand"), tokens, matrix, {"model": "random"})
+    return dict(zip(tokens, matrix))
+
+
+def llm_config(tiny_data, tmp_path, **overrides):
+    overrides.setdefault("feature_dir", str(tmp_path / "features"))
+    overrides.setdefault("llm_feature", "rand")
+    overrides.setdefault("align_alpha", 0.0)
+    return tiny_config(tiny_data, tmp_path, **overrides)
+
+
+def build(model_name, config_dict):
+    config = Config(model=model_name, dataset="tiny", config_dict=config_dict)
+    from recbole_llm.quick_start import prepare_artifacts
+
+    prepare_artifacts(config)
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    return config, dataset, train, get_model(model_name)(config, train.dataset)
+
+
+# ---- losses on hand examples --------------------------------------------------------------------------
+def test_soft_contrastive_loss_hand_example():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    tau = 2.0
+    # L = X Y^T / tau = [[.5, .5], [0, .5]]; T = softmax_row(tau * (XX^T + YY^T) / 2) = softmax_row([[2, 1], [1, 3]])
+    L = [[0.5, 0.5], [0.0, 0.5]]
+    S = [[2.0, 1.0], [1.0, 3.0]]
+    T = [[math.exp(v) / sum(math.exp(w) for w in row) for v in row] for row in S]
+    row_lsm = [[v - math.log(sum(math.exp(w) for w in row)) for v in row] for row in L]
+    cols = list(zip(*L))
+    col_lsm = [[v - math.log(sum(math.exp(w) for w in col)) for v in col] for col in cols]  # col_lsm[i][j] = log softmax_j(L_.i)
+    expected = 0.0
+    for i in range(2):
+        expected -= sum(T[i][j] * row_lsm[i][j] for j in range(2))
+        expected -= sum(T[j][i] * col_lsm[i][j] for j in range(2))
+    expected /= 4
+    assert soft_contrastive_loss(x, y, tau).item() == pytest.approx(expected, rel=1e-6)
+    # InfoNCE: the diagonal is the positive
+    assert info_nce_loss(x, x, 0.1).item() < info_nce_loss(x, x.flip(0), 0.1).item()
+
+
+def test_adapter_shapes_and_ablation():
+    adapter = build_adapter(384, 64)
+    assert [m.out_features for m in adapter if isinstance(m, torch.nn.Linear)] == [192, 64]
+    assert len(build_adapter(384, 64, layers=1)) == 1
+    assert any(isinstance(m, torch.nn.GELU) for m in build_adapter(384, 64, activation="gelu", dropout=0.1))
+    with pytest.raises(ValueError, match="adapter_activation"):
+        build_adapter(8, 4, activation="swish")
+
+
+def test_adapted_embedding_caches_only_where_safe():
+    emb = AdaptedEmbedding(torch.randn(5, 8), 4, extra_rows=1)
+    assert emb.weight.shape == (6, 4) and torch.all(emb.weight[0] == 0)
+    emb.train()
+    assert emb.weight is not emb.weight  # training: recomputed (parameters change between steps)
+    with emb.cached():
+        assert emb.weight is emb.weight
+    emb.eval()
+    first = emb.weight
+    assert emb.weight is first  # eval: computed once per evaluation
+    emb.train()
+    assert emb.weight is not first
+
+
+# ---- the models ---------------------------------------------------------------------------------------
+def test_adapted_table_is_input_and_scoring_table(tiny_data, tmp_path):
+    write_features(str(tmp_path / "features"))
+    config, dataset, train, model = build("LLMEmbSASRec", llm_config(tiny_data, tmp_path))
+    model.eval()
+    table = model.item_embedding.weight
+    expected = model.item_embedding.adapter(dataset.llm_feature("rand"))
+    torch.testing.assert_close(table[1:], expected[1:])
+    assert not hasattr(model.item_embedding, "num_embeddings") or model.item_embedding.num_embeddings == dataset.item_num
+    batch = next(iter(train)).to("cpu")
+    seq, seq_len = batch["item_id_list"], batch["item_length"]
+    # input: perturbing the adapter changes the sequence state; scoring uses the same table
+    with torch.no_grad():
+        state = model.forward(seq, seq_len)
+        scores = model.full_sort_predict(batch)
+        torch.testing.assert_close(scores, state @ table.t())
+        model.item_embedding.adapter[0].weight.add_(0.5)
+        model.eval()  # drop the eval cache
+        assert not torch.allclose(model.forward(seq, seq_len), state)
+    # no ID embedding table of the backbone is left
+    assert all("item_embedding.weight" != name for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("model_name", ["LLMEmbSASRec", "LLMEmbGRU4Rec", "LLMEmbBERT4Rec", "LLM2XSASRec", "LLM2XBERT4Rec"])
+def test_backbones_train_a_few_steps(tiny_data, tmp_path, model_name):
+    write_features(str(tmp_path / "features"), dim=16)
+    overrides = {"align_alpha": 0.01, "teacher_epochs": 1, "embedding_size": 16, "hidden_size": 16}
+    if model_name.startswith("LLM2X"):
+        overrides = {"embedding_size": 16, "hidden_size": 16}
+    config, dataset, train, model = build(model_name, llm_config(tiny_data, tmp_path, **overrides))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _, batch in zip(range(3), train):
+        loss = model.calculate_loss(batch)
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p)]
+    assert any("item_embedding" in n for n in changed)
+    if model_name.startswith("LLMEmb"):
+        assert torch.equal(model.item_embedding.features, dataset.llm_feature("rand"))  # frozen LLM table
+        if model_name == "LLMEmbBERT4Rec":
+            assert "item_embedding.extra" in changed  # the mask token learns its own vector
+
+
+def test_llm2x_initialises_from_features(tiny_data, tmp_path):
+    config, dataset, train, model = build(
+        "LLM2XSASRec", llm_config(tiny_data, tmp_path, llm_feature=None, llm_path="minilm", hidden_size=16, llm2x_scale=None)
+    )
+    feats = dataset.llm_feature(config["llm_feature"])
+    assert feats.shape[1] == 16 and config["llm_feature"].endswith("pca16")
+    torch.testing.assert_close(model.item_embedding.weight[1:], feats[1:])
+
+
+def test_alignment_loss_uses_teacher_rows(tiny_data, tmp_path):
+    write_features(str(tmp_path / "features"), dim=16)
+    config, dataset, train, model = build(
+        "LLMEmbSASRec", llm_config(tiny_data, tmp_path, align_alpha=0.5, teacher_epochs=1, hidden_size=16)
+    )
+    assert os.path.isfile(config["teacher_checkpoint"])  # auto: trained and cached
+    batch = next(iter(train))
+    items = model.alignment_items(batch)
+    assert len(items) > 1 and torch.all(items > 0)
+    expected = soft_contrastive_loss(model.teacher_table[items], model.item_embedding.weight[items], 2.0)
+    torch.testing.assert_close(model.alignment_loss(batch), expected)
+    # the same teacher is reused, not retrained
+    config2 = Config(model="LLMEmbSASRec", dataset="tiny", config_dict=llm_config(tiny_data, tmp_path, align_alpha=0.5, teacher_epochs=1, hidden_size=16))
+    from recbole_llm.model.teacher import ensure_teacher
+
+    assert ensure_teacher(config2, 16) == config["teacher_checkpoint"]
+
+
+def test_teacher_with_other_items_is_rejected(tiny_data, tmp_path):
+    write_features(str(tmp_path / "features"))
+    config, dataset, _, _ = build("LLMEmbSASRec", llm_config(tiny_data, tmp_path))
+    path = str(tmp_path / "teacher.pth")
+    tokens = ["[PAD]"] + [f"i{i}" for i in range(10)]  # lacks i10..i29
+    torch.save({"item_embedding": torch.randn(len(tokens), 16), "item_tokens": tokens}, path)
+    with pytest.raises(TeacherError, match="lacks 20 items"):
+        load_teacher_table(path, dataset, 16)
+    tokens = ["[PAD]"] + [f"i{i}" for i in range(30)]
+    torch.save({"item_embedding": torch.randn(len(tokens), 8), "item_tokens": tokens}, path)
+    with pytest.raises(TeacherError, match="width 8"):
+        load_teacher_table(path, dataset, 16)
+    # rows are matched by token, not by position
+    table = torch.randn(len(tokens), 16)
+    torch.save({"item_embedding": table.flip(0), "item_tokens": tokens[::-1]}, path)
+    aligned = load_teacher_table(path, dataset, 16)
+    token2id = dataset.field2token_id["item_id"]
+    assert torch.equal(aligned[token2id["i7"]], table[tokens.index("i7")])
+
+
+def test_cold_start_item_is_scored_from_its_text(tmp_path):
+    """An item with text but no interaction gets an embedding from the adapter and can be ranked."""
+    data = write_tiny_dataset(str(tmp_path / "data"))
+    with open(os.path.join(data, "tiny", "tiny.item"), "a") as f:
+        f.write("cold1\tred lamp model 99\tbrand1\tHome Lamp\n")
+    feats = write_features(str(tmp_path / "features"), extra_tokens=("cold1",))
+    config, dataset, train, model = build(
+        "LLMEmbSASRec", llm_config(data, tmp_path, load_col={"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id"]})
+    )
+    cold = dataset.field2token_id["item_id"]["cold1"]
+    assert int((dataset.inter_feat["item_id"] == cold).sum()) == 0  # never interacted
+    model.eval()
+    table = model.item_embedding.weight
+    expected = model.item_embedding.adapter(torch.tensor(feats["cold1"]).unsqueeze(0))[0]
+    torch.testing.assert_close(table[cold], expected)
+    assert table[cold].abs().sum() > 0
+    batch = next(iter(train))
+    with torch.no_grad():
+        scores = model.full_sort_predict(batch)
+    assert torch.isfinite(scores[:, cold]).all() and scores[:, cold].std() > 0
