@@ -1,0 +1,354 @@
+"""SCFT: supervised contrastive LoRA fine-tuning of the LLM on item attributes (LLMEmb stage 1).
+
+Two views of every item in a batch: its attributes shuffled and ``floor(drop_ratio * N)`` of them dropped,
+drawn afresh at every step (the official code draws them once per run); an item with a single attribute
+drops words of that value instead, so its views still differ. Each view is embedded by masked mean
+pooling of the last layer; the LLMEmb soft-target contrastive loss (learnable temperature, init 3) or
+plain InfoNCE pulls the two views of an item together against the other items of the batch. Only LoRA
+weights (and the temperature) are trained. The loss is computed in fp32 and any non-finite value stops
+the run with an error instead of exporting NaN embeddings (the official fp16 run's failure).
+
+After training, every item's full prompt (nothing dropped) is embedded and written as a feature file
+that LLMFeatureDataset attaches; a view-retrieval check (view 1 -> view 2, top-1 accuracy and MRR among
+the evaluated items) is printed before and after training.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from recbole_llm.llm import features as feature_io
+from recbole_llm.llm.extract import (
+    dataset_item_tokens,
+    embed_texts,
+    llm_short_name,
+    load_llm,
+    pca_reduce,
+    pool,
+    resolve_llm_path,
+)
+from recbole_llm.llm.prompts import build_prompts, llmemb_prompt, prompt_config, read_item_text, template_hash
+from recbole_llm.model.losses import info_nce_loss, soft_contrastive_loss
+
+logger = logging.getLogger(__name__)
+
+DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ENCODER_TARGETS = ("query", "key", "value", "dense")
+
+
+@dataclass
+class SCFTSettings:
+    llm_path: str = "minilm"
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 2e-4
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    target_modules: list = field(default_factory=list)  # empty = automatic
+    drop_ratio: float = 0.4
+    loss: str = "soft"  # soft (LLMEmb) | infonce
+    tau_init: float = 3.0
+    grad_accum: int = 1
+    grad_checkpointing: bool = False
+    max_length: int = 256
+    pooling: str = "mean"
+    seed: int = 2024
+    checkpoint_every: int = 100
+    eval_items: int = 2000
+    pca_dim: int = 0
+
+    def key(self, extra):
+        payload = {k: v for k, v in asdict(self).items() if k not in ("checkpoint_every", "eval_items", "pca_dim")}
+        payload["llm_path"] = resolve_llm_path(self.llm_path)
+        payload.update(extra)
+        return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---- augmentation ------------------------------------------------------------------------------------------
+def make_view(attributes, drop_ratio, rng):
+    """One augmented view: attributes shuffled and floor(drop_ratio * N) dropped; with one attribute,
+    floor(drop_ratio * words) words of its value are dropped (at least one when it has several words)."""
+    attributes = list(attributes)
+    if len(attributes) > 1:
+        rng.shuffle(attributes)
+        keep = len(attributes) - int(math.floor(drop_ratio * len(attributes)))
+        return attributes[: max(keep, 1)]
+    if not attributes:
+        return attributes
+    name, value = attributes[0]
+    words = value.split()
+    if len(words) < 2:
+        return attributes
+    n_drop = max(1, int(math.floor(drop_ratio * len(words))))
+    n_drop = min(n_drop, len(words) - 1)
+    dropped = set(rng.sample(range(len(words)), n_drop))
+    return [(name, " ".join(w for i, w in enumerate(words) if i not in dropped))]
+
+
+def lora_targets(model, requested=None):
+    """LoRA target module names: the requested ones, else LLaMA-like or BERT-like projections found."""
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    if requested:
+        missing = [t for t in requested if t not in names]
+        if missing:
+            raise ValueError(f"LoRA target modules {missing} not found in the model (linear layers: {sorted(names)})")
+        return list(requested)
+    for family in (DECODER_TARGETS, ENCODER_TARGETS):
+        found = [t for t in family if t in names]
+        if found:
+            return found
+    raise ValueError(f"cannot choose LoRA targets automatically (linear layers: {sorted(names)}): pass --target_modules")
+
+
+# ---- model pieces ------------------------------------------------------------------------------------------
+def embed_batch(model, tokenizer, texts, max_length, pooling, device):
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
+    autocast = torch.device(device).type == "cuda"
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
+        hidden = model(**batch).last_hidden_state
+    return pool(hidden.float(), batch["attention_mask"], pooling)
+
+
+@torch.no_grad()
+def view_retrieval(model, tokenizer, items, attributes, instruction, settings, device, seed=0):
+    """(top-1 accuracy, MRR) of finding view 2 of each item from its view 1 among ``items`` (cosine)."""
+    rng = random.Random(seed)
+    view1 = [llmemb_prompt(make_view(attributes[t], settings.drop_ratio, rng), instruction) for t in items]
+    view2 = [llmemb_prompt(make_view(attributes[t], settings.drop_ratio, rng), instruction) for t in items]
+    model.eval()
+    a = embed_texts(view1, model, tokenizer, settings.pooling, 64, settings.max_length, device, normalize=True, show_progress=False)
+    b = embed_texts(view2, model, tokenizer, settings.pooling, 64, settings.max_length, device, normalize=True, show_progress=False)
+    sims = torch.from_numpy(a) @ torch.from_numpy(b).t()
+    ranks = (sims > sims.diag().unsqueeze(1)).sum(1) + 1
+    return float((ranks == 1).float().mean()), float((1.0 / ranks.float()).mean())
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def _save_state(path, state):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def train_scft(item_text, instruction, settings, output_dir, device="cpu", resume=False, show_progress=True):
+    """Fine-tune LoRA weights; returns (peft model, tokenizer, report dict). Checkpoints in ``output_dir``."""
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    os.makedirs(output_dir, exist_ok=True)
+    torch.manual_seed(settings.seed)
+    rng = random.Random(settings.seed)
+    attributes = {t: a for t, a in item_text.attributes.items() if a}
+    items = sorted(attributes)
+    if len(items) < 2:
+        raise ValueError(f"SCFT needs at least 2 items with text in '{item_text.path}', found {len(items)}")
+    batch_size = min(settings.batch_size, len(items))
+    eval_items = random.Random(settings.seed + 1).sample(items, min(settings.eval_items, len(items)))
+
+    model, tokenizer = load_llm(settings.llm_path, device=device, dtype=torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16)
+    before = view_retrieval(model, tokenizer, eval_items, attributes, instruction, settings, device)
+    targets = lora_targets(model, settings.target_modules)
+    lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, target_modules=targets)
+    model = get_peft_model(model, lora)
+    if settings.grad_checkpointing:
+        model.enable_input_require_grads()
+        model.gradient_checkpointing_enable()
+    tau = torch.nn.Parameter(torch.tensor(float(settings.tau_init), device=device))
+    params = [p for p in model.parameters() if p.requires_grad] + [tau]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, settings.steps)
+    loss_fn = soft_contrastive_loss if settings.loss == "soft" else info_nce_loss
+    if settings.loss not in ("soft", "infonce"):
+        raise ValueError(f"scft loss must be 'soft' or 'infonce', got '{settings.loss}'")
+
+    state_path = os.path.join(output_dir, "scft-state.pt")
+    step, losses = 0, []
+    if resume and os.path.isfile(state_path):
+        state = torch.load(state_path, map_location=device, weights_only=False)  # written by this module
+        set_peft_model_state_dict(model, state["lora"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        with torch.no_grad():
+            tau.copy_(state["tau"])
+        step, losses = state["step"], state["losses"]
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        print(f"SCFT: resumed from step {step} ({state_path})")
+
+    model.train()
+    progress = tqdm(total=settings.steps, initial=step, desc="SCFT", disable=not show_progress)
+    while step < settings.steps:
+        optimizer.zero_grad()
+        step_loss = 0.0
+        for _ in range(settings.grad_accum):
+            batch = rng.sample(items, batch_size)
+            view1 = [llmemb_prompt(make_view(attributes[t], settings.drop_ratio, rng), instruction) for t in batch]
+            view2 = [llmemb_prompt(make_view(attributes[t], settings.drop_ratio, rng), instruction) for t in batch]
+            x = embed_batch(model, tokenizer, view1, settings.max_length, settings.pooling, device)
+            y = embed_batch(model, tokenizer, view2, settings.max_length, settings.pooling, device)
+            loss = loss_fn(x, y, tau.clamp(min=1e-2)) / settings.grad_accum
+            if not torch.isfinite(loss) or not torch.isfinite(x).all() or not torch.isfinite(y).all():
+                raise NonFiniteLossError(
+                    f"SCFT step {step}: non-finite loss or embeddings (loss {loss.item()}); lower --lr, use fp32/bf16, "
+                    "or resume from the last checkpoint"
+                )
+            loss.backward()
+            step_loss += loss.item()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        losses.append(step_loss)
+        progress.update(1)
+        progress.set_postfix(loss=f"{step_loss:.4f}", tau=f"{tau.item():.2f}")
+        if settings.checkpoint_every and (step % settings.checkpoint_every == 0 or step == settings.steps):
+            _save_state(
+                state_path,
+                {
+                    "lora": get_peft_model_state_dict(model),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "tau": tau.detach().cpu(),
+                    "step": step,
+                    "losses": losses,
+                    "rng": rng.getstate(),
+                    "torch_rng": torch.get_rng_state(),
+                    "settings": asdict(settings),
+                },
+            )
+    progress.close()
+    model.eval()
+    after = view_retrieval(model, tokenizer, eval_items, attributes, instruction, settings, device)
+    report = {
+        "steps": step,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": float(np.mean(losses[-10:])) if losses else None,
+        "tau": float(tau.item()),
+        "retrieval_before": {"top1": before[0], "mrr": before[1]},
+        "retrieval_after": {"top1": after[0], "mrr": after[1]},
+        "eval_items": len(eval_items),
+        "lora_targets": targets,
+    }
+    print(
+        f"SCFT view retrieval on {len(eval_items)} items: top-1 {before[0]:.3f} -> {after[0]:.3f}, "
+        f"MRR {before[1]:.3f} -> {after[1]:.3f}"
+    )
+    return model, tokenizer, report
+
+
+def scft_feature_name(settings, prompt_style="llmemb"):
+    name = f"{llm_short_name(settings.llm_path)}-scft-{settings.pooling}-{prompt_style}"
+    return name + (f"-pca{settings.pca_dim}" if settings.pca_dim else "")
+
+
+def settings_from_config(config):
+    def get(key, default):
+        value = config[key] if not isinstance(config, dict) else config.get(key)
+        return default if value is None else value
+
+    defaults = SCFTSettings()
+    return SCFTSettings(
+        llm_path=get("llm_path", defaults.llm_path),
+        steps=int(get("scft_steps", defaults.steps)),
+        batch_size=int(get("scft_batch_size", defaults.batch_size)),
+        lr=float(get("scft_lr", defaults.lr)),
+        lora_r=int(get("scft_lora_r", defaults.lora_r)),
+        lora_alpha=int(get("scft_lora_alpha", defaults.lora_alpha)),
+        lora_dropout=float(get("scft_lora_dropout", defaults.lora_dropout)),
+        target_modules=list(get("scft_target_modules", []) or []),
+        drop_ratio=float(get("scft_drop_ratio", defaults.drop_ratio)),
+        loss=get("scft_loss", defaults.loss),
+        grad_accum=int(get("scft_grad_accum", defaults.grad_accum)),
+        grad_checkpointing=bool(get("scft_grad_checkpointing", defaults.grad_checkpointing)),
+        max_length=int(get("llm_max_length", defaults.max_length)),
+        pooling=get("llm_pooling", defaults.pooling),
+        seed=int(get("seed", defaults.seed)),
+        checkpoint_every=int(get("scft_checkpoint_every", defaults.checkpoint_every)),
+        eval_items=int(get("scft_eval_items", defaults.eval_items)),
+        pca_dim=int(get("pca_dim", 0) or 0),
+    )
+
+
+def ensure_scft_features(config, settings=None, resume=True, show_progress=True):
+    """Name of an up-to-date SCFT feature file for ``config``'s dataset; trains and exports if needed."""
+    settings = settings or settings_from_config(config)
+    dataset, data_dir = config["dataset"], config["data_path"]
+    prompts_cfg = prompt_config(config)
+    item_path = os.path.join(data_dir, f"{dataset}.item")
+    stat = os.stat(item_path) if os.path.isfile(item_path) else None
+    key = settings.key(
+        {
+            "dataset": dataset,
+            "prompt": template_hash("llmemb", prompts_cfg["instruction"], prompts_cfg["max_value_len"], prompts_cfg["text_fields"], prompts_cfg["field_names"]),
+            "item_file": [stat.st_size, int(stat.st_mtime)] if stat else None,
+        }
+    )
+    full_name = scft_feature_name(SCFTSettings(**{**asdict(settings), "pca_dim": 0}))
+    target_dir = feature_io.feature_dirs(config)[0]
+    existing = feature_io.find_feature_file(config, full_name)
+    current = False
+    if existing is not None:
+        try:
+            current = feature_io.load_meta(existing).get("cache_key") == key
+        except feature_io.FeatureFileError:
+            current = False
+    if current:
+        print(f"SCFT: reusing up-to-date features {existing}.npy (cache key {key})")
+    else:
+        item_text = read_item_text(
+            data_dir, dataset, prompts_cfg["text_fields"], prompts_cfg["field_names"], prompts_cfg["list_fields"], prompts_cfg["item_field"]
+        )
+        device = (config["device"] if not isinstance(config, dict) else config.get("device")) or "cpu"
+        output_dir = os.path.join(target_dir, f"scft-{key}")
+        start = time.perf_counter()
+        model, tokenizer, report = train_scft(item_text, prompts_cfg["instruction"], settings, output_dir, device, resume, show_progress)
+        train_seconds = time.perf_counter() - start
+        model.save_pretrained(os.path.join(output_dir, "adapter"))
+        tokens = dataset_item_tokens(data_dir, dataset, item_text, prompts_cfg["item_field"])
+        prompts = build_prompts(item_text, "llmemb", prompts_cfg["instruction"], prompts_cfg["max_value_len"], tokens)
+        matrix = embed_texts(
+            [prompts[t] for t in tokens], model, tokenizer, settings.pooling, 64, settings.max_length, device, show_progress=show_progress
+        )
+        meta = {
+            "model": resolve_llm_path(settings.llm_path),
+            "pooling": settings.pooling,
+            "prompt_style": "llmemb",
+            "scft": asdict(settings),
+            "scft_report": report,
+            "scft_adapter": os.path.join(output_dir, "adapter"),
+            "train_seconds": round(train_seconds, 1),
+            "cache_key": key,
+        }
+        existing = feature_io.feature_base(target_dir, dataset, full_name)
+        feature_io.save_features(existing, tokens, matrix, meta)
+        print(f"SCFT: wrote {matrix.shape[0]} x {matrix.shape[1]} tuned features to {existing}.npy ({train_seconds:.0f} s training)")
+    if not settings.pca_dim:
+        return full_name
+    pca_name = scft_feature_name(settings)
+    pca_existing = feature_io.find_feature_file(config, pca_name)
+    pca_key = f"{key}-pca{settings.pca_dim}"
+    if pca_existing is not None and feature_io.load_meta(pca_existing).get("cache_key") == pca_key:
+        return pca_name
+    tokens, matrix, meta = feature_io.load_features(existing, mmap=False)
+    meta = {k: v for k, v in meta.items() if k not in ("tokens", "rows", "dims", "created_at", "created_by")}
+    meta.update(cache_key=pca_key, pca_dim=settings.pca_dim, pca_of=full_name)
+    feature_io.save_features(feature_io.feature_base(target_dir, dataset, pca_name), tokens, pca_reduce(matrix, settings.pca_dim), meta)
+    return pca_name

@@ -1,0 +1,63 @@
+"""SCFT: LoRA contrastive fine-tuning of the LLM on item attributes, then export of the tuned features.
+
+    python -m recbole_llm.scft --dataset=D [--data_path=...] [--llm_path=minilm] [--steps=300] [--batch_size=32]
+        [--lr=2e-4] [--lora_r=8 --lora_alpha=32 --lora_dropout=0.1] [--drop_ratio=0.4] [--loss=soft|infonce]
+        [--grad_accum=1] [--grad_checkpointing] [--target_modules=query,value] [--checkpoint_every=100]
+        [--resume] [--pca_dim=N] [--output_dir=...]
+
+Prints the view-retrieval check before and after, and the feature name to use as ``llm_feature``.
+"""
+
+import argparse
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--data_path", default=None)
+    parser.add_argument("--llm_path", default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--lora_r", type=int, default=None)
+    parser.add_argument("--lora_alpha", type=int, default=None)
+    parser.add_argument("--lora_dropout", type=float, default=None)
+    parser.add_argument("--drop_ratio", type=float, default=None)
+    parser.add_argument("--loss", choices=["soft", "infonce"], default=None)
+    parser.add_argument("--grad_accum", type=int, default=None)
+    parser.add_argument("--grad_checkpointing", action="store_true")
+    parser.add_argument("--target_modules", default=None, help="comma-separated; default: automatic")
+    parser.add_argument("--checkpoint_every", type=int, default=None)
+    parser.add_argument("--eval_items", type=int, default=None)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint of the same settings")
+    parser.add_argument("--pca_dim", type=int, default=None)
+    parser.add_argument("--output_dir", default=None, help="feature folder (default: dataset folder if writable)")
+    args = parser.parse_args(argv)
+
+    sys.argv = sys.argv[:1]
+    from recbole_llm import Config, UnknownNameError
+    from recbole_llm.llm.extract import LLMPathError
+    from recbole_llm.llm.scft import NonFiniteLossError, ensure_scft_features
+
+    mapping = {
+        "data_path": args.data_path, "llm_path": args.llm_path, "scft_steps": args.steps, "scft_batch_size": args.batch_size,
+        "scft_lr": args.lr, "scft_lora_r": args.lora_r, "scft_lora_alpha": args.lora_alpha, "scft_lora_dropout": args.lora_dropout,
+        "scft_drop_ratio": args.drop_ratio, "scft_loss": args.loss, "scft_grad_accum": args.grad_accum,
+        "scft_grad_checkpointing": args.grad_checkpointing or None, "scft_checkpoint_every": args.checkpoint_every,
+        "scft_eval_items": args.eval_items, "pca_dim": args.pca_dim, "feature_dir": args.output_dir,
+        "scft_target_modules": args.target_modules.split(",") if args.target_modules else None,
+    }
+    config_dict = {"state": "WARNING", **{k: v for k, v in mapping.items() if v is not None}}
+    try:
+        config = Config(model="SASRec", dataset=args.dataset, config_dict=config_dict)
+        name = ensure_scft_features(config, resume=args.resume)
+    except (UnknownNameError, LLMPathError, FileNotFoundError, ValueError, NonFiniteLossError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"feature name: {name}  (use llm_feature: {name}, or scft: True with the same settings)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
