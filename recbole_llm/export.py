@@ -1,0 +1,90 @@
+"""Export user and item embeddings of a trained model (for ranking models, as LEARN uses them).
+
+    python -m recbole_llm.export --model_file=saved/LEARN-....pth --out=DIR
+
+Writes ``DIR/users.npy`` + ``users.json`` and ``DIR/items.npy`` + ``items.json`` (feature-file format:
+tokens, float32 matrix, metadata), each written atomically. Users are embedded from their whole history
+(every interaction, the held-out valid and test items included, the last MAX_ITEM_LIST_LENGTH kept);
+items by the model's item tower / item table. Works for LEARN and the SASRec family (any model with
+``forward(item_seq, item_seq_len)`` and ``item_table()`` or ``item_embedding``).
+
+The checkpoint is unpickled (RecBole stores its Config in it): only export files you trust.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+
+def full_histories(test_dataset, max_len):
+    """(item_seq, item_len) per test row: the history plus the held-out test item, last ``max_len`` kept."""
+    inter = test_dataset.inter_feat
+    seq = inter[test_dataset.item_id_list_field]
+    length = inter[test_dataset.item_list_length_field].long()
+    target = inter[test_dataset.iid_field]
+    extended = torch.zeros(seq.size(0), max_len + 1, dtype=seq.dtype)
+    extended[:, : seq.size(1)] = seq
+    extended[torch.arange(seq.size(0)), length] = target
+    new_len = length + 1
+    overflow = new_len > max_len
+    extended[overflow] = torch.roll(extended[overflow], -1, dims=1)
+    new_len = new_len.clamp(max=max_len)
+    return extended[:, :max_len], new_len
+
+
+def item_embeddings(model):
+    if hasattr(model, "item_table"):
+        return model.item_table()
+    if hasattr(model, "item_embedding"):
+        return model.item_embedding.weight[: model.n_items]
+    raise TypeError(f"{type(model).__name__} has no item_table() or item_embedding: it cannot be exported")
+
+
+@torch.no_grad()
+def export_embeddings(model_file, out_dir, batch_size=1024):
+    from recbole_llm.compat import load_checkpoint
+    from recbole_llm.llm.features import save_features
+    from recbole_llm.utils import create_dataset, data_preparation, get_model
+
+    checkpoint = load_checkpoint(model_file)
+    config = checkpoint["config"]
+    config["state"] = "WARNING"
+    dataset = create_dataset(config)
+    train, _, test = data_preparation(config, dataset)
+    model = get_model(config["model"])(config, train.dataset)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    model.eval()
+
+    items = item_embeddings(model).float().cpu().numpy()
+    item_tokens = [str(t) for t in dataset.field2id_token[dataset.iid_field]]
+    seq, seq_len = full_histories(test._dataset, config["MAX_ITEM_LIST_LENGTH"])
+    users = torch.cat([model.forward(seq[i : i + batch_size], seq_len[i : i + batch_size]) for i in range(0, len(seq), batch_size)])
+    user_ids = test._dataset.inter_feat[dataset.uid_field].tolist()
+    user_tokens = [str(dataset.field2id_token[dataset.uid_field][u]) for u in user_ids]
+    meta = {"model": config["model"], "dataset": config["dataset"], "model_file": os.path.abspath(model_file)}
+    os.makedirs(out_dir, exist_ok=True)
+    save_features(os.path.join(out_dir, "items"), item_tokens[1:], items[1:], dict(meta, kind="items"))
+    save_features(os.path.join(out_dir, "users"), user_tokens, users.float().cpu().numpy(), dict(meta, kind="users"))
+    return len(user_tokens), len(item_tokens) - 1
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_file", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    sys.argv = sys.argv[:1]
+    try:
+        n_users, n_items = export_embeddings(args.model_file, args.out)
+    except (FileNotFoundError, TypeError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {n_users} user and {n_items} item embeddings to {args.out}/users.npy and {args.out}/items.npy")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+r"""LEARN: frozen-LLM content embeddings, a causal PAL user tower, an item tower, dense all-action loss.
+
+- CEX: frozen LLM item embeddings from a feature file (LEARN prompt, mean pooling, L2-normalised).
+- PAL: ``Linear(d_llm -> d_model) -> causal transformer -> Linear(d_model -> embedding_dim) -> L2 norm``;
+  no position embeddings unless ``position_embedding: true`` (order enters through the causal mask).
+  The user embedding is PAL's output at the last real position of the history.
+- Item tower ``item_tower``: ``a`` PAL (shared weights) over the target sequence with causal attention;
+  ``b`` PAL on each target item alone; ``c`` the content embedding itself (a fixed random orthogonal
+  projection when d_llm != embedding_dim). At inference every variant embeds single items.
+- Training: every user's training sequence (``train_mode: all_positions`` gives one row per user) is cut
+  into history and target (``target_len`` items, else ``target_ratio`` of it, at least one each). Dense
+  all-action loss: ``n_history_samples`` user states x ``n_target_samples`` target items per user are all
+  positives; the targets of the other users in the batch are negatives (items among the user's own targets
+  masked), s = cosine / ``learn_tau``. Positions come from two-stage sampling: a uniform subsample, then
+  recency weights ``w_i = log(alpha + i (beta - alpha) / (N - 1))`` (``sampler: recency``) or uniform.
+  ``learn_loss: next_item`` takes one state (the last) and one target (the next item) for comparison.
+- Evaluation: RecBole's evaluator, scores = cosine(user, item) with the item table computed once per
+  evaluation.
+"""
+
+import math
+import random
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.model.layers import TransformerEncoder
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_llm.model.adapters import prepare_llm_features
+from recbole_llm.model.layers import bucketed_encode
+
+TARGET_LIST_SUFFIX = "_target_list"
+
+
+def recency_weights(n, alpha=10.0, beta=10000.0):
+    """w_i = log(alpha + i (beta - alpha) / (N - 1)) / max(w), i = 0..N-1 (later = larger)."""
+    if n <= 1:
+        return torch.ones(max(n, 0))
+    i = torch.arange(n, dtype=torch.float64)
+    w = torch.log(alpha + i * (beta - alpha) / (n - 1))
+    return (w / w.max()).float()
+
+
+def two_stage_sample(n, k, sampler="recency", alpha=10.0, beta=10000.0, rng=None, generator=None):
+    """Sorted indices of ``min(n, k)`` positions of a length-``n`` sequence.
+
+    Stage 1: a uniform random subsample of at most ``2k`` positions (order kept). Stage 2: ``k`` of them
+    drawn without replacement, with recency weights over the subsample (or uniformly).
+    """
+    rng = rng or random
+    if n <= k:
+        return list(range(n))
+    pool = sorted(rng.sample(range(n), min(n, 2 * k)))
+    if sampler == "uniform":
+        picked = rng.sample(range(len(pool)), k)
+    else:
+        weights = recency_weights(len(pool), alpha, beta)
+        picked = torch.multinomial(weights, k, replacement=False, generator=generator).tolist()
+    return sorted(pool[i] for i in picked)
+
+
+def dense_all_action_loss(user_states, user_mask, target_embs, target_items, target_mask, tau):
+    """PinnerFormer-style dense all-action loss.
+
+    user_states (B, Nh, D) and target_embs (B, Nt, D) are L2-normalised; masks say which slots are real.
+    Every (state j of user u, target k of u) is a positive; the targets of the other users are negatives,
+    except items that are among u's own targets. Returns the mean over positive pairs of
+    ``-log(e^s_pos / (e^s_pos + sum_neg e^s_neg))``.
+    """
+    batch, n_targets, dim = target_embs.shape
+    flat = target_embs.reshape(-1, dim)
+    flat_items = target_items.reshape(-1)
+    flat_valid = target_mask.reshape(-1)
+    owner = torch.arange(batch, device=flat.device).repeat_interleave(n_targets)
+    scores = torch.einsum("bhd,nd->bhn", user_states, flat) / tau  # (B, Nh, B*Nt)
+    own_items = torch.where(target_mask, target_items, torch.full_like(target_items, -1))
+    same_item = (flat_items.view(1, 1, -1) == own_items.unsqueeze(-1)).any(1)  # (B, B*Nt)
+    negative = (owner.view(1, -1) != torch.arange(batch, device=flat.device).view(-1, 1)) & flat_valid.view(1, -1) & ~same_item
+    neg_scores = scores.masked_fill(~negative.unsqueeze(1), float("-inf"))
+    neg_lse = torch.logsumexp(neg_scores, dim=-1)  # (B, Nh)
+    own = torch.arange(batch, device=flat.device).view(-1, 1) * n_targets + torch.arange(n_targets, device=flat.device).view(1, -1)
+    pos_scores = torch.gather(scores, 2, own.unsqueeze(1).expand(-1, scores.size(1), -1))  # (B, Nh, Nt)
+    loss = torch.logaddexp(pos_scores, neg_lse.unsqueeze(-1)) - pos_scores
+    valid = user_mask.unsqueeze(-1) & target_mask.unsqueeze(1)
+    return (loss * valid).sum() / valid.sum().clamp(min=1)
+
+
+class LEARN(SequentialRecommender):
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        features = F.normalize(dataset.llm_feature(config["llm_feature"]).float(), dim=-1)
+        self.register_buffer("content", features)
+        self.d_model = int(config["d_model"])
+        self.embedding_dim = int(config["embedding_dim"])
+        self.item_tower = str(config["item_tower"])
+        if self.item_tower not in ("a", "b", "c"):
+            raise ValueError(f"config key 'item_tower' must be a, b or c, got '{self.item_tower}'")
+        self.use_position = bool(config["position_embedding"])
+        self.tau = float(config["learn_tau"])
+        self.n_history = int(config["n_history_samples"])
+        self.n_target = int(config["n_target_samples"])
+        self.sampler = config["sampler"]
+        if self.sampler not in ("recency", "uniform"):
+            raise ValueError(f"config key 'sampler' must be recency or uniform, got '{self.sampler}'")
+        self.sample_alpha, self.sample_beta = float(config["sample_alpha"]), float(config["sample_beta"])
+        self.target_ratio = float(config["target_ratio"])
+        self.target_len = config["target_len"]
+        self.learn_loss = config["learn_loss"] or "dense"
+        if self.learn_loss not in ("dense", "next_item"):
+            raise ValueError(f"config key 'learn_loss' must be dense or next_item, got '{self.learn_loss}'")
+        self.length_bucketing = config["length_bucketing"] is not False
+
+        self.in_proj = nn.Linear(features.size(1), self.d_model)
+        self.position_embedding = nn.Embedding(self.max_seq_length, self.d_model) if self.use_position else None
+        self.trm_encoder = TransformerEncoder(
+            n_layers=config["n_layers"],
+            n_heads=config["n_heads"],
+            hidden_size=self.d_model,
+            inner_size=config["inner_size"],
+            hidden_dropout_prob=config["hidden_dropout_prob"],
+            attn_dropout_prob=config["attn_dropout_prob"],
+            hidden_act=config["hidden_act"],
+            layer_norm_eps=config["layer_norm_eps"],
+        )
+        self.LayerNorm = nn.LayerNorm(self.d_model, eps=config["layer_norm_eps"])
+        self.dropout = nn.Dropout(config["hidden_dropout_prob"])
+        self.out_proj = nn.Linear(self.d_model, self.embedding_dim)
+        if self.item_tower == "c" and features.size(1) != self.embedding_dim:
+            projection = torch.empty(features.size(1), self.embedding_dim)
+            nn.init.orthogonal_(projection, generator=torch.Generator().manual_seed(int(config["seed"] or 0)))
+            self.register_buffer("content_projection", projection)
+        else:
+            self.content_projection = None
+        self.TARGET_SEQ = self.ITEM_ID + TARGET_LIST_SUFFIX
+        self._item_cache = None
+        self._rng = random.Random(int(config["seed"] or 0))
+        self._generator = torch.Generator().manual_seed(int(config["seed"] or 0))
+
+    @classmethod
+    def prepare_artifacts(cls, config):
+        prepare_llm_features(config)
+
+    # ---- towers ------------------------------------------------------------------------------------------
+    def pal_states(self, item_seq):
+        """(B, L, embedding_dim) L2-normalised PAL outputs of left-aligned ``item_seq`` (causal)."""
+        x = self.in_proj(self.content[item_seq])
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(torch.arange(item_seq.size(1), device=item_seq.device)).unsqueeze(0)
+        x = self.dropout(self.LayerNorm(x))
+        mask = self.get_attention_mask(item_seq, bidirectional=False)
+        hidden = self.trm_encoder(x, mask, output_all_encoded_layers=False)[-1]
+        return F.normalize(self.out_proj(hidden), dim=-1)
+
+    def user_states(self, item_seq, item_seq_len, gather_last=False):
+        if self.length_bucketing:
+            return bucketed_encode(self.pal_states, item_seq, item_seq_len, gather_last=gather_last)
+        states = self.pal_states(item_seq)
+        return self.gather_indexes(states, item_seq_len - 1) if gather_last else states
+
+    def forward(self, item_seq, item_seq_len):
+        """(B, embedding_dim) user embeddings from the whole history."""
+        return self.user_states(item_seq, item_seq_len, gather_last=True)
+
+    def single_item_embeddings(self, items):
+        """(..., embedding_dim) item tower on single items (every variant at inference; b and c in training)."""
+        if self.item_tower == "c":
+            content = self.content[items]
+            if self.content_projection is not None:
+                content = content @ self.content_projection
+            return F.normalize(content, dim=-1)
+        return self.pal_states(items.reshape(-1, 1)).squeeze(1).view(*items.shape, self.embedding_dim)
+
+    def item_table(self):
+        if self._item_cache is not None:
+            return self._item_cache
+        table = self.single_item_embeddings(torch.arange(self.n_items, device=self.content.device))
+        if not self.training:
+            self._item_cache = table
+        return table
+
+    def train(self, mode=True):
+        self._item_cache = None
+        return super().train(mode)
+
+    # ---- training ----------------------------------------------------------------------------------------
+    def split_point(self, n):
+        """Number of history items of a length-``n`` training sequence (>= 1, leaving >= 1 target)."""
+        n_target = int(self.target_len) if self.target_len else max(1, int(round(self.target_ratio * n)))
+        return min(max(n - n_target, 1), n - 1)
+
+    def build_batch(self, interaction):
+        """Per user: full sequence -> history / target, sampled positions. Tensors on the model's device."""
+        item_seq, seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        if self.TARGET_SEQ not in interaction:
+            raise KeyError(f"LEARN trains on whole user sequences: set train_mode: all_positions (missing '{self.TARGET_SEQ}')")
+        targets = interaction[self.TARGET_SEQ]
+        n_h = 1 if self.learn_loss == "next_item" else self.n_history
+        n_t = 1 if self.learn_loss == "next_item" else self.n_target
+        histories, hist_pos, target_items = [], [], []
+        for row in range(item_seq.size(0)):
+            n = int(seq_len[row])
+            full = [int(item_seq[row, 0])] + targets[row, :n].tolist()
+            cut = self.split_point(len(full))
+            history, target = full[:cut], full[cut:]
+            if self.learn_loss == "next_item":
+                positions, picked = [cut - 1], [0]
+            else:
+                positions = two_stage_sample(cut, n_h, self.sampler, self.sample_alpha, self.sample_beta, self._rng, self._generator)
+                picked = two_stage_sample(len(target), n_t, self.sampler, self.sample_alpha, self.sample_beta, self._rng, self._generator)
+            histories.append(history)
+            hist_pos.append(positions)
+            target_items.append(([target[i] for i in picked], target if self.item_tower == "a" else None, picked))
+        device = item_seq.device
+        batch = len(histories)
+        max_hist = max(len(h) for h in histories)
+        hist_tensor = torch.zeros(batch, max_hist, dtype=torch.long, device=device)
+        for row, history in enumerate(histories):
+            hist_tensor[row, : len(history)] = torch.tensor(history, device=device)
+        pos_tensor = torch.zeros(batch, n_h, dtype=torch.long, device=device)
+        pos_mask = torch.zeros(batch, n_h, dtype=torch.bool, device=device)
+        tgt_tensor = torch.zeros(batch, n_t, dtype=torch.long, device=device)
+        tgt_index = torch.zeros(batch, n_t, dtype=torch.long, device=device)
+        tgt_mask = torch.zeros(batch, n_t, dtype=torch.bool, device=device)
+        for row in range(batch):
+            positions = hist_pos[row]
+            pos_tensor[row, : len(positions)] = torch.tensor(positions, device=device)
+            pos_mask[row, : len(positions)] = True
+            items, _, picked = target_items[row]
+            tgt_tensor[row, : len(items)] = torch.tensor(items, device=device)
+            tgt_index[row, : len(picked)] = torch.tensor(picked, device=device)
+            tgt_mask[row, : len(items)] = True
+        hist_len = torch.tensor([len(h) for h in histories], device=device)
+        full_targets = None
+        if self.item_tower == "a":
+            max_t = max(len(t[1]) for t in target_items)
+            full_targets = torch.zeros(batch, max_t, dtype=torch.long, device=device)
+            for row, (_, target, _) in enumerate(target_items):
+                full_targets[row, : len(target)] = torch.tensor(target, device=device)
+        return hist_tensor, hist_len, pos_tensor, pos_mask, tgt_tensor, tgt_index, tgt_mask, full_targets
+
+    def target_embeddings(self, tgt_items, tgt_index, full_targets):
+        if self.item_tower == "a":  # PAL over each user's target sequence, causal
+            lengths = (full_targets > 0).sum(1)
+            states = self.user_states(full_targets, lengths)
+            return torch.gather(states, 1, tgt_index.unsqueeze(-1).expand(-1, -1, states.size(-1)))
+        return self.single_item_embeddings(tgt_items)
+
+    def calculate_loss(self, interaction):
+        hist, hist_len, pos, pos_mask, tgt_items, tgt_index, tgt_mask, full_targets = self.build_batch(interaction)
+        states = self.user_states(hist, hist_len)
+        user = torch.gather(states, 1, pos.unsqueeze(-1).expand(-1, -1, states.size(-1)))
+        items = self.target_embeddings(tgt_items, tgt_index, full_targets)
+        return dense_all_action_loss(user, pos_mask, items, tgt_items, tgt_mask, self.tau)
+
+    # ---- prediction ----------------------------------------------------------------------------------------
+    def predict(self, interaction):
+        user = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return (user * self.item_table()[interaction[self.ITEM_ID]]).sum(-1)
+
+    def full_sort_predict(self, interaction):
+        user = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return user @ self.item_table().t()

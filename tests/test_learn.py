@@ -1,0 +1,137 @@
+"""LEARN: sampling weights, dense all-action loss, causal PAL, towers, samplers, export round trip."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_config
+
+from recbole_llm import Config, create_dataset, get_model, run_recbole_llm
+from recbole_llm.llm.features import load_features
+from recbole_llm.model.sequential_recommender.learn import dense_all_action_loss, recency_weights, two_stage_sample
+from recbole_llm.utils import data_preparation
+
+SMALL = {"n_layers": 1, "n_heads": 2, "d_model": 16, "inner_size": 32, "embedding_dim": 8, "n_history_samples": 3, "n_target_samples": 2}
+
+
+def learn_config(tiny_data, tmp_path, **overrides):
+    overrides.setdefault("feature_dir", str(tmp_path / "features"))
+    return tiny_config(tiny_data, tmp_path, **{**SMALL, **overrides})
+
+
+def test_recency_weights_formula():
+    w = recency_weights(3, alpha=10, beta=10000)
+    expected = [math.log(10), math.log(10 + 1 * (10000 - 10) / 2), math.log(10000)]
+    assert w.tolist() == pytest.approx([e / expected[-1] for e in expected], rel=1e-6)
+    assert recency_weights(1).tolist() == [1.0]
+
+
+def test_two_stage_sampling_prefers_recent_positions():
+    assert two_stage_sample(4, 10) == [0, 1, 2, 3]
+    rng = random.Random(0)
+    gen = torch.Generator().manual_seed(0)
+    recency = [p for _ in range(400) for p in two_stage_sample(100, 5, "recency", rng=rng, generator=gen)]
+    uniform = [p for _ in range(400) for p in two_stage_sample(100, 5, "uniform", rng=rng)]
+    sample = two_stage_sample(100, 5, "recency", rng=rng, generator=gen)
+    assert len(set(sample)) == 5 and sample == sorted(sample)
+    assert np.mean(recency) > np.mean(uniform) + 3
+
+
+def test_dense_loss_hand_example_with_masked_duplicates():
+    s = 1 / math.sqrt(2)
+    users = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # B=2, Nh=1
+    targets = torch.tensor([[[1.0, 0.0], [s, s]], [[0.0, 1.0], [s, s]]])  # B=2, Nt=2
+    items = torch.tensor([[5, 7], [6, 7]])  # item 7 is a target of both users
+    ones = torch.ones(2, 2, dtype=torch.bool)
+    tau = 0.5
+    loss = dense_all_action_loss(users, torch.ones(2, 1, dtype=torch.bool), targets, items, ones, tau)
+    # user 0: positives 5 (cos 1) and 7 (cos s); negatives: user 1's item 6 (cos 0), item 7 masked (own target)
+    def term(pos, negs):
+        return -(pos / tau - math.log(math.exp(pos / tau) + sum(math.exp(n / tau) for n in negs)))
+
+    expected = (term(1.0, [0.0]) + term(s, [0.0]) + term(1.0, [0.0]) + term(s, [0.0])) / 4
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # without the duplicate, the shared item would count as a negative and the loss grows
+    loss_unmasked = dense_all_action_loss(users, torch.ones(2, 1, dtype=torch.bool), targets, torch.tensor([[5, 7], [6, 8]]), ones, tau)
+    assert loss_unmasked.item() > loss.item()
+    # padded target slots contribute nothing
+    partial = torch.tensor([[True, False], [True, False]])
+    only_first = dense_all_action_loss(users, torch.ones(2, 1, dtype=torch.bool), targets, items, partial, tau)
+    assert only_first.item() == pytest.approx(term(1.0, [0.0]), rel=1e-5)
+
+
+def build(tiny_data, tmp_path, **overrides):
+    config = Config(model="LEARN", dataset="tiny", config_dict=learn_config(tiny_data, tmp_path, **overrides))
+    from recbole_llm.quick_start import prepare_artifacts
+
+    prepare_artifacts(config)
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    return config, train, get_model("LEARN")(config, train.dataset)
+
+
+def test_pal_is_causal(tiny_data, tmp_path):
+    _, _, model = build(tiny_data, tmp_path)
+    model.eval()
+    seq = torch.tensor([[3, 4, 5, 6, 7]])
+    changed = torch.tensor([[3, 4, 5, 9, 10]])
+    with torch.no_grad():
+        a, b = model.pal_states(seq), model.pal_states(changed)
+    torch.testing.assert_close(a[:, :3], b[:, :3])  # positions 0..2 never see positions 3..4
+    assert not torch.allclose(a[:, 3:], b[:, 3:])
+    assert torch.allclose(a.norm(dim=-1), torch.ones(1, 5))
+
+
+@pytest.mark.parametrize("tower,sampler,loss", [("a", "recency", "dense"), ("b", "uniform", "dense"), ("c", "recency", "dense"), ("a", "recency", "next_item")])
+def test_towers_and_samplers_train(tiny_data, tmp_path, tower, sampler, loss):
+    result = run_recbole_llm(
+        model="LEARN", dataset="tiny", config_dict=learn_config(tiny_data, tmp_path, item_tower=tower, sampler=sampler, learn_loss=loss, epochs=2)
+    )
+    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0 and "ndcg_tail@10" in result["test_result"]
+
+
+def test_item_tower_variants_embed_single_items(tiny_data, tmp_path):
+    _, _, model = build(tiny_data, tmp_path, item_tower="c")
+    model.eval()
+    table = model.item_table()
+    expected = F.normalize(model.content @ model.content_projection, dim=-1)
+    torch.testing.assert_close(table, expected)
+    _, _, model_b = build(tiny_data, tmp_path, item_tower="b")
+    model_b.eval()
+    items = torch.tensor([2, 5])
+    torch.testing.assert_close(model_b.item_table()[items], model_b.pal_states(items.view(-1, 1)).squeeze(1))
+
+
+def test_bad_item_tower(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="item_tower"):
+        build(tiny_data, tmp_path, item_tower="d")
+
+
+def test_export_round_trip(tiny_data, tmp_path):
+    from recbole_llm.compat import load_checkpoint
+    from recbole_llm.export import full_histories, main
+
+    result = run_recbole_llm(model="LEARN", dataset="tiny", config_dict=learn_config(tiny_data, tmp_path, epochs=1))
+    out = tmp_path / "export"
+    assert main([f"--model_file={result['model_file']}", f"--out={out}"]) == 0
+    user_tokens, users, meta = load_features(str(out / "users"))
+    item_tokens, items, _ = load_features(str(out / "items"))
+    assert meta["model"] == "LEARN" and len(user_tokens) == 40 and users.shape == (40, 8)
+    assert len(item_tokens) == 30 and items.shape == (30, 8)
+    assert np.allclose(np.linalg.norm(items, axis=1), 1.0, atol=1e-5)
+    # the exported vectors reproduce the model's scores
+    checkpoint = load_checkpoint(result["model_file"])
+    config = checkpoint["config"]
+    dataset = create_dataset(config)
+    train, _, test = data_preparation(config, dataset)
+    model = get_model("LEARN")(config, train.dataset)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    seq, seq_len = full_histories(test._dataset, config["MAX_ITEM_LIST_LENGTH"])
+    with torch.no_grad():
+        scores = model.forward(seq[:1], seq_len[:1]) @ model.item_table()[1:].t()
+    np.testing.assert_allclose(scores.numpy()[0], items @ users[0], rtol=1e-4, atol=1e-5)
+    assert main(["--model_file=/nowhere.pth", f"--out={out}"]) == 2
