@@ -12,6 +12,7 @@
 """
 
 import os
+import warnings
 
 import torch
 
@@ -26,6 +27,9 @@ def import_recbole_models():
     import recbole.model.sequential_recommender  # noqa: F401  (runs sine.py)
 
     set_anomaly_detection(False)
+    # RecBole 1.2.1 on pandas 2.2 / torch 2.13 warns about its own chained fillna and GradScaler calls at
+    # every run; they are harmless and drown the training log
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -100,3 +100,39 @@ def quiet_logging():
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.WARNING)
+
+
+def load_model_file(model_file, config_overrides=None):
+    """(config, model, train_data, valid_data, test_data) rebuilt from a checkpoint this project wrote.
+
+    ``config_overrides`` change evaluation-side keys (e.g. ``{"eval_args": {"mode": "uni100"}}``); keys
+    that shape the model must stay as trained.
+    """
+    from recbole_llm.compat import load_checkpoint
+
+    checkpoint = load_checkpoint(model_file)
+    config = checkpoint["config"]
+    for key, value in (config_overrides or {}).items():
+        if key == "eval_args" and isinstance(value, dict):
+            value = {**config["eval_args"], **value}
+            if isinstance(value.get("mode"), str):
+                value["mode"] = {"valid": value["mode"], "test": value["mode"]}
+        config[key] = value
+    if "eval_args" in (config_overrides or {}):
+        config._set_eval_neg_sample_args("valid")
+        config._set_eval_neg_sample_args("test")
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, train_data, valid_data, test_data
+
+
+def evaluate_model_file(model_file, config_overrides=None):
+    """Test result of a saved checkpoint, e.g. under another eval mode than it was trained with."""
+    config, model, train_data, _, test_data = load_model_file(model_file, config_overrides)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.eval_collector.data_collect(train_data)
+    return trainer.evaluate(test_data, load_best_model=False)
