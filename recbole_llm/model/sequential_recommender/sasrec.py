@@ -53,6 +53,14 @@ class SASRec(RecBoleSASRec):
     def embed_item_seq(self, item_seq, table=None):
         return F.embedding(item_seq, self.item_table() if table is None else table)
 
+    def output_states(self, states):
+        """Hook on sequence states before scoring (UniSRec: L2 norm / temperature)."""
+        return states
+
+    def output_table(self, table):
+        """Hook on the item table before scoring (UniSRec: L2 norm)."""
+        return table
+
     # ---- encoder ------------------------------------------------------------------------------------
     def encode_sequence(self, item_seq, table=None):
         """(B, L, H) encoder states of left-aligned ``item_seq`` (B, L)."""
@@ -71,8 +79,10 @@ class SASRec(RecBoleSASRec):
     def forward(self, item_seq, item_seq_len, table=None):
         """(B, H) state at the last real position."""
         if self.length_bucketing:
-            return bucketed_encode(lambda s: self.encode_sequence(s, table), item_seq, item_seq_len, gather_last=True)
-        return self.gather_indexes(self.encode_sequence(item_seq, table), item_seq_len - 1)
+            states = bucketed_encode(lambda s: self.encode_sequence(s, table), item_seq, item_seq_len, gather_last=True)
+        else:
+            states = self.gather_indexes(self.encode_sequence(item_seq, table), item_seq_len - 1)
+        return self.output_states(states)
 
     # ---- losses ---------------------------------------------------------------------------------------
     def calculate_loss(self, interaction):
@@ -88,13 +98,14 @@ class SASRec(RecBoleSASRec):
             hidden = self.encode_all(item_seq, item_seq_len, table)
             positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
             valid = positions < item_seq_len.unsqueeze(1)
-            return self.score_loss(hidden[valid], interaction[self.TARGET_SEQ][valid], table)
+            return self.score_loss(self.output_states(hidden[valid]), interaction[self.TARGET_SEQ][valid], table)
         seq_output = self.forward(item_seq, item_seq_len, table)
         neg_items = interaction[self.NEG_ITEM_ID] if self.loss_type in ("BPR", "BCE") and self.NEG_ITEM_ID in interaction else None
         return self.score_loss(seq_output, interaction[self.POS_ITEM_ID], table, neg_items)
 
     def score_loss(self, states, pos_items, table, neg_items=None):
         """Recommendation loss of ``states`` (N, H) for ``pos_items`` (N,) scored against ``table``."""
+        table = self.output_table(table)
         if self.loss_type == "CE":
             return self.loss_fct(states @ table.t(), pos_items)
         if neg_items is None:  # all_positions: one uniformly sampled negative per position
@@ -111,9 +122,9 @@ class SASRec(RecBoleSASRec):
     def predict(self, interaction):
         table = self.item_table()
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], table)
-        return (seq_output * table[interaction[self.ITEM_ID]]).sum(dim=1)
+        return (seq_output * self.output_table(table)[interaction[self.ITEM_ID]]).sum(dim=1)
 
     def full_sort_predict(self, interaction):
         table = self.item_table()
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], table)
-        return seq_output @ table.t()
+        return seq_output @ self.output_table(table).t()
