@@ -96,9 +96,9 @@ def main():
                         results.setdefault(dataset, {}).setdefault(model, []).append(row)
                         print(dataset, model, seed, json.dumps(row), flush=True)
                         if args.json:
-                            with open(args.json + ".tmp", "w") as handle:
-                                json.dump(results, handle, indent=1)
-                            os.replace(args.json + ".tmp", args.json)
+                            from recbole_llm.fileio import atomic_write_text
+
+                            atomic_write_text(args.json, json.dumps(results, indent=1))
 
     lines = [
         f"Command: `python benchmarks/llmemb_vs_sasrec.py --datasets={args.datasets} --pairs={args.pairs} --epochs={args.epochs} "
@@ -139,9 +139,9 @@ def main():
     table = "\n".join(lines)
     print(table)
     if args.out:
-        with open(args.out + ".tmp", "w") as handle:
-            handle.write(table + "\n")
-        os.replace(args.out + ".tmp", args.out)
+        from recbole_llm.fileio import atomic_write_text
+
+        atomic_write_text(args.out, table + "\n")
 
 
 if __name__ == "__main__":

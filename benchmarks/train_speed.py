@@ -128,10 +128,9 @@ def main():
     table = "\n".join(lines)
     print(table)
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as handle:
-            handle.write(table + "\n")
-        os.replace(tmp, args.out)
+        from recbole_llm.fileio import atomic_write_text
+
+        atomic_write_text(args.out, table + "\n")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import sys
 import time
 import traceback
 
+from recbole_llm.fileio import atomic_open, atomic_savefig, atomic_write_text
+
 REPORTED = [
     "ndcg@10", "hit@10", "recall@10", "ndcg_head@10", "ndcg_tail@10", "hit_head@10", "hit_tail@10",
     "ndcg_short@10", "ndcg_long@10",
@@ -38,7 +40,6 @@ def bucket_labels():
 def popularity_buckets(model_file, eval_mode):
     """NDCG@10 and row count per popularity bucket of the test target items."""
     import numpy as np
-    import torch
     from recbole.evaluator.metrics import NDCG
 
     from recbole_llm.evaluator.longtail import ITEM_POP_KEY, TARGET_KEY
@@ -107,10 +108,7 @@ def run_one(model, seed, args, base_config, out_dir):
 
 
 def write_json(path, data):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def summarise(runs, models):
@@ -134,11 +132,10 @@ def summarise(runs, models):
 
 def write_tables(rows, out_dir, header):
     columns = list(rows[0].keys())
-    with open(os.path.join(out_dir, "results.csv.tmp"), "w", newline="") as handle:
+    with atomic_open(os.path.join(out_dir, "results.csv"), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(os.path.join(out_dir, "results.csv.tmp"), os.path.join(out_dir, "results.csv"))
 
     def fmt(row, metric):
         mean = row[f"{metric}_mean"]
@@ -153,9 +150,7 @@ def write_tables(rows, out_dir, header):
         params = "" if row["num_params"] is None else f"{int(row['num_params'])}"
         lines.append(f"| {row['model']} | {row['seeds']} | " + " | ".join(cells) + f" | {sec} | {ev} | {params} | {row['error']} |")
     table = "\n".join(lines) + "\n"
-    with open(os.path.join(out_dir, "results.md.tmp"), "w") as handle:
-        handle.write(table)
-    os.replace(os.path.join(out_dir, "results.md.tmp"), os.path.join(out_dir, "results.md"))
+    atomic_write_text(os.path.join(out_dir, "results.md"), table)
     return table
 
 
@@ -183,8 +178,7 @@ def write_plots(rows, runs, out_dir, title):
     ax.legend()
     fig.tight_layout()
     paths.append(os.path.join(out_dir, "ndcg_head_tail.png"))
-    fig.savefig(paths[-1] + ".tmp.png", dpi=120)
-    os.replace(paths[-1] + ".tmp.png", paths[-1])
+    atomic_savefig(fig, paths[-1], dpi=120)
     plt.close(fig)
 
     labels = bucket_labels()
@@ -205,8 +199,7 @@ def write_plots(rows, runs, out_dir, title):
         ax.legend(fontsize=8)
         fig.tight_layout()
         paths.append(os.path.join(out_dir, "ndcg_by_popularity.png"))
-        fig.savefig(paths[-1] + ".tmp.png", dpi=120)
-        os.replace(paths[-1] + ".tmp.png", paths[-1])
+        atomic_savefig(fig, paths[-1], dpi=120)
     plt.close(fig)
     return paths
 

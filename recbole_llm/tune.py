@@ -23,6 +23,8 @@ import time
 
 import yaml
 
+from recbole_llm.fileio import atomic_open, atomic_write_text
+
 ARTIFACT_KEYS = ("llm_features", "llm_feature", "teacher_checkpoint")
 WIDTH_KEYS = ("hidden_size", "embedding_size")
 
@@ -175,18 +177,15 @@ def write_table(rows, out_dir, space_names):
     columns = ["trial", "status", "epochs"] + [k for k in rows[0] if k.startswith(("best_valid_", "test_"))] + list(space_names) + ["error"]
     flat = [{**{k: r[k] for k in r if k != "params"}, **{n: r["params"].get(n, "") for n in space_names}} for r in rows]
     csv_path = os.path.join(out_dir, "trials.csv")
-    with open(csv_path + ".tmp", "w", newline="") as handle:
+    with atomic_open(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(flat)
-    os.replace(csv_path + ".tmp", csv_path)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in flat:
         lines.append("| " + " | ".join(str(row.get(c, "")).replace("|", "/") for c in columns) + " |")
     md = "\n".join(lines)
-    with open(os.path.join(out_dir, "trials.md.tmp"), "w") as handle:
-        handle.write(md + "\n")
-    os.replace(os.path.join(out_dir, "trials.md.tmp"), os.path.join(out_dir, "trials.md"))
+    atomic_write_text(os.path.join(out_dir, "trials.md"), md + "\n")
     return md
 
 
@@ -269,9 +268,7 @@ def run_search(args):
         best_params = {k: v for k, v in best["params"].items()}
         public = {k: v for k, v in base_config.items() if k not in ("state", "show_progress") and not k.startswith("_built_")}
         best_yaml = os.path.join(out_dir, "best_config.yaml")
-        with open(best_yaml + ".tmp", "w") as handle:
-            yaml.safe_dump({**public, **best_params}, handle, sort_keys=True)
-        os.replace(best_yaml + ".tmp", best_yaml)
+        atomic_write_text(best_yaml, yaml.safe_dump({**public, **best_params}, sort_keys=True))
         print(f"best trial {best['trial']} ({valid_metric} {best[f'best_valid_{valid_metric}']}): {best_params}")
         print(f"best config: {best_yaml}  (python run_recbole_llm.py --model={args.model} --dataset={args.dataset} --config_files={best_yaml})")
     print(f"trials: {os.path.join(out_dir, 'trials.csv')} and trials.md")

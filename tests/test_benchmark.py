@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 
 from recbole_llm import benchmark
 

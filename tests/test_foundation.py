@@ -28,22 +28,22 @@ def run_cli(*args, cwd=ROOT):
     )
 
 
-def test_unknown_model_is_one_line_exit_2():
-    proc = run_cli("--model=Nope", "--dataset=ml-100k")
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
+def one_line_error(proc):
+    """The single stderr line of a run that must fail with exit code 2 and no traceback."""
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and "Unknown model 'Nope'" in lines[0]
-    assert "SASRec" in lines[0] and "BERT4Rec" in lines[0]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_unknown_model_is_one_line_exit_2():
+    line = one_line_error(run_cli("--model=Nope", "--dataset=ml-100k"))
+    assert "Unknown model 'Nope'" in line and "SASRec" in line and "BERT4Rec" in line
 
 
 def test_unknown_dataset_is_one_line_exit_2(tmp_path):
-    proc = run_cli("--model=SASRec", "--dataset=nope", f"--data_path={tmp_path}")
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and "Unknown dataset 'nope'" in lines[0]
-    assert "ml-100k" in lines[0] and "scientific" in lines[0]
+    line = one_line_error(run_cli("--model=SASRec", "--dataset=nope", f"--data_path={tmp_path}"))
+    assert "Unknown dataset 'nope'" in line and "ml-100k" in line and "scientific" in line
 
 
 def test_plugin_yaml_layers_over_recbole(tmp_path):

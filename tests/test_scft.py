@@ -2,7 +2,6 @@
 
 import os
 import random
-from dataclasses import replace
 
 import numpy as np
 import pytest

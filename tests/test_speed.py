@@ -17,9 +17,8 @@ def build(tiny_data, tmp_path, **overrides):
     return config, model, train
 
 
-def test_anomaly_detection_is_off_inside_training(tiny_data, tmp_path):
-    import recbole.model.sequential_recommender.sine  # noqa: F401  (the module that switches it on)
-
+def anomaly_flags_during_backward(config_dict):
+    """torch.is_anomaly_enabled() at every backward of a training run."""
     seen = []
     original = torch.Tensor.backward
 
@@ -29,26 +28,22 @@ def test_anomaly_detection_is_off_inside_training(tiny_data, tmp_path):
 
     torch.Tensor.backward = spy
     try:
-        run_recbole_llm(model="SASRec", dataset="tiny", config_dict=tiny_config(tiny_data, tmp_path))
+        run_recbole_llm(model="SASRec", dataset="tiny", config_dict=config_dict)
     finally:
         torch.Tensor.backward = original
+        torch.autograd.set_detect_anomaly(False)
+    return seen
+
+
+def test_anomaly_detection_is_off_inside_training(tiny_data, tmp_path):
+    import recbole.model.sequential_recommender.sine  # noqa: F401  (the module that switches it on)
+
+    seen = anomaly_flags_during_backward(tiny_config(tiny_data, tmp_path))
     assert seen and not any(seen)
 
 
 def test_anomaly_detection_can_be_switched_on_for_debugging(tiny_data, tmp_path):
-    seen = []
-    original = torch.Tensor.backward
-
-    def spy(self, *args, **kwargs):
-        seen.append(torch.is_anomaly_enabled())
-        return original(self, *args, **kwargs)
-
-    torch.Tensor.backward = spy
-    try:
-        run_recbole_llm(model="SASRec", dataset="tiny", config_dict=tiny_config(tiny_data, tmp_path, detect_anomaly=True))
-    finally:
-        torch.Tensor.backward = original
-        torch.autograd.set_detect_anomaly(False)
+    seen = anomaly_flags_during_backward(tiny_config(tiny_data, tmp_path, detect_anomaly=True))
     assert seen and all(seen)
 
 

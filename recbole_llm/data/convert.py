@@ -34,11 +34,12 @@ import json
 import os
 import re
 import sys
-import tempfile
 from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
+
+from recbole_llm.fileio import atomic_open
 
 INTER_HEADER = ["user_id:token", "item_id:token", "timestamp:float"]
 ITEM_HEADER = ["item_id:token", "title:token", "brand:token", "categories:token_seq"]
@@ -264,20 +265,10 @@ def order_and_filter(df, kcore=0, dedup=False):
 
 
 def _atomic_write_lines(path, header, rows):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write("\t".join(header) + "\n")
-            for row in rows:
-                handle.write("\t".join(row) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write("\t".join(header) + "\n")
+        for row in rows:
+            handle.write("\t".join(row) + "\n")
 
 
 def write_atomic(df, meta, out, name, keep_time=False, description=True):

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recbole_llm.fileio import atomic_open
 from recbole_llm.llm import features as feature_io
 from recbole_llm.llm.prompts import build_prompts, prompt_config, read_item_text, template_hash
 
@@ -180,10 +181,8 @@ def embed_texts(
             out[rows] = vectors.cpu().numpy()
             progress.update(len(rows))
         if chunk_file:
-            os.makedirs(chunk_dir, exist_ok=True)
-            tmp = chunk_file + ".tmp.npy"
-            np.save(tmp, out[chunk_rows])
-            os.replace(tmp, chunk_file)
+            with atomic_open(chunk_file, "wb") as handle:
+                np.save(handle, out[chunk_rows])
     progress.close()
     if not np.isfinite(out).all():
         bad = np.flatnonzero(~np.isfinite(out).all(axis=1))

@@ -15,11 +15,12 @@ it is writable and not inside an installed package, else ``dataset_atomic/<datas
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 import torch
+
+from recbole_llm.fileio import atomic_open, atomic_write_text
 
 SUFFIX_MATRIX = ".npy"
 SUFFIX_META = ".json"
@@ -66,21 +67,6 @@ def find_feature_file(config, name):
     return None
 
 
-def _atomic_write(path, write_fn, suffix):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write_fn(handle)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_features(base, tokens, matrix, meta=None):
     """Write ``<base>.npy`` and ``<base>.json`` atomically; returns the metadata written."""
     matrix = np.ascontiguousarray(np.asarray(matrix, dtype=np.float32))
@@ -104,8 +90,9 @@ def save_features(base, tokens, matrix, meta=None):
             "created_by": meta.get("created_by") or " ".join([os.path.basename(sys.executable)] + sys.argv),
         }
     )
-    _atomic_write(base + SUFFIX_MATRIX, lambda h: np.save(h, matrix), SUFFIX_MATRIX)
-    _atomic_write(base + SUFFIX_META, lambda h: h.write(json.dumps(meta, indent=1).encode("utf-8")), SUFFIX_META)
+    with atomic_open(base + SUFFIX_MATRIX, "wb") as handle:
+        np.save(handle, matrix)
+    atomic_write_text(base + SUFFIX_META, json.dumps(meta, indent=1))
     return meta
 
 

@@ -19,13 +19,13 @@ import logging
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
+from recbole_llm.fileio import atomic_torch_save
 from recbole_llm.llm import features as feature_io
 from recbole_llm.llm.extract import (
     dataset_item_tokens,
@@ -137,17 +137,6 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-def _save_state(path, state):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def train_scft(item_text, instruction, settings, output_dir, device="cpu", resume=False, show_progress=True):
     """Fine-tune LoRA weights; returns (peft model, tokenizer, report dict). Checkpoints in ``output_dir``."""
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -220,8 +209,7 @@ def train_scft(item_text, instruction, settings, output_dir, device="cpu", resum
         progress.update(1)
         progress.set_postfix(loss=f"{step_loss:.4f}", tau=f"{tau.item():.2f}")
         if settings.checkpoint_every and (step % settings.checkpoint_every == 0 or step == settings.steps):
-            _save_state(
-                state_path,
+            atomic_torch_save(
                 {
                     "lora": get_peft_model_state_dict(model),
                     "optimizer": optimizer.state_dict(),
@@ -233,6 +221,7 @@ def train_scft(item_text, instruction, settings, output_dir, device="cpu", resum
                     "torch_rng": torch.get_rng_state(),
                     "settings": asdict(settings),
                 },
+                state_path,
             )
     progress.close()
     model.eval()

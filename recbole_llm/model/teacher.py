@@ -16,6 +16,7 @@ from logging import getLogger
 import torch
 
 from recbole_llm.compat import load_checkpoint
+from recbole_llm.fileio import atomic_torch_save
 from recbole_llm.llm.features import feature_dirs
 
 # dataset-shaping keys the teacher inherits from the student's config
@@ -95,15 +96,7 @@ def ensure_teacher(config, dim):
         "teacher_config": {k: v for k, v in teacher.items() if k != "checkpoint_dir"},
         "test_result": dict(result["test_result"]),
     }
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".pth")
-    os.close(fd)
-    try:
-        torch.save(artifact, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_torch_save(artifact, path)
     logger.info(f"teacher: test {dict(result['test_result'])}; saved {path}")
     return path
 

@@ -18,7 +18,6 @@ r"""LEARN: frozen-LLM content embeddings, a causal PAL user tower, an item tower
   evaluation.
 """
 
-import math
 import random
 
 import torch
