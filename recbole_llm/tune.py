@@ -133,6 +133,10 @@ def prepare_shared_artifacts(model, dataset, config_file_list, base_config):
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=dict(base_config))
     prepare_artifacts(config)
     shared = {k: config[k] for k in ARTIFACT_KEYS if config[k] not in (None, "auto")}
+    if shared.get("llm_features"):
+        from recbole_llm.llm.features import feature_dirs
+
+        shared["feature_dir"] = feature_dirs(config)[0]  # absolute: trials run in their own working folder
     for key in WIDTH_KEYS:
         if config[key] is not None:
             shared[f"_built_{key}"] = config[key]
