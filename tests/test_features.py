@@ -192,3 +192,19 @@ def test_features_cli_unknown_dataset(tmp_path, capsys):
 
     assert main(["--dataset=nope", f"--data_path={tmp_path}"]) == 2
     assert "Unknown dataset 'nope'" in capsys.readouterr().err
+
+
+def test_read_only_dataset_folder_is_never_written(tiny_data, tmp_path, monkeypatch):
+    """../shared/datasets is read-only by its mode bits; root passes os.access, so the bits decide."""
+    from recbole_llm.llm.features import feature_dirs
+
+    folder = os.path.join(tiny_data, "tiny")
+    monkeypatch.chdir(tmp_path)
+    os.chmod(folder, 0o555)
+    try:
+        config = Config(model="SASRec", dataset="tiny", config_dict=tiny_config(tiny_data, tmp_path))
+        dirs = feature_dirs(config)
+        assert dirs[0] == str(tmp_path / "dataset_atomic" / "tiny") and os.path.realpath(folder) in map(os.path.realpath, dirs)
+    finally:
+        os.chmod(folder, 0o755)
+    assert feature_dirs(config)[0] == os.path.realpath(folder) or feature_dirs(config)[0] == os.path.abspath(folder)

@@ -14,6 +14,7 @@ it is writable and not inside an installed package, else ``dataset_atomic/<datas
 
 import json
 import os
+import stat
 import sys
 import time
 
@@ -31,7 +32,12 @@ class FeatureFileError(ValueError):
 
 
 def _writable(folder):
-    return os.path.isdir(folder) and os.access(folder, os.W_OK) and "site-packages" not in os.path.abspath(folder)
+    """A folder we may add files to: write permission bits set (root passes os.access on read-only folders
+    such as ../shared/datasets), and not inside an installed package."""
+    if not os.path.isdir(folder) or "site-packages" in os.path.abspath(folder):
+        return False
+    mode = os.stat(folder).st_mode
+    return bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) and os.access(folder, os.W_OK)
 
 
 def feature_dirs(config):
