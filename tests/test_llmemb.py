@@ -74,6 +74,33 @@ def test_adapter_shapes_and_ablation():
         build_adapter(8, 4, activation="swish")
 
 
+@pytest.mark.parametrize("layers", [2, 3])
+def test_linear_adapter_is_folded_with_same_values_and_gradients(layers):
+    torch.manual_seed(0)
+    features = torch.randn(50, 32)
+    emb = AdaptedEmbedding(features, 8, layers=layers)
+    assert emb.linear_chain() is not None
+    folded = emb.compute_table()
+    plain = emb.adapter(features)
+    torch.testing.assert_close(folded[1:], plain[1:], rtol=1e-5, atol=1e-5)
+    params = list(emb.adapter.parameters())
+    grads_folded = torch.autograd.grad((folded[1:] ** 2).sum(), params)
+    grads_plain = torch.autograd.grad((plain[1:] ** 2).sum(), params)
+    for a, b in zip(grads_folded, grads_plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_adapter_with_activation_or_dropout_is_not_folded():
+    features = torch.randn(20, 16)
+    assert AdaptedEmbedding(features, 4, activation="relu").linear_chain() is None
+    emb = AdaptedEmbedding(features, 4, dropout=0.5)
+    emb.train()
+    assert emb.linear_chain() is None  # dropout active between the layers
+    emb.eval()
+    assert emb.linear_chain() is not None  # dropout is the identity at evaluation
+    torch.testing.assert_close(emb.weight[1:], emb.adapter(features)[1:], rtol=1e-5, atol=1e-5)
+
+
 def test_adapted_embedding_caches_only_where_safe():
     emb = AdaptedEmbedding(torch.randn(5, 8), 4, extra_rows=1)
     assert emb.weight.shape == (6, 4) and torch.all(emb.weight[0] == 0)

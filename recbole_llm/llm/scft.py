@@ -269,7 +269,7 @@ def settings_from_config(config):
         grad_checkpointing=bool(get("scft_grad_checkpointing", defaults.grad_checkpointing)),
         max_length=int(get("llm_max_length", defaults.max_length)),
         pooling=get("llm_pooling", defaults.pooling),
-        seed=int(get("seed", defaults.seed)),
+        seed=int(get("scft_seed", defaults.seed)),
         checkpoint_every=int(get("scft_checkpoint_every", defaults.checkpoint_every)),
         eval_items=int(get("scft_eval_items", defaults.eval_items)),
         pca_dim=int(get("pca_dim", 0) or 0),

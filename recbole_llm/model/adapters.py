@@ -62,8 +62,32 @@ class AdaptedEmbedding(nn.Module):
         self._cache = None
         self._hold = 0
 
+    def linear_chain(self):
+        """The adapter's Linear layers when it is a pure chain of them (paper default), else None."""
+        layers = [m for m in self.adapter if not (isinstance(m, nn.Dropout) and (not self.training or m.p == 0))]
+        return layers if all(isinstance(m, nn.Linear) for m in layers) else None
+
+    def adapt(self, features):
+        """``adapter(features)``; a chain of Linear layers is folded into one matrix first.
+
+        ``x W1^T W2^T = x (W2 W1)^T``: multiplying the small weights first costs (d/2 * d * hidden) once
+        instead of (n_items * d * d/2) per step, so the table costs about 3.5x fewer FLOPs forward and backward
+        with the same value and gradients (up to float rounding).
+        """
+        chain = self.linear_chain()
+        if chain is None or len(chain) < 2:
+            return self.adapter(features)
+        weight, bias = chain[0].weight, chain[0].bias
+        for layer in chain[1:]:
+            if bias is not None:
+                bias = layer.weight @ bias if layer.bias is None else torch.addmv(layer.bias, layer.weight, bias)
+            else:
+                bias = layer.bias
+            weight = layer.weight @ weight
+        return F.linear(features, weight, bias)
+
     def compute_table(self):
-        table = self.adapter(self.features)
+        table = self.adapt(self.features)
         table = torch.cat([table.new_zeros(1, table.size(1)), table[1:]])  # padding id 0 stays zero
         if self.extra is not None:
             table = torch.cat([table, self.extra])
