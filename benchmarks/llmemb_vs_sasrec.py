@@ -5,13 +5,17 @@
 
 Every model trains once (early stopping on valid NDCG@10, full ranking) and its best checkpoint is tested
 with full ranking and with 100 sampled negatives (uni100). The table reports overall / head / tail NDCG@10
-and HR@10 in both modes, seconds per training epoch, and the relative change of each LLMEmb model against
-its baseline. SASRec-family models use train_mode all_positions on both sides. ``--scft`` uses SCFT-tuned
-features (built once, cached); otherwise the un-tuned LLM features.
+and HR@10 in both modes (mean ± half-width of the 95% confidence interval of the mean over seeds, Student t),
+seconds per training epoch, and the relative change of each LLMEmb model against its baseline with its own
+95% interval: from the per-seed paired changes ``llm_s / base_s - 1`` when both models ran on at least two
+common seeds, else from the ratio of the means (delta method). SASRec-family models use train_mode
+all_positions on both sides. ``--scft`` uses SCFT-tuned features (built once, cached); otherwise the
+un-tuned LLM features.
 """
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -21,6 +25,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from recbole_llm.benchmark import mean_ci, t_quantile_975  # noqa: E402
 
 METRICS = ["ndcg@10", "ndcg_head@10", "ndcg_tail@10", "hit@10", "hit_head@10", "hit_tail@10"]
 
@@ -62,6 +68,97 @@ def mean(values):
     return statistics.mean(values) if values else float("nan")
 
 
+def fmt_ci(values, digits=4):
+    """'mean ± half-width' of the 95% CI over seeds; the mean alone below 2 seeds."""
+    m, half = mean_ci(values)
+    if m is None:
+        return "n/a"
+    return f"{m:.{digits}f}" + (f" ± {half:.{digits}f}" if half is not None else "")
+
+
+def relative_change(base_rows, llm_rows, value):
+    """(change, half-width or None, how) of ``llm / base - 1``, ``value(row)`` giving a run's number.
+
+    Paired when at least two seeds ran for both models: mean and t interval of the per-seed changes.
+    Otherwise the ratio of the means, with a delta-method interval (t with min(n) - 1 degrees of freedom)
+    when each side has at least two runs.
+    """
+    by_seed = {r.get("seed"): value(r) for r in base_rows if r.get("seed") is not None}
+    paired = [(value(r), by_seed[r["seed"]]) for r in llm_rows if r.get("seed") in by_seed and by_seed[r["seed"]]]
+    if len(paired) >= 2:
+        change, half = mean_ci([l / b - 1 for l, b in paired])
+        return change, half, f"paired, {len(paired)} seeds"
+    b = [value(r) for r in base_rows]
+    l = [value(r) for r in llm_rows]
+    if not b or not l or not statistics.mean(b):
+        return None, None, "n/a"
+    ratio = statistics.mean(l) / statistics.mean(b)
+    if len(b) < 2 or len(l) < 2:
+        return ratio - 1, None, "one run" if len(b) == len(l) == 1 else "ratio of means"
+    if not statistics.mean(l):
+        return ratio - 1, None, "ratio of means"
+    rel_var = statistics.variance(l) / (len(l) * statistics.mean(l) ** 2) + statistics.variance(b) / (len(b) * statistics.mean(b) ** 2)
+    half = t_quantile_975(min(len(b), len(l)) - 1) * abs(ratio) * math.sqrt(rel_var)
+    return ratio - 1, half, "ratio of means"
+
+
+def fmt_change(change, half):
+    if change is None:
+        return "n/a"
+    text = f"{change * 100:+.1f}%"
+    if half is not None:
+        text += f" [{(change - half) * 100:+.1f}, {(change + half) * 100:+.1f}]"
+    return text
+
+
+def build_tables(results, pairs, header):
+    """Markdown of the per-model table and the relative-change table (``results[dataset][model]``: run rows)."""
+    lines = [
+        header,
+        "",
+        "Mean ± half-width of the 95% confidence interval of the mean over seeds (Student t, n-1 degrees of freedom; "
+        "the mean alone for one seed).",
+        "",
+        "| dataset | model | mode | seeds | NDCG@10 | head | tail | HR@10 | head | tail | s/epoch | epochs | params |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset, models in results.items():
+        for model, rows in models.items():
+            ok = [r for r in rows if "error" not in r]
+            if not ok:
+                lines.append(f"| {dataset} | {model} | failed: {rows[0]['error'][:80]} |")
+                continue
+            for mode in ("full", "uni100"):
+                cells = [fmt_ci([r[mode][m] for r in ok]) for m in METRICS]
+                lines.append(
+                    f"| {dataset} | {model} | {mode} | {len(ok)} | " + " | ".join(cells)
+                    + f" | {mean([r['sec_per_epoch'] for r in ok]):.2f} | {mean([r['epochs'] for r in ok]):.0f} | {ok[0]['params']} |"
+                )
+    lines += [
+        "",
+        "Relative change of each LLMEmb model against its baseline, with its 95% interval in brackets (percentage "
+        "points): paired per-seed changes when both ran on >= 2 common seeds, else the ratio of the means:",
+        "",
+        "| dataset | pair | mode | NDCG@10 | tail NDCG@10 | head NDCG@10 | epoch time | interval from |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset, models in results.items():
+        for pair in pairs:
+            base, llm = pair.split(":")
+            b = [r for r in models.get(base, []) if "error" not in r]
+            l = [r for r in models.get(llm, []) if "error" not in r]
+            if not b or not l:
+                continue
+            for mode in ("full", "uni100"):
+                cells, how = [], "n/a"
+                for metric in ("ndcg@10", "ndcg_tail@10", "ndcg_head@10"):
+                    change, half, how = relative_change(b, l, lambda r, mode=mode, metric=metric: r[mode][metric])
+                    cells.append(fmt_change(change, half))
+                ratio = mean([r["sec_per_epoch"] for r in l]) / max(mean([r["sec_per_epoch"] for r in b]), 1e-9)
+                lines.append(f"| {dataset} | {base} -> {llm} | {mode} | " + " | ".join(cells) + f" | {ratio:.2f}x | {how} |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_path", default=os.path.join(ROOT, "..", "shared", "datasets"))
@@ -93,6 +190,7 @@ def main():
                         except Exception as err:  # record and go on
                             row = {"error": f"{type(err).__name__}: {err}"}
                         row["wall_seconds"] = time.perf_counter() - start
+                        row["seed"] = seed
                         results.setdefault(dataset, {}).setdefault(model, []).append(row)
                         print(dataset, model, seed, json.dumps(row), flush=True)
                         if args.json:
@@ -100,43 +198,12 @@ def main():
 
                             atomic_write_text(args.json, json.dumps(results, indent=1))
 
-    lines = [
+    header = (
         f"Command: `python benchmarks/llmemb_vs_sasrec.py --datasets={args.datasets} --pairs={args.pairs} --epochs={args.epochs} "
         f"--seeds={args.seeds}{' --scft' if args.scft else ''}` ({platform.machine()}, {os.cpu_count()} cores, no GPU, "
-        f"{time.strftime('%Y-%m-%d')}); features: MiniLM {'SCFT-tuned' if args.scft else 'un-tuned'}, hidden {args.hidden_size}.",
-        "",
-        "| dataset | model | mode | NDCG@10 | head | tail | HR@10 | head | tail | s/epoch | epochs | params |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for dataset, models in results.items():
-        for model, rows in models.items():
-            ok = [r for r in rows if "error" not in r]
-            if not ok:
-                lines.append(f"| {dataset} | {model} | failed: {rows[0]['error'][:80]} |")
-                continue
-            for mode in ("full", "uni100"):
-                vals = [mean([r[mode][m] for r in ok]) for m in METRICS]
-                lines.append(
-                    f"| {dataset} | {model} | {mode} | " + " | ".join(f"{v:.4f}" for v in vals)
-                    + f" | {mean([r['sec_per_epoch'] for r in ok]):.2f} | {mean([r['epochs'] for r in ok]):.0f} | {ok[0]['params']} |"
-                )
-    lines += ["", "Relative change of each LLMEmb model against its baseline (mean over seeds):", ""]
-    lines += ["| dataset | pair | mode | NDCG@10 | tail NDCG@10 | head NDCG@10 | epoch time |", "|---|---|---|---|---|---|---|"]
-    for dataset, models in results.items():
-        for pair in args.pairs.split(","):
-            base, llm = pair.split(":")
-            b = [r for r in models.get(base, []) if "error" not in r]
-            l = [r for r in models.get(llm, []) if "error" not in r]
-            if not b or not l:
-                continue
-            for mode in ("full", "uni100"):
-                rel = []
-                for metric in ("ndcg@10", "ndcg_tail@10", "ndcg_head@10"):
-                    bv, lv = mean([r[mode][metric] for r in b]), mean([r[mode][metric] for r in l])
-                    rel.append(f"{(lv / bv - 1) * 100:+.1f}%" if bv else "n/a")
-                ratio = mean([r["sec_per_epoch"] for r in l]) / max(mean([r["sec_per_epoch"] for r in b]), 1e-9)
-                lines.append(f"| {dataset} | {base} -> {llm} | {mode} | " + " | ".join(rel) + f" | {ratio:.2f}x |")
-    table = "\n".join(lines)
+        f"{time.strftime('%Y-%m-%d')}); features: MiniLM {'SCFT-tuned' if args.scft else 'un-tuned'}, hidden {args.hidden_size}."
+    )
+    table = build_tables(results, args.pairs.split(","), header)
     print(table)
     if args.out:
         from recbole_llm.fileio import atomic_write_text

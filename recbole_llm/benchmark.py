@@ -2,26 +2,39 @@
 
     python -m recbole_llm.benchmark --dataset=scientific --data_path=../shared/datasets \
         --models=SASRec,GRU4Rec,BERT4Rec,FDSA,S3Rec,UniSRec,LLM2XSASRec,LLMEmbSASRec,LLMEmbGRU4Rec,LLMEmbBERT4Rec,LEARN \
-        [--epochs=N] [--seeds=42,43,44] [--eval_mode=full|uni100] [--out=DIR] [--config_files="a.yaml"] [--key=value ...]
+        [--epochs=N] [--seeds=42,43,44] [--eval_mode=full|uni100] [--workers=2] [--out=DIR] [--config_files="a.yaml"] [--key=value ...]
 
 For every model and seed: train (early stopping on valid NDCG@10), test, and measure NDCG@10 by target-item
 popularity bucket. One JSON per finished run under ``DIR/runs/`` makes it resumable: a finished (or failed)
 model/seed is not run again (``--rerun_failed`` retries failures). A failing model is recorded with its
 error and the others go on. Writes ``results.csv`` and ``results.md`` (mean and std over seeds of overall,
-head/tail and short/long metrics, train seconds per epoch, eval seconds, parameters) and two PNG plots:
-``ndcg_head_tail.png`` (grouped bars per model) and ``ndcg_by_popularity.png`` (NDCG@10 per item-popularity
-bucket, the papers' long-tail figure).
+head/tail and short/long metrics, the 95% confidence interval of the mean (Student t) of NDCG@10 and tail
+NDCG@10, train seconds per epoch, eval seconds, parameters) and two PNG plots: ``ndcg_head_tail.png``
+(grouped bars per model) and ``ndcg_by_popularity.png`` (NDCG@10 per item-popularity bucket, the papers'
+long-tail figure).
+
+Shared artifacts (LLM feature files, SCFT, the alignment teacher) are built once in this process before any
+run starts, with the config of the first seed, and every run of that model gets the resulting config keys
+(``llm_features``, ``llm_feature``, ``feature_dir``, ``teacher_checkpoint``): models that need the same
+artifact reuse one cached file. ``--workers=N`` runs the model/seed jobs in N worker processes (FIFO, one
+fresh process per job, ``torch.set_num_threads(cores // N)``); each worker writes its run JSON itself and
+its output to ``DIR/logs/<model>-<seed>.log``. ``--workers=1`` (default) runs them one after another here.
 """
 
 import argparse
 import ast
 import csv
 import json
+import math
 import os
+import signal
 import statistics
+import subprocess
 import sys
+import threading
 import time
 import traceback
+import uuid
 
 from recbole_llm.fileio import atomic_open, atomic_savefig, atomic_write_text
 
@@ -30,6 +43,45 @@ REPORTED = [
     "ndcg_short@10", "ndcg_long@10",
 ]
 POP_EDGES = (0, 2, 5, 10, 20, 50)  # popularity buckets: [0,2), [2,5), ..., [50, inf)
+CI_METRICS = ["ndcg@10", "ndcg_tail@10"]  # 95% CI bounds in results.md and .csv (.csv: half-width of every metric)
+
+# two-sided 95% Student t quantiles t(0.975, df) for df = 1..30; larger df: Cornish-Fisher expansion (error < 1e-7)
+T975 = (
+    12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,
+    2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963,
+    2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272,
+)
+
+
+def t_quantile_975(df):
+    """t(0.975, df): the multiplier of a two-sided 95% interval with ``df`` degrees of freedom."""
+    df = int(df)
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(T975):
+        return T975[df - 1]
+    z = 1.959963984540054
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+        + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * df**4)
+    )
+
+
+def mean_ci(values):
+    """(mean, half-width of the 95% confidence interval of the mean); half-width None below 2 values.
+
+    Student t with n-1 degrees of freedom: ``t(0.975, n-1) * s / sqrt(n)``, s the sample std.
+    """
+    values = [float(v) for v in values]
+    if not values:
+        return None, None
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def bucket_labels():
@@ -72,10 +124,11 @@ def popularity_buckets(model_file, eval_mode):
     return result
 
 
-def run_one(model, seed, args, base_config, out_dir):
-    from recbole_llm.quick_start import run_recbole_llm
-
+def job_config(model, seed, args, base_config, out_dir, shared=None):
+    """Config dict of one model/seed run: the extra ``--key=value`` pairs, the shared artifact keys, then
+    the benchmark's own keys (seed, own checkpoint folder, quiet, eval mode, epochs, data path)."""
     config = dict(base_config)
+    config.update(shared or {})
     config.update(
         {
             "seed": seed,
@@ -89,7 +142,16 @@ def run_one(model, seed, args, base_config, out_dir):
         config["epochs"] = args.epochs
     if args.data_path:
         config["data_path"] = os.path.abspath(args.data_path)
-    result = run_recbole_llm(model=model, dataset=args.dataset, config_file_list=args.config_file_list, config_dict=config)
+    return config
+
+
+def run_job(model, dataset, config, config_file_list, eval_mode):
+    """Train and test one run; returns its row (without wall time)."""
+    import torch
+
+    from recbole_llm.quick_start import run_recbole_llm
+
+    result = run_recbole_llm(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=dict(config))
     row = {
         "status": "ok",
         "test": {k: float(v) for k, v in result["test_result"].items()},
@@ -99,12 +161,166 @@ def run_one(model, seed, args, base_config, out_dir):
         "eval_seconds": result["eval_seconds"],
         "num_params": result["num_params"],
         "model_file": result["model_file"],
+        "torch_threads": torch.get_num_threads(),
     }
     try:
-        row["popularity_buckets"] = popularity_buckets(result["model_file"], args.eval_mode)
+        row["popularity_buckets"] = popularity_buckets(result["model_file"], eval_mode)
     except Exception as err:  # the table still stands without the plot data
         row["popularity_buckets_error"] = f"{type(err).__name__}: {err}"
     return row
+
+
+def run_one(model, seed, args, base_config, out_dir, shared=None):
+    """One run in this process (``--workers=1``)."""
+    config = job_config(model, seed, args, base_config, out_dir, shared)
+    return run_job(model, args.dataset, config, args.config_file_list, args.eval_mode)
+
+
+def prepare_model(model, seed, args, base_config, out_dir):
+    """Build what ``model`` reads (feature files, SCFT, teacher) now, with the config of ``seed``.
+
+    Returns the config keys every run of the model gets (as tune.py hands them to Ray trials), so runs in
+    parallel workers never build the same artifact twice. Raises what the model's config or its
+    ``prepare_artifacts`` raises (an unknown model, a missing LLM, ...).
+    """
+    from recbole_llm.tune import prepare_shared_artifacts
+
+    config = job_config(model, seed, args, base_config, out_dir)
+    shared, _ = prepare_shared_artifacts(model, args.dataset, args.config_file_list, config)
+    return {k: v for k, v in shared.items() if not k.startswith("_built_")}
+
+
+def failure_row(err):
+    return {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+
+
+def run_summary(model, seed, row):
+    summary = f"NDCG@10 {row['test']['ndcg@10']:.4f}" if row["status"] == "ok" else row["error"].splitlines()[0][:200]
+    return f"{model} seed {seed}: {row['status']} in {row.get('wall_seconds', 0):.0f} s, {summary}"
+
+
+# ---- parallel workers -------------------------------------------------------------------------------------
+def available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_command(job_file):
+    """Command line of one worker process (tests replace it)."""
+    return [sys.executable, "-m", "recbole_llm.benchmark", "--worker", job_file]
+
+
+def start_worker(job_file, log_handle, env):
+    return subprocess.Popen(worker_command(job_file), stdout=log_handle, stderr=subprocess.STDOUT, env=env)
+
+
+def worker_main(job_file):
+    """Entry point of a worker process: run the job described by ``job_file``, write its run JSON."""
+    with open(job_file) as handle:
+        job = json.load(handle)
+    threads = int(job["threads"])
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv
+    start = time.perf_counter()
+    try:
+        row = run_job(job["model"], job["dataset"], job["config"], job["config_file_list"], job["eval_mode"])
+    except Exception as err:
+        row = failure_row(err)
+        print(row["traceback"], file=sys.stderr, flush=True)
+    row["wall_seconds"] = time.perf_counter() - start
+    row["run_id"] = job["run_id"]
+    row["config"] = job["config"]
+    write_json(job["path"], row)
+    print(run_summary(job["model"], job["seed"], row), flush=True)
+    return 0
+
+
+def tail_of(path, lines=20):
+    try:
+        with open(path, errors="replace") as handle:
+            return "".join(handle.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_parallel(jobs, workers, out_dir, on_done):
+    """Run ``jobs`` (dicts: model, seed, path, config, ...) in ``workers`` processes, first in first out.
+
+    Every job gets a fresh process with ``cores // workers`` threads. A worker that dies without writing its
+    run JSON (killed, out of memory) is recorded as failed here with its exit code and the end of its log.
+    ``on_done(job, row)`` is called in this process as each job ends.
+    """
+    import recbole_llm
+
+    threads = max(1, available_cores() // workers)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(recbole_llm.__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    log_dir = os.path.join(out_dir, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    print(f"{len(jobs)} runs in {workers} worker processes, {threads} thread(s) each; logs in {log_dir}", flush=True)
+    queue = list(jobs)
+    running = {}
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread:  # `kill <driver>` stops its workers too
+
+        def terminate(signum, frame):
+            raise SystemExit(128 + signum)
+
+        previous_handler = signal.signal(signal.SIGTERM, terminate)
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                job = dict(queue.pop(0), threads=threads)
+                name = f"{job['model']}-{job['seed']}"
+                job_file = os.path.join(log_dir, f"{name}.job.json")
+                write_json(job_file, job)
+                log_path = os.path.join(log_dir, f"{name}.log")
+                log_handle = open(log_path, "w")
+                proc = start_worker(job_file, log_handle, env)
+                running[proc] = (job, job_file, log_path, log_handle, time.perf_counter())
+                print(f"{job['model']} seed {job['seed']}: started (pid {proc.pid})", flush=True)
+            finished = [proc for proc in running if proc.poll() is not None]
+            if not finished:
+                time.sleep(0.2)
+                continue
+            for proc in finished:
+                job, job_file, log_path, log_handle, start = running.pop(proc)
+                log_handle.close()
+                row = None
+                if os.path.isfile(job["path"]):
+                    with open(job["path"]) as handle:
+                        row = json.load(handle)
+                    if row.get("run_id") != job["run_id"]:
+                        row = None  # an older record of this model/seed, not this worker's result
+                if row is None:
+                    row = {
+                        "status": "failed",
+                        "error": f"worker exited with code {proc.returncode} without a result (log: {log_path})",
+                        "traceback": tail_of(log_path),
+                        "wall_seconds": time.perf_counter() - start,
+                        "run_id": job["run_id"],
+                        "config": job["config"],
+                    }
+                    write_json(job["path"], row)
+                os.remove(job_file)
+                on_done(job, row)
+    except BaseException:
+        for proc in running:  # only the workers this call started
+            proc.terminate()
+        for proc in running:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler if previous_handler is not None else signal.SIG_DFL)
 
 
 def write_json(path, data):
@@ -112,7 +328,7 @@ def write_json(path, data):
 
 
 def summarise(runs, models):
-    """Rows of the results table: mean/std over seeds per model."""
+    """Rows of the results table: mean, std and 95% CI half-width over seeds per model."""
     rows = []
     for model in models:
         done = [r for r in runs.get(model, []) if r["status"] == "ok"]
@@ -120,8 +336,13 @@ def summarise(runs, models):
         row = {"model": model, "seeds": len(done), "failed": len(failed)}
         for metric in REPORTED:
             values = [r["test"].get(metric) for r in done if metric in r["test"]]
-            row[f"{metric}_mean"] = statistics.mean(values) if values else None
+            mean, half = mean_ci(values)
+            row[f"{metric}_mean"] = mean
             row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+            row[f"{metric}_ci95"] = half  # half-width: the interval is mean ± ci95 (empty below 2 seeds)
+            if metric in CI_METRICS:
+                row[f"{metric}_ci95_low"] = None if half is None else mean - half
+                row[f"{metric}_ci95_high"] = None if half is None else mean + half
         for key in ("train_seconds_per_epoch", "eval_seconds", "num_params"):
             values = [r[key] for r in done]
             row[key] = statistics.mean(values) if values else None
@@ -141,10 +362,14 @@ def write_tables(rows, out_dir, header):
         mean = row[f"{metric}_mean"]
         return "" if mean is None else f"{mean:.4f} ± {row[f'{metric}_std']:.4f}"
 
-    shown = ["ndcg@10", "hit@10", "ndcg_head@10", "ndcg_tail@10", "ndcg_short@10", "ndcg_long@10"]
+    def ci(row, metric):
+        mean, half = row[f"{metric}_mean"], row[f"{metric}_ci95"]
+        return "" if mean is None or half is None else f"[{mean - half:.4f}, {mean + half:.4f}]"
+
+    shown = ["ndcg@10", "ndcg@10 95% CI", "hit@10", "ndcg_head@10", "ndcg_tail@10", "ndcg_tail@10 95% CI", "ndcg_short@10", "ndcg_long@10"]
     lines = [header, "", "| model | seeds | " + " | ".join(shown) + " | s/epoch | eval s | params | error |", "|" + "---|" * (len(shown) + 6)]
     for row in rows:
-        cells = [fmt(row, m) for m in shown]
+        cells = [ci(row, m.split()[0]) if m.endswith(" CI") else fmt(row, m) for m in shown]
         sec = "" if row["train_seconds_per_epoch"] is None else f"{row['train_seconds_per_epoch']:.2f}"
         ev = "" if row["eval_seconds"] is None else f"{row['eval_seconds']:.2f}"
         params = "" if row["num_params"] is None else f"{int(row['num_params'])}"
@@ -215,13 +440,19 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=None, help="output folder (default: benchmarks/out/<dataset>)")
     parser.add_argument("--config_files", default=None)
     parser.add_argument("--rerun_failed", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1: one after another, in this process)")
     args, extra = parser.parse_known_args(argv)
     args.extra = extra
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     args.config_file_list = [os.path.abspath(f) for f in args.config_files.split()] if args.config_files else None
     return args
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--worker"]:
+        return worker_main(argv[1])
     args = parse_args(argv)
     sys.argv = sys.argv[:1]
     base_config = {}
@@ -235,6 +466,7 @@ def main(argv=None):
     models = [m for m in args.models.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = {}
+    pending = []  # (model, seed, run JSON path), in --models then --seeds order
     for model in models:
         for seed in seeds:
             path = os.path.join(out_dir, "runs", f"{model}-{seed}.json")
@@ -245,21 +477,69 @@ def main(argv=None):
                     print(f"{model} seed {seed}: done before ({row['status']}), skipping")
                     runs.setdefault(model, []).append(row)
                     continue
+            pending.append((model, seed, path))
+
+    def record(model, seed, row):
+        runs.setdefault(model, []).append(row)
+        print(run_summary(model, seed, row), flush=True)
+
+    # shared artifacts: once per model, here, before any run starts (the first seed's config)
+    shared = {}
+    for model in dict.fromkeys(m for m, _, _ in pending):
+        start = time.perf_counter()
+        try:
+            shared[model] = prepare_model(model, seeds[0], args, base_config, out_dir)
+        except Exception as err:  # every pending run of the model fails with this error
+            for m, seed, path in pending:
+                if m == model:
+                    row = dict(failure_row(err), stage="prepare_artifacts", wall_seconds=time.perf_counter() - start)
+                    write_json(path, row)
+                    record(model, seed, row)
+            continue
+        if shared[model]:
+            print(f"{model}: artifacts ready ({time.perf_counter() - start:.0f} s): {shared[model]}", flush=True)
+    jobs = []
+    for model, seed, path in pending:
+        if model in shared:
+            jobs.append(
+                {
+                    "model": model,
+                    "seed": seed,
+                    "path": path,
+                    "dataset": args.dataset,
+                    "config": job_config(model, seed, args, base_config, out_dir, shared[model]),
+                    "config_file_list": args.config_file_list,
+                    "eval_mode": args.eval_mode,
+                    "run_id": uuid.uuid4().hex[:12],
+                }
+            )
+
+    if args.workers > 1 and jobs:
+        run_parallel(jobs, args.workers, out_dir, lambda job, row: record(job["model"], job["seed"], row))
+    else:
+        for job in jobs:
+            model, seed = job["model"], job["seed"]
             start = time.perf_counter()
             try:
-                row = run_one(model, seed, args, base_config, out_dir)
+                row = run_one(model, seed, args, base_config, out_dir, shared[model])
             except Exception as err:
-                row = {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+                row = failure_row(err)
             row["wall_seconds"] = time.perf_counter() - start
-            write_json(path, row)
-            runs.setdefault(model, []).append(row)
-            summary = f"NDCG@10 {row['test']['ndcg@10']:.4f}" if row["status"] == "ok" else row["error"].splitlines()[0][:200]
-            print(f"{model} seed {seed}: {row['status']} in {row['wall_seconds']:.0f} s, {summary}", flush=True)
+            row["run_id"] = job["run_id"]
+            row["config"] = job["config"]
+            write_json(job["path"], row)
+            record(model, seed, row)
+    # runs in --seeds order whatever order they finished in
+    order = {seed: i for i, seed in enumerate(seeds)}
+    for model in runs:
+        runs[model].sort(key=lambda r: order.get((r.get("config") or {}).get("seed"), -1))
     rows = summarise(runs, models)
     header = (
         f"Benchmark on {args.dataset}: `python -m recbole_llm.benchmark --dataset={args.dataset} --models={args.models} "
         f"--seeds={args.seeds} --eval_mode={args.eval_mode}" + (f" --epochs={args.epochs}" if args.epochs else "")
-        + (" " + " ".join(args.extra) if args.extra else "") + f"` ({time.strftime('%Y-%m-%d')}); test metrics, mean ± std over seeds."
+        + (f" --workers={args.workers}" if args.workers > 1 else "")
+        + (" " + " ".join(args.extra) if args.extra else "") + f"` ({time.strftime('%Y-%m-%d')}); test metrics, mean ± std "
+        "over seeds; 95% CI: confidence interval of the mean (Student t, n-1 degrees of freedom)."
     )
     print(write_tables(rows, out_dir, header))
     plots = write_plots(rows, runs, out_dir, args.dataset)

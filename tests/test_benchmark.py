@@ -2,6 +2,11 @@
 
 import csv
 import json
+import os
+import sys
+
+import pytest
+from conftest import ROOT
 
 from recbole_llm import benchmark
 
@@ -43,3 +48,175 @@ def test_benchmark_files_resume_and_failure(tiny_data, tmp_path, capsys):
         benchmark.run_one = original
     assert calls == []
     assert "SASRec seed 1: done before (ok), skipping" in capsys.readouterr().out
+
+
+# ---- parallel workers, shared artifacts, confidence intervals --------------------------------------------
+TINY = [
+    "--load_col={'inter':['user_id','item_id','timestamp']}",
+    "--MAX_ITEM_LIST_LENGTH=10",
+    "--hidden_size=16",
+    "--embedding_size=16",
+]
+
+
+def tiny_args(tiny_data, out, models, seeds="1", *extra):
+    return ["--dataset=tiny", f"--data_path={tiny_data}", f"--models={models}", f"--seeds={seeds}", "--epochs=1", f"--out={out}", *TINY, *extra]
+
+
+def result_files(out):
+    """Relative paths of what the benchmark writes for the table (checkpoints and worker logs aside)."""
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] not in ("checkpoints", "logs"))
+
+
+def test_mean_ci_hand_example():
+    mean, half = benchmark.mean_ci([1, 2, 3])
+    # s = 1, t(0.975, 2) = 4.302653: half-width 4.302653 / sqrt(3)
+    assert mean == 2 and half == pytest.approx(2.484, abs=5e-4)
+    assert benchmark.mean_ci([0.5]) == (0.5, None)
+    assert benchmark.mean_ci([]) == (None, None)
+    assert benchmark.mean_ci([0.2, 0.2, 0.2]) == (pytest.approx(0.2), 0.0)
+    known = {1: 12.7062, 2: 4.3027, 10: 2.2281, 30: 2.0423, 31: 2.0395, 60: 2.0003, 120: 1.9799, 10**6: 1.9600}
+    for df, value in known.items():
+        assert benchmark.t_quantile_975(df) == pytest.approx(value, abs=1e-4)
+    with pytest.raises(ValueError):
+        benchmark.t_quantile_975(0)
+    try:
+        from scipy.stats import t
+    except ImportError:
+        return
+    for df in range(1, 300):
+        assert benchmark.t_quantile_975(df) == pytest.approx(t.ppf(0.975, df), abs=1e-5)
+
+
+def test_two_workers_same_files_as_one_and_resume(tiny_data, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(benchmark, "available_cores", lambda: 2)  # 2 workers x 1 thread, like the serial run below
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert benchmark.main(tiny_args(tiny_data, serial, "SASRec,GRU4Rec")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    args = tiny_args(tiny_data, parallel, "SASRec,GRU4Rec", "1", "--workers=2")
+    assert benchmark.main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 runs in 2 worker processes, 1 thread(s) each" in out and "SASRec seed 1: started" in out
+
+    assert result_files(serial) == result_files(parallel)
+    assert result_files(parallel) == sorted(
+        ["results.csv", "results.md", "ndcg_head_tail.png", "ndcg_by_popularity.png", "runs/SASRec-1.json", "runs/GRU4Rec-1.json"]
+    )
+    for model in ("SASRec", "GRU4Rec"):
+        one = json.load(open(serial / "runs" / f"{model}-1.json"))
+        two = json.load(open(parallel / "runs" / f"{model}-1.json"))
+        assert two["status"] == "ok" and two["torch_threads"] == 1
+        assert two["test"] == one["test"] and two["num_params"] == one["num_params"]
+        assert two["popularity_buckets"] == one["popularity_buckets"]
+        # the extra --key=value pairs reached the worker; only the checkpoint folder differs
+        assert {k: v for k, v in two["config"].items() if k != "checkpoint_dir"} == {k: v for k, v in one["config"].items() if k != "checkpoint_dir"}
+        assert two["config"]["hidden_size"] == 16 and two["model_file"].startswith(str(parallel / "checkpoints" / f"{model}-1"))
+        assert (parallel / "logs" / f"{model}-1.log").is_file() and not (parallel / "logs" / f"{model}-1.job.json").exists()
+    timing = ("train_seconds_per_epoch", "eval_seconds")
+    rows_one = [{k: v for k, v in r.items() if k not in timing} for r in csv.DictReader(open(serial / "results.csv"))]
+    rows_two = [{k: v for k, v in r.items() if k not in timing} for r in csv.DictReader(open(parallel / "results.csv"))]
+    assert rows_one == rows_two
+
+    # resume with workers: nothing finished is run again, no worker is started
+    started = []
+    original = benchmark.start_worker
+    monkeypatch.setattr(benchmark, "start_worker", lambda *a: started.append(a[0]) or original(*a))
+    assert benchmark.main(args) == 0
+    assert started == [] and "GRU4Rec seed 1: done before (ok), skipping" in capsys.readouterr().out
+    # a run whose JSON is gone runs again, alone
+    (parallel / "runs" / "GRU4Rec-1.json").unlink()
+    assert benchmark.main(args) == 0
+    assert [os.path.basename(f) for f in started] == ["GRU4Rec-1.job.json"]
+    assert json.load(open(parallel / "runs" / "GRU4Rec-1.json"))["status"] == "ok"
+    assert list(csv.DictReader(open(parallel / "results.csv")))[1]["seeds"] == "1"
+
+
+def test_failing_worker_is_recorded_and_others_go_on(tiny_data, tmp_path, monkeypatch):
+    """GRU4Rec raises inside its worker process, BPR's worker dies without a result; SASRec still finishes."""
+    out = tmp_path / "bench"
+    raising = (
+        "import sys\n"
+        "from recbole_llm import benchmark\n"
+        "def boom(*args, **kwargs):\n"
+        "    raise RuntimeError('boom inside the worker')\n"
+        "benchmark.run_job = boom\n"
+        "sys.exit(benchmark.worker_main(sys.argv[1]))\n"
+    )
+    original = benchmark.worker_command
+
+    def command(job_file):
+        if os.path.basename(job_file).startswith("GRU4Rec"):
+            return [sys.executable, "-c", raising, job_file]
+        if os.path.basename(job_file).startswith("BPR"):
+            return [sys.executable, "-c", "import os; print('dying'); os._exit(3)"]
+        return original(job_file)
+
+    monkeypatch.setattr(benchmark, "worker_command", command)
+    assert benchmark.main(tiny_args(tiny_data, out, "GRU4Rec,BPR,SASRec,NoSuchModel", "1", "--workers=2")) == 0
+    gru = json.load(open(out / "runs" / "GRU4Rec-1.json"))
+    assert gru["status"] == "failed" and gru["error"] == "RuntimeError: boom inside the worker" and "boom" in gru["traceback"]
+    bpr = json.load(open(out / "runs" / "BPR-1.json"))
+    assert bpr["status"] == "failed" and "worker exited with code 3 without a result" in bpr["error"] and "dying" in bpr["traceback"]
+    assert json.load(open(out / "runs" / "SASRec-1.json"))["status"] == "ok"
+    no_such = json.load(open(out / "runs" / "NoSuchModel-1.json"))
+    assert no_such["stage"] == "prepare_artifacts" and "Unknown model 'NoSuchModel'" in no_such["error"]
+    rows = {r["model"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert rows["GRU4Rec"]["failed"] == "1" and rows["GRU4Rec"]["error"] == "RuntimeError: boom inside the worker"
+    assert rows["BPR"]["failed"] == "1" and rows["SASRec"]["seeds"] == "1"
+    assert "| GRU4Rec | 0 |" in (out / "results.md").read_text()
+
+
+def test_shared_teacher_built_once_before_the_workers(tiny_data, tmp_path, capsys):
+    """LLMEmbSASRec and LLMEmbGRU4Rec with the same width: one feature file and one teacher, built in the driver."""
+    out, features = tmp_path / "bench", tmp_path / "features"
+    args = tiny_args(
+        tiny_data, out, "LLMEmbSASRec,LLMEmbGRU4Rec", "1,2", "--workers=2",
+        f"--feature_dir={features}", "--llm_path=minilm", "--align_alpha=0.5", "--teacher_epochs=1", "--train_batch_size=64",
+        "--n_layers=1", "--n_heads=1", "--inner_size=32",
+        "--text_fields=['title','brand','categories']", "--prompt_instruction=The item has the following attributes:",
+    )
+    assert benchmark.main(args) == 0
+    out_text = capsys.readouterr().out
+    teachers = sorted(features.glob("tiny.teacher-*.pth"))
+    assert len(teachers) == 1
+    assert out_text.count("teacher: training SASRec") == 1 and out_text.count("teacher: reusing cached") == 1
+    configs = []
+    for model in ("LLMEmbSASRec", "LLMEmbGRU4Rec"):
+        for seed in (1, 2):
+            run = json.load(open(out / "runs" / f"{model}-{seed}.json"))
+            assert run["status"] == "ok", run.get("error")
+            configs.append(run["config"])
+            log = (out / "logs" / f"{model}-{seed}.log").read_text()
+            assert "teacher: training" not in log and "wrote" not in log  # nothing built in the workers
+    assert {c["teacher_checkpoint"] for c in configs} == {str(teachers[0])}
+    assert len({c["llm_feature"] for c in configs}) == 1 and all(c["feature_dir"] == str(features) for c in configs)
+
+
+def test_llmemb_vs_sasrec_tables_with_intervals():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("llmemb_vs_sasrec", os.path.join(ROOT, "benchmarks", "llmemb_vs_sasrec.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def row(seed, ndcg):
+        metrics = {m: ndcg for m in script.METRICS}
+        return {"seed": seed, "full": metrics, "uni100": metrics, "sec_per_epoch": 1.0, "epochs": 5, "params": 10}
+
+    paired = {"d": {"SASRec": [row(s, 0.1) for s in (1, 2, 3)], "LLMEmbSASRec": [row(s, v) for s, v in zip((1, 2, 3), (0.11, 0.12, 0.13))]}}
+    table = script.build_tables(paired, ["SASRec:LLMEmbSASRec"], "header")
+    # per-seed changes +10%, +20%, +30%: mean +20%, half-width 4.3027 * 10 / sqrt(3) = 24.8 points
+    assert "| d | SASRec -> LLMEmbSASRec | full | +20.0% [-4.8, +44.8] |" in table and "paired, 3 seeds" in table
+    assert "| d | LLMEmbSASRec | full | 3 | 0.1200 ± 0.0248 |" in table
+    # no common seeds: ratio of means with a delta-method interval
+    unpaired = {"d": {"SASRec": [row(1, 0.1), row(2, 0.1)], "LLMEmbSASRec": [row(3, 0.11), row(4, 0.13)]}}
+    change, half, how = script.relative_change(unpaired["d"]["SASRec"], unpaired["d"]["LLMEmbSASRec"], lambda r: r["full"]["ndcg@10"])
+    assert how == "ratio of means" and change == pytest.approx(0.2) and half == pytest.approx(12.7062 * 0.01 / 0.1, rel=1e-4)
+    one = script.build_tables({"d": {"SASRec": [row(1, 0.1)], "LLMEmbSASRec": [row(1, 0.15)]}}, ["SASRec:LLMEmbSASRec"], "h")
+    assert "| +50.0% | +50.0% | +50.0% | 1.00x | one run |" in one and "| d | SASRec | full | 1 | 0.1000 |" in one
