@@ -228,3 +228,18 @@ def test_cold_start_item_is_scored_from_its_text(tmp_path):
     with torch.no_grad():
         scores = model.full_sort_predict(batch)
     assert torch.isfinite(scores[:, cold]).all() and scores[:, cold].std() > 0
+
+
+def test_teacher_cache_ignores_student_seed_and_batch(tiny_data, tmp_path):
+    from recbole_llm.model.teacher import teacher_config, teacher_path
+
+    def path(**overrides):
+        config = Config(model="LLMEmbSASRec", dataset="tiny", config_dict=llm_config(tiny_data, tmp_path, align_alpha=0.01, **overrides))
+        return teacher_path(config, 16), teacher_config(config, 16)
+
+    base, settings = path(seed=1, train_batch_size=64)
+    assert settings["seed"] == 2020 and settings["train_batch_size"] == 128
+    assert path(seed=2, train_batch_size=2048)[0] == base  # one teacher serves every student seed and batch
+    assert path(teacher_seed=7)[0] != base
+    assert path(teacher_batch_size=256)[0] != base
+    assert path(MAX_ITEM_LIST_LENGTH=20)[0] != base  # the split/sequence shape still matters

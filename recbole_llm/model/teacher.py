@@ -23,8 +23,8 @@ from recbole_llm.llm.features import feature_dirs
 INHERITED_KEYS = (
     "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "load_col", "unload_col", "unused_col", "rm_dup_inter",
     "val_interval", "filter_inter_by_user_or_item", "user_inter_num_interval", "item_inter_num_interval",
-    "MAX_ITEM_LIST_LENGTH", "eval_args", "seed", "reproducibility", "benchmark_filename", "device", "use_gpu",
-    "gpu_id", "train_batch_size", "eval_batch_size", "metrics", "topk", "valid_metric",
+    "MAX_ITEM_LIST_LENGTH", "eval_args", "reproducibility", "benchmark_filename", "device", "use_gpu",
+    "gpu_id", "eval_batch_size", "metrics", "topk", "valid_metric",
     "tail_threshold", "tail_ratio", "short_history_threshold",
 )
 
@@ -46,6 +46,9 @@ def teacher_config(config, dim):
             "epochs": int(config["teacher_epochs"] or 100),
             "stopping_step": int(config["teacher_stopping_step"] or 10),
             "learning_rate": float(config["teacher_learning_rate"] or 0.001),
+            # its own batch and seed: students of any batch size or seed share one cached teacher
+            "train_batch_size": int(config["teacher_batch_size"] or 128),
+            "seed": int(config["teacher_seed"] if config["teacher_seed"] is not None else 2020),
             "train_mode": config["teacher_train_mode"] or "all_positions",
             "loss_type": "CE",
             "hidden_dropout_prob": float(config["teacher_dropout"] if config["teacher_dropout"] is not None else 0.5),
