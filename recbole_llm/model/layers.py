@@ -5,6 +5,10 @@ left-aligned sequence (items at positions 0..len-1, padding after), the encoder 
 depends only on positions 0..len-1: with causal attention by construction, with bidirectional attention
 because padded keys are masked out. So a batch can be encoded in groups of similar length, each group cut to
 its own longest sequence, with exactly the same outputs (only dropout draws differ) at a fraction of the cost.
+
+Two entry points: :func:`bucketed_encode` for an encoder that returns states at every position, and
+:func:`bucketed_forward` for a model's own ``forward(item_seq, item_seq_len)`` (RecBole's GRU4Rec, FDSA),
+called unchanged on each group's cut sub-batch.
 """
 
 import torch
@@ -25,6 +29,24 @@ def length_groups(item_seq_len, max_len, boundaries=DEFAULT_BOUNDARIES):
     return groups
 
 
+def bucketed_forward(forward, item_seq, item_seq_len, boundaries=DEFAULT_BOUNDARIES):
+    """Call ``forward(seq_cut, seq_len) -> (n, ...)`` on the length groups of ``item_seq`` (B, L).
+
+    Each group's rows are cut to the group's longest sequence and passed with their own lengths, so a
+    RecBole ``forward(item_seq, item_seq_len)`` that only reads positions < len (causal or masked
+    attention, a unidirectional RNN; positions counted from 0) gives the same per-row outputs as on the
+    padded batch. Returns the (B, ...) outputs in the rows' original order.
+    """
+    groups = length_groups(item_seq_len, item_seq.size(1), boundaries)
+    if len(groups) == 1 and groups[0][1] == item_seq.size(1):
+        return forward(item_seq, item_seq_len)
+    outputs = [forward(item_seq[idx, :cut], item_seq_len[idx]) for idx, cut in groups]
+    perm = torch.cat([idx for idx, _ in groups])
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(len(perm), device=perm.device)
+    return torch.cat(outputs, dim=0)[inverse]
+
+
 def bucketed_encode(encode, item_seq, item_seq_len, gather_last=False, boundaries=DEFAULT_BOUNDARIES):
     """Run ``encode(seq_cut) -> (n, cut, H)`` on length groups of ``item_seq`` (B, L).
 
@@ -32,18 +54,16 @@ def bucketed_encode(encode, item_seq, item_seq_len, gather_last=False, boundarie
     order. As with the padded encoder, positions past a row's length carry no meaning (past its group's
     cut they are zeros).
     """
-    batch, max_len = item_seq.shape
-    outputs, order = [], []
-    for idx, cut in length_groups(item_seq_len, max_len, boundaries):
-        hidden = encode(item_seq[idx, :cut])
+    max_len = item_seq.size(1)
+
+    def encode_group(seq, seq_len):
+        hidden = encode(seq)
+        cut = seq.size(1)
         if gather_last:
-            last = (item_seq_len[idx].clamp(min=1, max=cut) - 1).view(-1, 1, 1).expand(-1, 1, hidden.size(-1))
-            hidden = hidden.gather(1, last).squeeze(1)
-        elif cut < max_len:
+            last = (seq_len.clamp(min=1, max=cut) - 1).view(-1, 1, 1).expand(-1, 1, hidden.size(-1))
+            return hidden.gather(1, last).squeeze(1)
+        if cut < max_len:
             hidden = F.pad(hidden, (0, 0, 0, max_len - cut))
-        outputs.append(hidden)
-        order.append(idx)
-    perm = torch.cat(order)
-    inverse = torch.empty_like(perm)
-    inverse[perm] = torch.arange(len(perm), device=perm.device)
-    return torch.cat(outputs, dim=0)[inverse]
+        return hidden
+
+    return bucketed_forward(encode_group, item_seq, item_seq_len, boundaries)

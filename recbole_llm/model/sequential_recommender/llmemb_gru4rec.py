@@ -1,8 +1,11 @@
-r"""LLMEmbGRU4Rec: RecBole's GRU4Rec with the LLMEmb adapted item table (input and scoring) and alignment."""
+r"""LLMEmbGRU4Rec: the plugin's GRU4Rec with the LLMEmb adapted item table (input and scoring) and alignment.
 
-from recbole.model.sequential_recommender.gru4rec import GRU4Rec
+Built on :class:`recbole_llm.model.sequential_recommender.gru4rec.GRU4Rec` (RecBole's GRU4Rec plus
+``length_bucketing`` and ``train_mode``), so it trains as fast as its baseline.
+"""
 
 from recbole_llm.model.adapters import LLMEmbMixin
+from recbole_llm.model.sequential_recommender.gru4rec import GRU4Rec
 
 
 class LLMEmbGRU4Rec(LLMEmbMixin, GRU4Rec):
