@@ -71,10 +71,12 @@ def test_shared_dataset_properties(tmp_path):
 
 
 def test_get_model_and_trainer_fall_back_to_recbole():
-    from recbole.model.sequential_recommender.fdsa import FDSA
+    from recbole.model.sequential_recommender.caser import Caser
+    from recbole.model.sequential_recommender.fdsa import FDSA as RecBoleFDSA
     from recbole.trainer import S3RecTrainer
 
-    assert get_model("FDSA") is FDSA
+    assert get_model("Caser") is Caser  # not in the plugin: RecBole's class
+    assert get_model("FDSA") is not RecBoleFDSA and issubclass(get_model("FDSA"), RecBoleFDSA)  # the plugin's, first
     trainer = get_trainer(get_model("S3Rec").type, "S3Rec")
     assert issubclass(trainer, S3RecTrainer) or trainer.__name__ == "S3RecTrainer"
     assert issubclass(trainer, PluginTrainerMixin)

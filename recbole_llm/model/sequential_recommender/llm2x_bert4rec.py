@@ -1,6 +1,6 @@
-r"""LLM2XBERT4Rec: the LLM2X baseline on RecBole's BERT4Rec (PCA LLM features initialise the item table)."""
+r"""LLM2XBERT4Rec: the LLM2X baseline on the plugin's BERT4Rec: PCA LLM features initialise the trainable item table."""
 
-from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+from recbole_llm.model.sequential_recommender.bert4rec import BERT4Rec
 
 from recbole_llm.model.llm2x import LLM2XMixin
 
