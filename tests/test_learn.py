@@ -63,6 +63,20 @@ def test_dense_loss_hand_example_with_masked_duplicates():
     assert only_first.item() == pytest.approx(term(1.0, [0.0]), rel=1e-5)
 
 
+def test_dense_loss_random_negatives_join_the_denominator_except_own_targets():
+    users = torch.tensor([[[1.0, 0.0]]])  # B=1: no in-batch negatives at all
+    targets = torch.tensor([[[1.0, 0.0]]])
+    items = torch.tensor([[5]])
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    tau = 0.5
+    extra = torch.tensor([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]])
+    extra_items = torch.tensor([9, 5, 11])  # item 5 is the user's own target: masked
+    loss = dense_all_action_loss(users, mask, targets, items, mask, tau, extra, extra_items)
+    expected = -(1 / tau - math.log(math.exp(1 / tau) + math.exp(0.0) + math.exp(-1 / tau)))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert dense_all_action_loss(users, mask, targets, items, mask, tau).item() == pytest.approx(0.0, abs=1e-6)
+
+
 def build(tiny_data, tmp_path, **overrides):
     config = Config(model="LEARN", dataset="tiny", config_dict=learn_config(tiny_data, tmp_path, **overrides))
     from recbole_llm.quick_start import prepare_artifacts
@@ -85,10 +99,15 @@ def test_pal_is_causal(tiny_data, tmp_path):
     assert torch.allclose(a.norm(dim=-1), torch.ones(1, 5))
 
 
-@pytest.mark.parametrize("tower,sampler,loss", [("a", "recency", "dense"), ("b", "uniform", "dense"), ("c", "recency", "dense"), ("a", "recency", "next_item")])
-def test_towers_and_samplers_train(tiny_data, tmp_path, tower, sampler, loss):
+@pytest.mark.parametrize(
+    "tower,sampler,loss,negatives",
+    [("a", "recency", "dense", 0), ("b", "uniform", "dense", 0), ("c", "recency", "dense", 0), ("a", "recency", "next_item", 0), ("a", "recency", "dense", 16)],
+)
+def test_towers_and_samplers_train(tiny_data, tmp_path, tower, sampler, loss, negatives):
     result = run_recbole_llm(
-        model="LEARN", dataset="tiny", config_dict=learn_config(tiny_data, tmp_path, item_tower=tower, sampler=sampler, learn_loss=loss, epochs=2)
+        model="LEARN",
+        dataset="tiny",
+        config_dict=learn_config(tiny_data, tmp_path, item_tower=tower, sampler=sampler, learn_loss=loss, learn_random_negatives=negatives, epochs=2),
     )
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0 and "ndcg_tail@10" in result["test_result"]
 

@@ -14,6 +14,8 @@ r"""LEARN: frozen-LLM content embeddings, a causal PAL user tower, an item tower
   masked), s = cosine / ``learn_tau``. Positions come from two-stage sampling: a uniform subsample, then
   recency weights ``w_i = log(alpha + i (beta - alpha) / (N - 1))`` (``sampler: recency``) or uniform.
   ``learn_loss: next_item`` takes one state (the last) and one target (the next item) for comparison.
+  ``learn_random_negatives: M`` adds M items drawn uniformly from the catalogue per batch as negatives shared by
+  every user (PinnerFormer mixes in-batch and random negatives; the LEARN paper names only in-batch ones).
 - Evaluation: RecBole's evaluator, scores = cosine(user, item) with the item table computed once per
   evaluation.
 """
@@ -60,13 +62,14 @@ def two_stage_sample(n, k, sampler="recency", alpha=10.0, beta=10000.0, rng=None
     return sorted(pool[i] for i in picked)
 
 
-def dense_all_action_loss(user_states, user_mask, target_embs, target_items, target_mask, tau):
+def dense_all_action_loss(user_states, user_mask, target_embs, target_items, target_mask, tau, extra_embs=None, extra_items=None):
     """PinnerFormer-style dense all-action loss.
 
     user_states (B, Nh, D) and target_embs (B, Nt, D) are L2-normalised; masks say which slots are real.
     Every (state j of user u, target k of u) is a positive; the targets of the other users are negatives,
-    except items that are among u's own targets. Returns the mean over positive pairs of
-    ``-log(e^s_pos / (e^s_pos + sum_neg e^s_neg))``.
+    except items that are among u's own targets. ``extra_embs`` (M, D) / ``extra_items`` (M,) are further
+    negatives shared by every user (PinnerFormer's random negatives), again except u's own targets. Returns the
+    mean over positive pairs of ``-log(e^s_pos / (e^s_pos + sum_neg e^s_neg))``.
     """
     batch, n_targets, dim = target_embs.shape
     flat = target_embs.reshape(-1, dim)
@@ -79,6 +82,11 @@ def dense_all_action_loss(user_states, user_mask, target_embs, target_items, tar
     negative = (owner.view(1, -1) != torch.arange(batch, device=flat.device).view(-1, 1)) & flat_valid.view(1, -1) & ~same_item
     neg_scores = scores.masked_fill(~negative.unsqueeze(1), float("-inf"))
     neg_lse = torch.logsumexp(neg_scores, dim=-1)  # (B, Nh)
+    if extra_embs is not None and extra_embs.size(0):
+        extra = torch.einsum("bhd,md->bhm", user_states, extra_embs) / tau  # (B, Nh, M)
+        own_extra = (extra_items.view(1, 1, -1) == own_items.unsqueeze(-1)).any(1)  # (B, M)
+        extra = extra.masked_fill(own_extra.unsqueeze(1), float("-inf"))
+        neg_lse = torch.logaddexp(neg_lse, torch.logsumexp(extra, dim=-1))
     own = torch.arange(batch, device=flat.device).view(-1, 1) * n_targets + torch.arange(n_targets, device=flat.device).view(1, -1)
     pos_scores = torch.gather(scores, 2, own.unsqueeze(1).expand(-1, scores.size(1), -1))  # (B, Nh, Nt)
     loss = torch.logaddexp(pos_scores, neg_lse.unsqueeze(-1)) - pos_scores
@@ -112,6 +120,9 @@ class LEARN(SequentialRecommender):
         if self.learn_loss not in ("dense", "next_item"):
             raise ValueError(f"config key 'learn_loss' must be dense or next_item, got '{self.learn_loss}'")
         self.length_bucketing = config["length_bucketing"] is not False
+        self.random_negatives = int(config["learn_random_negatives"] or 0)
+        if self.random_negatives < 0:
+            raise ValueError(f"config key 'learn_random_negatives' must be >= 0, got {self.random_negatives}")
 
         self.in_proj = nn.Linear(features.size(1), self.d_model)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.d_model) if self.use_position else None
@@ -253,7 +264,11 @@ class LEARN(SequentialRecommender):
         states = self.user_states(hist, hist_len)
         user = torch.gather(states, 1, pos.unsqueeze(-1).expand(-1, -1, states.size(-1)))
         items = self.target_embeddings(tgt_items, tgt_index, full_targets)
-        return dense_all_action_loss(user, pos_mask, items, tgt_items, tgt_mask, self.tau)
+        extra_items = extra_embs = None
+        if self.random_negatives:  # uniform over the catalogue, embedded by the inference item tower
+            extra_items = torch.randint(1, self.n_items, (self.random_negatives,), device=hist.device)
+            extra_embs = self.single_item_embeddings(extra_items)
+        return dense_all_action_loss(user, pos_mask, items, tgt_items, tgt_mask, self.tau, extra_embs, extra_items)
 
     # ---- prediction ----------------------------------------------------------------------------------------
     def predict(self, interaction):
