@@ -8,8 +8,10 @@ with full ranking and with 100 sampled negatives (uni100). The table reports ove
 and HR@10 in both modes (mean ± half-width of the 95% confidence interval of the mean over seeds, Student t),
 seconds per training epoch, and the relative change of each LLMEmb model against its baseline with its own
 95% interval: from the per-seed paired changes ``llm_s / base_s - 1`` when both models ran on at least two
-common seeds, else from the ratio of the means (delta method). SASRec-family models use train_mode
-all_positions on both sides. ``--scft`` uses SCFT-tuned features (built once, cached); otherwise the
+common seeds, else from the ratio of the means (delta method). Both sides of a pair train the same way
+(``--sasrec_mode`` etc. as ``train_mode:batch``; default all_positions:128 for SASRec and BERT4Rec, RecBole's
+prefix:2048 for GRU4Rec). ``--json`` is resumable: finished model/seed runs in it are not rerun, and
+``--table_only=a.json,b.json`` merges the files of parallel runs into one table. ``--scft`` uses SCFT-tuned features (built once, cached); otherwise the
 un-tuned LLM features.
 """
 
@@ -49,8 +51,11 @@ def run_one(model, dataset, seed, args, workdir):
         "eval_args": {"mode": "full"},
         "valid_metric": "NDCG@10",
     }
-    if "SASRec" in model:
-        config.update(train_mode="all_positions", train_batch_size=128)
+    backbone = model.replace("LLMEmb", "")
+    mode = {"SASRec": args.sasrec_mode, "GRU4Rec": args.gru4rec_mode, "BERT4Rec": args.bert4rec_mode}.get(backbone)
+    if mode:  # both sides of a pair train the same way: "<train_mode>:<batch size>"
+        train_mode, _, batch = mode.partition(":")
+        config.update(train_mode=train_mode, train_batch_size=int(batch or 128))
     if model.startswith("LLMEmb"):
         config.update(scft=args.scft, scft_steps=args.scft_steps, teacher_epochs=args.epochs, align_alpha=args.alpha)
     result = run_recbole_llm(model=model, dataset=dataset, config_dict=config)
@@ -172,18 +177,42 @@ def main():
     parser.add_argument("--alpha", type=float, default=0.01)
     parser.add_argument("--scft", action="store_true", help="SCFT-tuned features (else un-tuned)")
     parser.add_argument("--scft_steps", type=int, default=300)
+    parser.add_argument("--sasrec_mode", default="all_positions:128", help="train_mode:batch of the SASRec pair")
+    parser.add_argument("--gru4rec_mode", default="prefix:2048", help="train_mode:batch of the GRU4Rec pair")
+    parser.add_argument("--bert4rec_mode", default="all_positions:128", help="train_mode:batch of the BERT4Rec pair")
     parser.add_argument("--out", default=None, help="write the Markdown table here too")
-    parser.add_argument("--json", default=None, help="write the raw results here")
+    parser.add_argument("--json", default=None, help="raw results; an existing file is resumed (finished runs are kept)")
+    parser.add_argument("--table_only", default=None, help="comma-separated result JSONs: merge them and print the table")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]
 
+    if args.table_only:
+        results = {}
+        for path in args.table_only.split(","):
+            with open(path) as handle:
+                for dataset, models in json.load(handle).items():
+                    for model, rows in models.items():
+                        results.setdefault(dataset, {}).setdefault(model, []).extend(rows)
+        header = f"Merged from {args.table_only} ({time.strftime('%Y-%m-%d')})."
+        print(build_tables(results, args.pairs.split(","), header))
+        return
+
     seeds = [int(s) for s in args.seeds.split(",")]
     results = {}
+    if args.json and os.path.isfile(args.json):
+        with open(args.json) as handle:
+            results = json.load(handle)
+        for models in results.values():  # keep finished runs, retry failed ones
+            for model in models:
+                models[model] = [r for r in models[model] if "error" not in r]
     with tempfile.TemporaryDirectory() as workdir:
         for dataset in args.datasets.split(","):
             for pair in args.pairs.split(","):
                 for model in pair.split(":"):
                     for seed in seeds:
+                        if any(r.get("seed") == seed for r in results.get(dataset, {}).get(model, [])):
+                            print(dataset, model, seed, "done before, skipping", flush=True)
+                            continue
                         start = time.perf_counter()
                         try:
                             row = run_one(model, dataset, seed, args, workdir)
@@ -200,7 +229,8 @@ def main():
 
     header = (
         f"Command: `python benchmarks/llmemb_vs_sasrec.py --datasets={args.datasets} --pairs={args.pairs} --epochs={args.epochs} "
-        f"--seeds={args.seeds}{' --scft' if args.scft else ''}` ({platform.machine()}, {os.cpu_count()} cores, no GPU, "
+        f"--seeds={args.seeds}{' --scft' if args.scft else ''} --sasrec_mode={args.sasrec_mode} --gru4rec_mode={args.gru4rec_mode} "
+        f"--bert4rec_mode={args.bert4rec_mode}` ({platform.machine()}, {os.cpu_count()} cores, no GPU, "
         f"{time.strftime('%Y-%m-%d')}); features: MiniLM {'SCFT-tuned' if args.scft else 'un-tuned'}, hidden {args.hidden_size}."
     )
     table = build_tables(results, args.pairs.split(","), header)

@@ -220,3 +220,64 @@ def test_llmemb_vs_sasrec_tables_with_intervals():
     assert how == "ratio of means" and change == pytest.approx(0.2) and half == pytest.approx(12.7062 * 0.01 / 0.1, rel=1e-4)
     one = script.build_tables({"d": {"SASRec": [row(1, 0.1)], "LLMEmbSASRec": [row(1, 0.15)]}}, ["SASRec:LLMEmbSASRec"], "h")
     assert "| +50.0% | +50.0% | +50.0% | 1.00x | one run |" in one and "| d | SASRec | full | 1 | 0.1000 |" in one
+
+
+def test_llmemb_vs_sasrec_resumes_from_its_json_and_sets_pair_modes(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("llmemb_vs_sasrec_resume", os.path.join(ROOT, "benchmarks", "llmemb_vs_sasrec.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    calls = []
+
+    def fake_run(model, dataset, seed, args, workdir):
+        calls.append((model, seed))
+        metrics = {m: 0.1 for m in script.METRICS}
+        return {"full": metrics, "uni100": metrics, "sec_per_epoch": 1.0, "epochs": 1, "params": 1}
+
+    monkeypatch.setattr(script, "run_one", fake_run)
+    path = tmp_path / "r.json"
+    argv = ["x", "--datasets=d", "--pairs=SASRec:LLMEmbSASRec", "--seeds=1,2", f"--json={path}"]
+    monkeypatch.setattr(sys, "argv", list(argv))
+    script.main()
+    assert len(calls) == 4
+    data = json.loads(path.read_text())
+    data["d"]["SASRec"] = [r for r in data["d"]["SASRec"] if r["seed"] == 1]  # lose one finished run
+    data["d"]["LLMEmbSASRec"][0] = {"seed": 1, "error": "boom"}  # and fail another
+    path.write_text(json.dumps(data))
+    calls.clear()
+    monkeypatch.setattr(sys, "argv", list(argv))
+    script.main()
+    assert sorted(calls) == [("LLMEmbSASRec", 1), ("SASRec", 2)]  # only the missing and the failed runs
+    monkeypatch.setattr(sys, "argv", ["x", "--pairs=SASRec:LLMEmbSASRec", f"--table_only={path},{path}"])
+    capsys.readouterr()
+    script.main()
+    assert "| d | SASRec | full | 4 |" in capsys.readouterr().out  # two files merged
+
+
+def test_llmemb_vs_sasrec_pair_modes_reach_both_sides(monkeypatch):
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("llmemb_vs_sasrec_modes", os.path.join(ROOT, "benchmarks", "llmemb_vs_sasrec.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    seen = {}
+
+    def fake_run_recbole_llm(model, dataset, config_dict):
+        seen[model] = (config_dict["train_mode"], config_dict["train_batch_size"])
+        raise RuntimeError("stop here")
+
+    import recbole_llm.quick_start as quick_start
+
+    monkeypatch.setattr(quick_start, "run_recbole_llm", fake_run_recbole_llm)
+    args = types.SimpleNamespace(
+        data_path=".", epochs=1, stopping_step=1, hidden_size=8, max_len=5, scft=False, scft_steps=1, alpha=0.0,
+        sasrec_mode="all_positions:128", gru4rec_mode="prefix:2048", bert4rec_mode="all_positions:64",
+    )
+    for model in ("GRU4Rec", "LLMEmbGRU4Rec", "BERT4Rec", "LLMEmbBERT4Rec", "LLMEmbSASRec"):
+        with pytest.raises(RuntimeError, match="stop here"):
+            script.run_one(model, "d", 1, args, ".")
+    assert seen["GRU4Rec"] == seen["LLMEmbGRU4Rec"] == ("prefix", 2048)
+    assert seen["BERT4Rec"] == seen["LLMEmbBERT4Rec"] == ("all_positions", 64)
+    assert seen["LLMEmbSASRec"] == ("all_positions", 128)
