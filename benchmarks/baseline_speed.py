@@ -1,4 +1,4 @@
-"""Seconds per training epoch of RecBole's GRU4Rec / BERT4Rec / FDSA against the plugin's versions.
+"""Seconds per training epoch of RecBole's GRU4Rec / BERT4Rec / FDSA / S3Rec against the plugin's versions.
 
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/baseline_speed.py --data_path=../shared/datasets \\
         --dataset=scientific --models=GRU4Rec,BERT4Rec,FDSA --variants=recbole,bucketing,all_positions \\
@@ -10,6 +10,12 @@ MAX_ITEM_LIST_LENGTH 50; all through the plugin's Config, trainer and data prepa
   recbole        RecBole 1.2.1's class (``Config(model=<RecBole class>)``)
   bucketing      the plugin's class, ``length_bucketing: True``, ``train_mode: prefix`` (its defaults)
   all_positions  the plugin's class, ``train_mode: all_positions`` (GRU4Rec, BERT4Rec; one row per user)
+  user_rows      S3Rec only: the plugin's class with its defaults (``pretrain_rows: user``, its
+                 ``pretrain_batch_size``); ``bucketing`` is the plugin's S3Rec pre-training on RecBole's prefix
+                 rows in batches of ``train_batch_size``
+S3Rec runs time one pre-training epoch (``--pretrain_batches=K``: its first K batches, scaled) on the loader
+the plugin's S3RecTrainer pre-trains on, then build the fine-tune model from those weights (RecBole's
+``train_stage: finetune`` + ``pre_model_path``) and time its ``--epochs`` fine-tuning epochs as for the other models.
 Each run trains ``--epochs`` epochs (no early stopping) and evaluates on the valid split after each; a run
 appends one JSON line to ``--out`` so that variants can run as separate processes. ``--batches=K`` trains only
 the first K batches of each epoch and scales their time to the epoch's batch count (for runs too slow to finish
@@ -28,8 +34,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-VARIANTS = ("recbole", "bucketing", "all_positions")
-NO_ALL_POSITIONS = ("FDSA",)
+VARIANTS = ("recbole", "bucketing", "all_positions", "user_rows")
+NO_ALL_POSITIONS = ("FDSA", "S3Rec")
+ONLY_S3REC = ("user_rows",)
 
 
 def base_config(args, checkpoint_dir):
@@ -88,7 +95,11 @@ def run_variant(model_name, variant, args, workdir):
     else:
         model_class = get_model(model_name)
         config_dict["length_bucketing"] = True
-        config_dict["train_mode"] = variant if variant == "all_positions" else "prefix"
+        if model_name == "S3Rec":
+            if variant == "bucketing":  # RecBole's pre-training rows and batches, the plugin's model
+                config_dict.update(pretrain_rows="prefix", pretrain_batch_size=None)
+        else:
+            config_dict["train_mode"] = variant if variant == "all_positions" else "prefix"
     config = Config(model=model_class, dataset=args.dataset, config_dict=config_dict)
     torch.autograd.set_detect_anomaly(False)
     init_seed(config["seed"], config["reproducibility"])
@@ -97,6 +108,13 @@ def run_variant(model_name, variant, args, workdir):
     init_seed(config["seed"], config["reproducibility"])
     model = model_class(config, train_data.dataset)
     trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
+    pretrain = {}
+    if model_name == "S3Rec":
+        pretrain, weights = time_pretraining(trainer, train_data, args, config["checkpoint_dir"])
+        config["train_stage"], config["pre_model_path"] = "finetune", weights
+        init_seed(config["seed"], config["reproducibility"])
+        model = model_class(config, train_data.dataset)
+        trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
     trainer.eval_collector.data_collect(train_data)
     n_batches = len(train_data)
     timed = FirstBatches(train_data, args.batches) if args.batches else train_data
@@ -121,6 +139,7 @@ def run_variant(model_name, variant, args, workdir):
         "sec_per_epoch": sum(epoch_seconds) / len(epoch_seconds),
         "valid_eval_sec": sum(eval_seconds) / len(eval_seconds),
         "valid_ndcg_per_epoch": ndcgs,
+        **pretrain,
         "threads": torch.get_num_threads(),
         "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "date": time.strftime("%Y-%m-%d"),
@@ -128,8 +147,52 @@ def run_variant(model_name, variant, args, workdir):
     }
 
 
+def time_pretraining(trainer, train_data, args, checkpoint_dir):
+    """S3Rec: seconds of one pre-training epoch (first ``--pretrain_batches`` batches, scaled); weights file."""
+    import torch
+
+    loader = trainer.pretrain_data(train_data) if hasattr(trainer, "pretrain_data") else train_data
+    timed = FirstBatches(loader, args.pretrain_batches) if args.pretrain_batches else loader
+    start = time.perf_counter()
+    loss = trainer._train_epoch(timed, 0)
+    seconds = (time.perf_counter() - start) * len(loader) / len(timed)
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    weights = os.path.join(checkpoint_dir, "pretrained-weights.pth")
+    torch.save({"state_dict": trainer.model.state_dict()}, weights)
+    return {
+        "pretrain_rows": getattr(trainer.model, "pretrain_rows", "prefix"),
+        "pretrain_train_rows": len(loader.dataset),
+        "pretrain_batch_size": loader._batch_size,
+        "pretrain_batches_timed": len(timed),
+        "pretrain_batches_per_epoch": len(loader),
+        "pretrain_sec_per_epoch": seconds,
+        "pretrain_loss": float(loss),
+    }, weights
+
+
+def s3rec_report(rows):
+    lines = [
+        "| variant | pre-train rows | batch | batches timed | pre-train s / epoch | speed-up | fine-tune batches timed "
+        "| fine-tune s / epoch | speed-up | valid eval s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = next((r for r in rows if r["variant"] == "recbole"), None)
+    for r in sorted(rows, key=lambda r: VARIANTS.index(r["variant"])):
+        pre_speed = f"{base['pretrain_sec_per_epoch'] / r['pretrain_sec_per_epoch']:.1f}x" if base else "-"
+        speed = f"{base['sec_per_epoch'] / r['sec_per_epoch']:.1f}x" if base else "-"
+        lines.append(
+            f"| {r['variant']} | {r['pretrain_train_rows']} ({r['pretrain_rows']}) | {r['pretrain_batch_size']} "
+            f"| {r['pretrain_batches_timed']} / {r['pretrain_batches_per_epoch']} | {r['pretrain_sec_per_epoch']:.1f} "
+            f"| {pre_speed} | {r['batches_timed']} / {r['batches_per_epoch']} | {r['sec_per_epoch']:.1f} | {speed} "
+            f"| {r['valid_eval_sec']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def report(path):
     rows = [json.loads(line) for line in open(path) if line.strip()]
+    s3rec = [r for r in rows if "pretrain_sec_per_epoch" in r]
+    rows = [r for r in rows if "pretrain_sec_per_epoch" not in r]
     lines = [
         "| model | variant | train rows | batches timed | s / epoch | speed-up vs RecBole | valid eval s | valid NDCG@10 per epoch |",
         "|---|---|---|---|---|---|---|---|",
@@ -146,6 +209,11 @@ def report(path):
                 f"| {model} | {r['variant']} | {r['train_rows']} | {timed} | {r['sec_per_epoch']:.1f} | {speed} "
                 f"| {r['valid_eval_sec']:.1f} | {ndcg} |"
             )
+    if not rows:
+        lines = []
+    if s3rec:
+        lines += ["", "S3Rec (one pre-training epoch, then fine-tuning epochs):", ""] if lines else []
+        lines.append(s3rec_report(s3rec))
     return "\n".join(lines)
 
 
@@ -158,6 +226,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--batches", type=int, default=0, help="time only the first K batches of each epoch, scaled")
+    parser.add_argument("--pretrain_batches", type=int, default=0, help="S3Rec: time only the first K pre-training batches, scaled")
     parser.add_argument("--out", default=None, help="append one JSON line per run here")
     parser.add_argument("--report", default=None, help="print the Markdown table of a --out file and exit")
     args = parser.parse_args()
@@ -170,6 +239,8 @@ def main():
                 if variant not in VARIANTS:
                     raise SystemExit(f"unknown variant '{variant}': {', '.join(VARIANTS)}")
                 if variant == "all_positions" and model in NO_ALL_POSITIONS:
+                    continue
+                if variant in ONLY_S3REC and model != "S3Rec":
                     continue
                 row = run_variant(model, variant, args, workdir)
                 print(json.dumps(row), flush=True)
