@@ -4,6 +4,8 @@
 
 All runs share the split, seed and epoch budget (early stopping on valid NDCG@10). SASRec uses the plugin's
 fast path (all_positions, length bucketing); LEARN uses MiniLM content embeddings with the LEARN prompt.
+Variants: SASRec, LEARN(a|b|c) (the paper's method with the YAML defaults), LEARN(a, uniform) (uniform
+sampler, the paper's ablation), LEARN(a)+next+neg (next-item loss plus 1024 uniform random negatives).
 """
 
 import argparse
@@ -23,6 +25,7 @@ VARIANTS = {
     "LEARN(b)": ("LEARN", {"item_tower": "b"}),
     "LEARN(c)": ("LEARN", {"item_tower": "c"}),
     "LEARN(a, uniform)": ("LEARN", {"item_tower": "a", "sampler": "uniform"}),
+    "LEARN(a)+next+neg": ("LEARN", {"item_tower": "a", "learn_loss": "next_item", "learn_random_negatives": 1024}),
 }
 
 
@@ -32,6 +35,7 @@ def main():
     parser.add_argument("--datasets", default="scientific,beauty")
     parser.add_argument("--variants", default="SASRec,LEARN(a),LEARN(b),LEARN(c)")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--stopping_step", type=int, default=10)
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -47,7 +51,7 @@ def main():
                     "data_path": os.path.abspath(args.data_path),
                     "checkpoint_dir": os.path.join(workdir, f"{dataset}-{len(rows)}"),
                     "epochs": args.epochs,
-                    "stopping_step": 5,
+                    "stopping_step": args.stopping_step,
                     "seed": args.seed,
                     "eval_args": {"mode": "full"},
                     "state": "WARNING",
