@@ -37,3 +37,28 @@ def atomic_torch_save(obj, path):
 def atomic_savefig(fig, path, **kwargs):
     with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format=os.path.splitext(path)[1].lstrip(".") or "png", **kwargs)
+
+
+_FINGERPRINTS = {}
+
+
+def file_fingerprint(path):
+    """``[size, sha1 prefix]`` of a file's content, or None when it does not exist.
+
+    Caches keyed by this are stable across copies, checkouts and re-extractions of the same data
+    (mtime is not: a dataset copied again would otherwise rebuild every feature file and teacher).
+    Hashed once per process for an unchanged (path, size, mtime).
+    """
+    import hashlib
+
+    if not os.path.isfile(path):
+        return None
+    stat = os.stat(path)
+    memo = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if memo not in _FINGERPRINTS:
+        digest = hashlib.sha1()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _FINGERPRINTS[memo] = [stat.st_size, digest.hexdigest()[:16]]
+    return list(_FINGERPRINTS[memo])

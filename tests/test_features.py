@@ -187,6 +187,29 @@ def test_ensure_features_builds_reuses_and_attaches(tiny_data, tmp_path, tiny_ll
     assert torch.all(dataset.llm_feature(name)[0] == 0)
 
 
+def test_cache_follows_item_file_content_not_its_mtime(tiny_data, tmp_path, tiny_llama_dir, capsys):
+    """A dataset copied again (new mtime, same bytes) keeps its features; edited text rebuilds them."""
+    from recbole_llm.model.teacher import teacher_path
+
+    config = config_for(tiny_data, tmp_path, llm_path=tiny_llama_dir, llm_pooling="last")
+    ensure_features(config, show_progress=False)
+    teacher = teacher_path(config, 16)
+    capsys.readouterr()
+    item_file = os.path.join(tiny_data, "tiny", "tiny.item")
+    stat = os.stat(item_file)
+    os.utime(item_file, (stat.st_atime + 3600, stat.st_mtime + 3600))
+    ensure_features(config, show_progress=False)
+    assert "reusing up-to-date features" in capsys.readouterr().out
+    assert teacher_path(config, 16) == teacher
+    with open(item_file) as handle:
+        text = handle.read()
+    with open(item_file, "w") as handle:
+        handle.write(text.rstrip("\n") + " edited\n")  # one more category on the last item
+    ensure_features(config, show_progress=False)
+    assert "wrote 30 x 32" in capsys.readouterr().out
+    assert teacher_path(config, 16) != teacher
+
+
 def test_features_cli_unknown_dataset(tmp_path, capsys):
     from recbole_llm.features import main
 

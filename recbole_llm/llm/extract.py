@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recbole_llm.fileio import atomic_open
+from recbole_llm.fileio import atomic_open, file_fingerprint
 from recbole_llm.llm import features as feature_io
 from recbole_llm.llm.prompts import build_prompts, prompt_config, read_item_text, template_hash
 
@@ -235,8 +235,7 @@ def feature_settings(config, llm_path=None, pooling=None, prompt_style=None, nor
 
 
 def cache_key(settings, item_file):
-    stat = os.stat(item_file) if os.path.isfile(item_file) else None
-    payload = dict(settings, item_file_size=stat.st_size if stat else None, item_file_mtime=int(stat.st_mtime) if stat else None)
+    payload = dict(settings, item_file=file_fingerprint(item_file))
     payload["llm_path"] = resolve_llm_path(settings["llm_path"])
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 

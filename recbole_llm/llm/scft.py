@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from recbole_llm.fileio import atomic_torch_save
+from recbole_llm.fileio import atomic_torch_save, file_fingerprint
 from recbole_llm.llm import features as feature_io
 from recbole_llm.llm.extract import (
     dataset_item_tokens,
@@ -276,20 +276,25 @@ def settings_from_config(config):
     )
 
 
+def scft_cache_key(config, settings):
+    """Cache key of the SCFT features of ``config``'s dataset: settings, prompt template, .item content."""
+    dataset, data_dir = config["dataset"], config["data_path"]
+    prompts_cfg = prompt_config(config)
+    return settings.key(
+        {
+            "dataset": dataset,
+            "prompt": template_hash("llmemb", prompts_cfg["instruction"], prompts_cfg["max_value_len"], prompts_cfg["text_fields"], prompts_cfg["field_names"]),
+            "item_file": file_fingerprint(os.path.join(data_dir, f"{dataset}.item")),
+        }
+    )
+
+
 def ensure_scft_features(config, settings=None, resume=True, show_progress=True):
     """Name of an up-to-date SCFT feature file for ``config``'s dataset; trains and exports if needed."""
     settings = settings or settings_from_config(config)
     dataset, data_dir = config["dataset"], config["data_path"]
     prompts_cfg = prompt_config(config)
-    item_path = os.path.join(data_dir, f"{dataset}.item")
-    stat = os.stat(item_path) if os.path.isfile(item_path) else None
-    key = settings.key(
-        {
-            "dataset": dataset,
-            "prompt": template_hash("llmemb", prompts_cfg["instruction"], prompts_cfg["max_value_len"], prompts_cfg["text_fields"], prompts_cfg["field_names"]),
-            "item_file": [stat.st_size, int(stat.st_mtime)] if stat else None,
-        }
-    )
+    key = scft_cache_key(config, settings)
     full_name = scft_feature_name(SCFTSettings(**{**asdict(settings), "pca_dim": 0}))
     target_dir = feature_io.feature_dirs(config)[0]
     existing = feature_io.find_feature_file(config, full_name)

@@ -16,7 +16,7 @@ from logging import getLogger
 import torch
 
 from recbole_llm.compat import load_checkpoint
-from recbole_llm.fileio import atomic_torch_save
+from recbole_llm.fileio import atomic_torch_save, file_fingerprint
 from recbole_llm.llm.features import feature_dirs
 
 # dataset-shaping keys the teacher inherits from the student's config
@@ -64,8 +64,7 @@ def _dataset_stamp(config):
     for suffix in ("inter", "item"):
         path = os.path.join(config["data_path"], f"{config['dataset']}.{suffix}")
         if os.path.isfile(path):
-            stat = os.stat(path)
-            stamp.append([suffix, stat.st_size, int(stat.st_mtime)])
+            stamp.append([suffix] + file_fingerprint(path))
     return stamp
 
 
