@@ -409,13 +409,17 @@ def write_plots(rows, runs, out_dir, title):
     labels = bucket_labels()
     fig, ax = plt.subplots(figsize=(7, 4))
     plotted = False
-    for row in ok:
+    markers = "osD^vP*Xh<>p"
+    colors = plt.get_cmap("tab20").colors
+    for index, row in enumerate(ok):
         per_bucket = []
         for label in labels:
             values = [r["popularity_buckets"][label]["ndcg@10"] for r in runs[row["model"]] if r["status"] == "ok" and "popularity_buckets" in r and r["popularity_buckets"][label]["ndcg@10"] is not None]
             per_bucket.append(statistics.mean(values) if values else np.nan)
         if not all(np.isnan(per_bucket)):
-            ax.plot(labels, per_bucket, marker="o", label=row["model"])
+            # more models than a default colour cycle: colour, marker and dash pattern all vary
+            style = dict(marker=markers[index % len(markers)], color=colors[(2 * index) % 20 + (index // 10) % 2])
+            ax.plot(labels, per_bucket, linestyle="-" if index < 10 else "--", label=row["model"], **style)
             plotted = True
     if plotted:
         ax.set_xlabel("target item popularity (training users)")
