@@ -62,3 +62,31 @@ def file_fingerprint(path):
                 digest.update(block)
         _FINGERPRINTS[memo] = [stat.st_size, digest.hexdigest()[:16]]
     return list(_FINGERPRINTS[memo])
+
+
+@contextlib.contextmanager
+def build_lock(path, what=None):
+    """Hold an exclusive lock on ``<path>.lock`` while building ``path``.
+
+    Two runs started together (parallel benchmark queues, two shells) that both miss a cached artifact
+    would otherwise both build it; with the lock the second one waits, then finds the artifact and reuses
+    it (callers re-check their cache after acquiring). POSIX ``flock``; where it is unavailable the lock is
+    a no-op. The lock file is left in place (empty): removing it would race with a waiting process.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    lock_path = path + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process that is building {what or path} (lock {lock_path})", flush=True)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

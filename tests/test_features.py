@@ -231,3 +231,28 @@ def test_read_only_dataset_folder_is_never_written(tiny_data, tmp_path, monkeypa
     finally:
         os.chmod(folder, 0o755)
     assert feature_dirs(config)[0] == os.path.realpath(folder) or feature_dirs(config)[0] == os.path.abspath(folder)
+
+
+def test_build_lock_serialises_builders(tmp_path):
+    import threading
+
+    from recbole_llm.fileio import build_lock
+
+    target = str(tmp_path / "sub" / "artifact.npy")
+    holding, order = threading.Event(), []
+
+    def first():
+        with build_lock(target):
+            holding.set()
+            threading.Event().wait(0.3)
+            order.append("first released")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    holding.wait()
+    with build_lock(target):
+        order.append("second acquired")
+    thread.join()
+    assert order == ["first released", "second acquired"]
+    with build_lock(target):  # free again once released
+        pass

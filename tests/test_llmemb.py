@@ -243,3 +243,32 @@ def test_teacher_cache_ignores_student_seed_and_batch(tiny_data, tmp_path):
     assert path(teacher_seed=7)[0] != base
     assert path(teacher_batch_size=256)[0] != base
     assert path(MAX_ITEM_LIST_LENGTH=20)[0] != base  # the split/sequence shape still matters
+
+
+def test_second_run_waits_for_the_teacher_being_built_and_reuses_it(tiny_data, tmp_path, monkeypatch):
+    """Two runs that miss the same teacher: the second blocks on the build lock, then reuses the file."""
+    import threading
+
+    from recbole_llm.fileio import build_lock
+    from recbole_llm.model import teacher as teacher_module
+
+    config = Config(model="LLMEmbSASRec", dataset="tiny", config_dict=llm_config(tiny_data, tmp_path, align_alpha=0.01))
+    path = teacher_module.teacher_path(config, 16)
+    holding, events = threading.Event(), []
+
+    def other_run():  # holds the lock while "training", then writes the teacher
+        with build_lock(path):
+            holding.set()
+            threading.Event().wait(0.5)
+            with open(path, "wb") as handle:
+                handle.write(b"teacher")
+            events.append("built")
+
+    monkeypatch.setattr(teacher_module, "_train_teacher", lambda *a: pytest.fail("the teacher was trained twice"))
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    holding.wait()
+    assert teacher_module.ensure_teacher(config, 16) == path
+    events.append("reused")
+    thread.join()
+    assert events == ["built", "reused"]

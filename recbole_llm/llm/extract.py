@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recbole_llm.fileio import atomic_open, file_fingerprint
+from recbole_llm.fileio import atomic_open, build_lock, file_fingerprint
 from recbole_llm.llm import features as feature_io
 from recbole_llm.llm.prompts import build_prompts, prompt_config, read_item_text, template_hash
 
@@ -274,40 +274,16 @@ def ensure_features(config, name=None, llm_path=None, pooling=None, prompt_style
     target_dir = feature_io.feature_dirs(config)[0]
 
     existing = feature_io.find_feature_file(config, base_name)
-    if _is_current(existing, key):
+    built = False
+    if not _is_current(existing, key):
+        with build_lock(feature_io.feature_base(target_dir, dataset, base_name), f"features '{base_name}'"):
+            existing = feature_io.find_feature_file(config, base_name)  # another run may have built it meanwhile
+            if not _is_current(existing, key):
+                existing = _build_features(config, settings, key, base_name, target_dir, show_progress)
+                built = True
+    if not built:
         logger.info(f"features '{base_name}' are up to date ({existing}.npy): reusing them")
         print(f"reusing up-to-date features {existing}.npy (cache key {key})")
-    else:
-        prompts_cfg = prompt_config(config)
-        item_text = read_item_text(
-            data_dir, dataset, prompts_cfg["text_fields"], prompts_cfg["field_names"], prompts_cfg["list_fields"], prompts_cfg["item_field"]
-        )
-        tokens = dataset_item_tokens(data_dir, dataset, item_text, prompts_cfg["item_field"])
-        prompts = build_prompts(item_text, settings["prompt_style"], prompts_cfg["instruction"], prompts_cfg["max_value_len"], tokens)
-        device = _get(config, "device", "cpu")
-        model, tokenizer = load_llm(settings["llm_path"], device=device)
-        start = time.perf_counter()
-        matrix = embed_texts(
-            [prompts[t] for t in tokens],
-            model,
-            tokenizer,
-            pooling=settings["pooling"],
-            batch_size=int(_get(config, "llm_batch_size", 64)),
-            max_length=settings["max_length"],
-            device=device,
-            normalize=settings["normalize"],
-            show_progress=show_progress,
-            chunk_dir=os.path.join(target_dir, f".chunks-{base_name}"),
-        )
-        seconds = time.perf_counter() - start
-        meta = dict(settings, llm_path=resolve_llm_path(settings["llm_path"]), cache_key=key, seconds=round(seconds, 2))
-        base = feature_io.feature_base(target_dir, dataset, base_name)
-        feature_io.save_features(base, tokens, matrix, meta)
-        _remove_chunks(os.path.join(target_dir, f".chunks-{base_name}"))
-        rate = len(tokens) / max(seconds, 1e-9)
-        logger.info(f"wrote features '{base_name}' {matrix.shape} to {base}.npy ({rate:.0f} items/s)")
-        print(f"wrote {matrix.shape[0]} x {matrix.shape[1]} features to {base}.npy ({rate:.1f} items/s)")
-        existing = base
     if not pca_dim:
         return base_name
 
@@ -333,3 +309,38 @@ def _remove_chunks(chunk_dir):
         for file in os.listdir(chunk_dir):
             os.remove(os.path.join(chunk_dir, file))
         os.rmdir(chunk_dir)
+
+
+def _build_features(config, settings, key, base_name, target_dir, show_progress):
+    """Embed every item of ``config``'s dataset and write the feature file; returns its base path."""
+    dataset, data_dir = config["dataset"], config["data_path"]
+    prompts_cfg = prompt_config(config)
+    item_text = read_item_text(
+        data_dir, dataset, prompts_cfg["text_fields"], prompts_cfg["field_names"], prompts_cfg["list_fields"], prompts_cfg["item_field"]
+    )
+    tokens = dataset_item_tokens(data_dir, dataset, item_text, prompts_cfg["item_field"])
+    prompts = build_prompts(item_text, settings["prompt_style"], prompts_cfg["instruction"], prompts_cfg["max_value_len"], tokens)
+    device = _get(config, "device", "cpu")
+    model, tokenizer = load_llm(settings["llm_path"], device=device)
+    start = time.perf_counter()
+    matrix = embed_texts(
+        [prompts[t] for t in tokens],
+        model,
+        tokenizer,
+        pooling=settings["pooling"],
+        batch_size=int(_get(config, "llm_batch_size", 64)),
+        max_length=settings["max_length"],
+        device=device,
+        normalize=settings["normalize"],
+        show_progress=show_progress,
+        chunk_dir=os.path.join(target_dir, f".chunks-{base_name}"),
+    )
+    seconds = time.perf_counter() - start
+    meta = dict(settings, llm_path=resolve_llm_path(settings["llm_path"]), cache_key=key, seconds=round(seconds, 2))
+    base = feature_io.feature_base(target_dir, dataset, base_name)
+    feature_io.save_features(base, tokens, matrix, meta)
+    _remove_chunks(os.path.join(target_dir, f".chunks-{base_name}"))
+    rate = len(tokens) / max(seconds, 1e-9)
+    logger.info(f"wrote features '{base_name}' {matrix.shape} to {base}.npy ({rate:.0f} items/s)")
+    print(f"wrote {matrix.shape[0]} x {matrix.shape[1]} features to {base}.npy ({rate:.1f} items/s)")
+    return base

@@ -13,6 +13,7 @@ that LLMFeatureDataset attaches; a view-retrieval check (view 1 -> view 2, top-1
 the evaluated items) is printed before and after training.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from recbole_llm.fileio import atomic_torch_save, file_fingerprint
+from recbole_llm.fileio import atomic_torch_save, build_lock, file_fingerprint
 from recbole_llm.llm import features as feature_io
 from recbole_llm.llm.extract import (
     dataset_item_tokens,
@@ -289,6 +290,16 @@ def scft_cache_key(config, settings):
     )
 
 
+def _scft_current(config, full_name, key):
+    existing = feature_io.find_feature_file(config, full_name)
+    if existing is None:
+        return None, False
+    try:
+        return existing, feature_io.load_meta(existing).get("cache_key") == key
+    except feature_io.FeatureFileError:
+        return existing, False
+
+
 def ensure_scft_features(config, settings=None, resume=True, show_progress=True):
     """Name of an up-to-date SCFT feature file for ``config``'s dataset; trains and exports if needed."""
     settings = settings or settings_from_config(config)
@@ -297,43 +308,41 @@ def ensure_scft_features(config, settings=None, resume=True, show_progress=True)
     key = scft_cache_key(config, settings)
     full_name = scft_feature_name(SCFTSettings(**{**asdict(settings), "pca_dim": 0}))
     target_dir = feature_io.feature_dirs(config)[0]
-    existing = feature_io.find_feature_file(config, full_name)
-    current = False
-    if existing is not None:
-        try:
-            current = feature_io.load_meta(existing).get("cache_key") == key
-        except feature_io.FeatureFileError:
-            current = False
-    if current:
-        print(f"SCFT: reusing up-to-date features {existing}.npy (cache key {key})")
-    else:
-        item_text = read_item_text(
-            data_dir, dataset, prompts_cfg["text_fields"], prompts_cfg["field_names"], prompts_cfg["list_fields"], prompts_cfg["item_field"]
-        )
-        device = (config["device"] if not isinstance(config, dict) else config.get("device")) or "cpu"
-        output_dir = os.path.join(target_dir, f"scft-{key}")
-        start = time.perf_counter()
-        model, tokenizer, report = train_scft(item_text, prompts_cfg["instruction"], settings, output_dir, device, resume, show_progress)
-        train_seconds = time.perf_counter() - start
-        model.save_pretrained(os.path.join(output_dir, "adapter"))
-        tokens = dataset_item_tokens(data_dir, dataset, item_text, prompts_cfg["item_field"])
-        prompts = build_prompts(item_text, "llmemb", prompts_cfg["instruction"], prompts_cfg["max_value_len"], tokens)
-        matrix = embed_texts(
-            [prompts[t] for t in tokens], model, tokenizer, settings.pooling, 64, settings.max_length, device, show_progress=show_progress
-        )
-        meta = {
-            "model": resolve_llm_path(settings.llm_path),
-            "pooling": settings.pooling,
-            "prompt_style": "llmemb",
-            "scft": asdict(settings),
-            "scft_report": report,
-            "scft_adapter": os.path.join(output_dir, "adapter"),
-            "train_seconds": round(train_seconds, 1),
-            "cache_key": key,
-        }
-        existing = feature_io.feature_base(target_dir, dataset, full_name)
-        feature_io.save_features(existing, tokens, matrix, meta)
-        print(f"SCFT: wrote {matrix.shape[0]} x {matrix.shape[1]} tuned features to {existing}.npy ({train_seconds:.0f} s training)")
+    existing, current = _scft_current(config, full_name, key)
+    lock = contextlib.nullcontext() if current else build_lock(feature_io.feature_base(target_dir, dataset, full_name), "SCFT features")
+    with lock:
+        if not current:  # another run may have built them while this one waited for the lock
+            existing, current = _scft_current(config, full_name, key)
+        if current:
+            print(f"SCFT: reusing up-to-date features {existing}.npy (cache key {key})")
+        else:
+            item_text = read_item_text(
+                data_dir, dataset, prompts_cfg["text_fields"], prompts_cfg["field_names"], prompts_cfg["list_fields"], prompts_cfg["item_field"]
+            )
+            device = (config["device"] if not isinstance(config, dict) else config.get("device")) or "cpu"
+            output_dir = os.path.join(target_dir, f"scft-{key}")
+            start = time.perf_counter()
+            model, tokenizer, report = train_scft(item_text, prompts_cfg["instruction"], settings, output_dir, device, resume, show_progress)
+            train_seconds = time.perf_counter() - start
+            model.save_pretrained(os.path.join(output_dir, "adapter"))
+            tokens = dataset_item_tokens(data_dir, dataset, item_text, prompts_cfg["item_field"])
+            prompts = build_prompts(item_text, "llmemb", prompts_cfg["instruction"], prompts_cfg["max_value_len"], tokens)
+            matrix = embed_texts(
+                [prompts[t] for t in tokens], model, tokenizer, settings.pooling, 64, settings.max_length, device, show_progress=show_progress
+            )
+            meta = {
+                "model": resolve_llm_path(settings.llm_path),
+                "pooling": settings.pooling,
+                "prompt_style": "llmemb",
+                "scft": asdict(settings),
+                "scft_report": report,
+                "scft_adapter": os.path.join(output_dir, "adapter"),
+                "train_seconds": round(train_seconds, 1),
+                "cache_key": key,
+            }
+            existing = feature_io.feature_base(target_dir, dataset, full_name)
+            feature_io.save_features(existing, tokens, matrix, meta)
+            print(f"SCFT: wrote {matrix.shape[0]} x {matrix.shape[1]} tuned features to {existing}.npy ({train_seconds:.0f} s training)")
     if not settings.pca_dim:
         return full_name
     pca_name = scft_feature_name(settings)

@@ -16,7 +16,7 @@ from logging import getLogger
 import torch
 
 from recbole_llm.compat import load_checkpoint
-from recbole_llm.fileio import atomic_torch_save, file_fingerprint
+from recbole_llm.fileio import atomic_torch_save, build_lock, file_fingerprint
 from recbole_llm.llm.features import feature_dirs
 
 # dataset-shaping keys the teacher inherits from the student's config
@@ -77,15 +77,25 @@ def teacher_path(config, dim):
 
 
 def ensure_teacher(config, dim):
-    """Path of a cached teacher of width ``dim`` for ``config``; trains and caches it when missing."""
-    from recbole_llm.quick_start import run_recbole_llm
-
+    """Path of a cached teacher of width ``dim`` for ``config``; trains and caches it when missing
+    (one run at a time: a second run started meanwhile waits for it and reuses its teacher)."""
     path = teacher_path(config, dim)
     logger = getLogger()
     if os.path.isfile(path):
         logger.info(f"teacher: reusing {path}")
         print(f"teacher: reusing cached {path}")
         return path
+    with build_lock(path, "the teacher"):
+        if os.path.isfile(path):  # built by the run that held the lock
+            print(f"teacher: reusing {path}, built meanwhile by another run")
+            return path
+        _train_teacher(config, dim, path, logger)
+    return path
+
+
+def _train_teacher(config, dim, path, logger):
+    from recbole_llm.quick_start import run_recbole_llm
+
     print(f"teacher: training SASRec (hidden {dim}) on {config['dataset']} -> {path}")
     with tempfile.TemporaryDirectory() as checkpoint_dir:
         teacher = teacher_config(config, dim)
@@ -100,7 +110,6 @@ def ensure_teacher(config, dim):
     }
     atomic_torch_save(artifact, path)
     logger.info(f"teacher: test {dict(result['test_result'])}; saved {path}")
-    return path
 
 
 def _tokens_of_checkpoint(checkpoint, path):
