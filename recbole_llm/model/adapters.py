@@ -207,8 +207,11 @@ def prepare_llm_features(config, pca_dim=None):
         if config["scft"]:
             try:
                 from recbole_llm.llm.scft import ensure_scft_features
-            except ImportError:
-                raise RuntimeError("scft: True needs recbole_llm.llm.scft, which this install lacks") from None
+            except ImportError as err:  # name the real cause: a missing extra, or files changed under a running process
+                raise RuntimeError(
+                    f"scft: True needs recbole_llm.llm.scft, which could not be imported ({err}); reinstall the package "
+                    "(pip install -e .) and restart the run"
+                ) from err
             name = ensure_scft_features(config)
         else:
             from recbole_llm.llm.extract import ensure_features
