@@ -1,6 +1,7 @@
 """Atomic file writes: a temp file in the target folder, renamed into place only when complete."""
 
 import contextlib
+import hashlib
 import os
 import tempfile
 
@@ -49,8 +50,6 @@ def file_fingerprint(path):
     (mtime is not: a dataset copied again would otherwise rebuild every feature file and teacher).
     Hashed once per process for an unchanged (path, size, mtime).
     """
-    import hashlib
-
     if not os.path.isfile(path):
         return None
     stat = os.stat(path)
@@ -90,3 +89,15 @@ def build_lock(path, what=None):
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def build_once(path, is_current, build, what=None):
+    """Run ``build()`` unless ``is_current()``, holding ``build_lock(path)`` and re-checking once the lock
+    is held, so that runs started together build a cached artifact once. True when this call built it."""
+    if is_current():
+        return False
+    with build_lock(path, what):
+        if is_current():  # built meanwhile by the run that held the lock
+            return False
+        build()
+        return True

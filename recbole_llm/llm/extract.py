@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recbole_llm.fileio import atomic_open, build_lock, file_fingerprint
+from recbole_llm.fileio import atomic_open, build_once, file_fingerprint
 from recbole_llm.llm import features as feature_io
 from recbole_llm.llm.prompts import build_prompts, prompt_config, read_item_text, template_hash
 
@@ -247,7 +247,7 @@ def default_feature_name(settings, pca_dim=None):
     return name + (f"-pca{pca_dim}" if pca_dim else "")
 
 
-def _is_current(base, key):
+def is_current(base, key):
     if base is None:
         return False
     try:
@@ -273,14 +273,13 @@ def ensure_features(config, name=None, llm_path=None, pooling=None, prompt_style
         base_name = name + "-full"
     target_dir = feature_io.feature_dirs(config)[0]
 
+    built = build_once(
+        feature_io.feature_base(target_dir, dataset, base_name),
+        lambda: is_current(feature_io.find_feature_file(config, base_name), key),
+        lambda: _build_features(config, settings, key, base_name, target_dir, show_progress),
+        f"features '{base_name}'",
+    )
     existing = feature_io.find_feature_file(config, base_name)
-    built = False
-    if not _is_current(existing, key):
-        with build_lock(feature_io.feature_base(target_dir, dataset, base_name), f"features '{base_name}'"):
-            existing = feature_io.find_feature_file(config, base_name)  # another run may have built it meanwhile
-            if not _is_current(existing, key):
-                existing = _build_features(config, settings, key, base_name, target_dir, show_progress)
-                built = True
     if not built:
         logger.info(f"features '{base_name}' are up to date ({existing}.npy): reusing them")
         print(f"reusing up-to-date features {existing}.npy (cache key {key})")
@@ -290,7 +289,7 @@ def ensure_features(config, name=None, llm_path=None, pooling=None, prompt_style
     pca_name = name or default_feature_name(settings, pca_dim)
     pca_key = hashlib.sha1(f"{key}-pca{pca_dim}".encode()).hexdigest()[:16]
     pca_existing = feature_io.find_feature_file(config, pca_name)
-    if _is_current(pca_existing, pca_key):
+    if is_current(pca_existing, pca_key):
         logger.info(f"PCA features '{pca_name}' are up to date: reusing them")
         print(f"reusing up-to-date features {pca_existing}.npy (cache key {pca_key})")
         return pca_name
@@ -312,7 +311,7 @@ def _remove_chunks(chunk_dir):
 
 
 def _build_features(config, settings, key, base_name, target_dir, show_progress):
-    """Embed every item of ``config``'s dataset and write the feature file; returns its base path."""
+    """Embed every item of ``config``'s dataset and write the feature file ``<target_dir>/<dataset>.<base_name>``."""
     dataset, data_dir = config["dataset"], config["data_path"]
     prompts_cfg = prompt_config(config)
     item_text = read_item_text(
@@ -343,4 +342,3 @@ def _build_features(config, settings, key, base_name, target_dir, show_progress)
     rate = len(tokens) / max(seconds, 1e-9)
     logger.info(f"wrote features '{base_name}' {matrix.shape} to {base}.npy ({rate:.0f} items/s)")
     print(f"wrote {matrix.shape[0]} x {matrix.shape[1]} features to {base}.npy ({rate:.1f} items/s)")
-    return base

@@ -13,7 +13,6 @@ that LLMFeatureDataset attaches; a view-retrieval check (view 1 -> view 2, top-1
 the evaluated items) is printed before and after training.
 """
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -26,11 +25,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from recbole_llm.fileio import atomic_torch_save, build_lock, file_fingerprint
+from recbole_llm.fileio import atomic_torch_save, build_once, file_fingerprint
 from recbole_llm.llm import features as feature_io
 from recbole_llm.llm.extract import (
     dataset_item_tokens,
     embed_texts,
+    is_current,
     llm_short_name,
     load_llm,
     pca_reduce,
@@ -290,68 +290,64 @@ def scft_cache_key(config, settings):
     )
 
 
-def _scft_current(config, full_name, key):
-    existing = feature_io.find_feature_file(config, full_name)
-    if existing is None:
-        return None, False
-    try:
-        return existing, feature_io.load_meta(existing).get("cache_key") == key
-    except feature_io.FeatureFileError:
-        return existing, False
-
-
 def ensure_scft_features(config, settings=None, resume=True, show_progress=True):
     """Name of an up-to-date SCFT feature file for ``config``'s dataset; trains and exports if needed."""
     settings = settings or settings_from_config(config)
-    dataset, data_dir = config["dataset"], config["data_path"]
-    prompts_cfg = prompt_config(config)
+    dataset = config["dataset"]
     key = scft_cache_key(config, settings)
     full_name = scft_feature_name(SCFTSettings(**{**asdict(settings), "pca_dim": 0}))
     target_dir = feature_io.feature_dirs(config)[0]
-    existing, current = _scft_current(config, full_name, key)
-    lock = contextlib.nullcontext() if current else build_lock(feature_io.feature_base(target_dir, dataset, full_name), "SCFT features")
-    with lock:
-        if not current:  # another run may have built them while this one waited for the lock
-            existing, current = _scft_current(config, full_name, key)
-        if current:
-            print(f"SCFT: reusing up-to-date features {existing}.npy (cache key {key})")
-        else:
-            item_text = read_item_text(
-                data_dir, dataset, prompts_cfg["text_fields"], prompts_cfg["field_names"], prompts_cfg["list_fields"], prompts_cfg["item_field"]
-            )
-            device = (config["device"] if not isinstance(config, dict) else config.get("device")) or "cpu"
-            output_dir = os.path.join(target_dir, f"scft-{key}")
-            start = time.perf_counter()
-            model, tokenizer, report = train_scft(item_text, prompts_cfg["instruction"], settings, output_dir, device, resume, show_progress)
-            train_seconds = time.perf_counter() - start
-            model.save_pretrained(os.path.join(output_dir, "adapter"))
-            tokens = dataset_item_tokens(data_dir, dataset, item_text, prompts_cfg["item_field"])
-            prompts = build_prompts(item_text, "llmemb", prompts_cfg["instruction"], prompts_cfg["max_value_len"], tokens)
-            matrix = embed_texts(
-                [prompts[t] for t in tokens], model, tokenizer, settings.pooling, 64, settings.max_length, device, show_progress=show_progress
-            )
-            meta = {
-                "model": resolve_llm_path(settings.llm_path),
-                "pooling": settings.pooling,
-                "prompt_style": "llmemb",
-                "scft": asdict(settings),
-                "scft_report": report,
-                "scft_adapter": os.path.join(output_dir, "adapter"),
-                "train_seconds": round(train_seconds, 1),
-                "cache_key": key,
-            }
-            existing = feature_io.feature_base(target_dir, dataset, full_name)
-            feature_io.save_features(existing, tokens, matrix, meta)
-            print(f"SCFT: wrote {matrix.shape[0]} x {matrix.shape[1]} tuned features to {existing}.npy ({train_seconds:.0f} s training)")
+    built = build_once(
+        feature_io.feature_base(target_dir, dataset, full_name),
+        lambda: is_current(feature_io.find_feature_file(config, full_name), key),
+        lambda: _train_and_export(config, settings, key, full_name, target_dir, resume, show_progress),
+        "SCFT features",
+    )
+    existing = feature_io.find_feature_file(config, full_name)
+    if not built:
+        print(f"SCFT: reusing up-to-date features {existing}.npy (cache key {key})")
     if not settings.pca_dim:
         return full_name
     pca_name = scft_feature_name(settings)
     pca_existing = feature_io.find_feature_file(config, pca_name)
     pca_key = f"{key}-pca{settings.pca_dim}"
-    if pca_existing is not None and feature_io.load_meta(pca_existing).get("cache_key") == pca_key:
+    if is_current(pca_existing, pca_key):
         return pca_name
     tokens, matrix, meta = feature_io.load_features(existing, mmap=False)
     meta = {k: v for k, v in meta.items() if k not in ("tokens", "rows", "dims", "created_at", "created_by")}
     meta.update(cache_key=pca_key, pca_dim=settings.pca_dim, pca_of=full_name)
     feature_io.save_features(feature_io.feature_base(target_dir, dataset, pca_name), tokens, pca_reduce(matrix, settings.pca_dim), meta)
     return pca_name
+
+
+def _train_and_export(config, settings, key, full_name, target_dir, resume, show_progress):
+    """Train SCFT on ``config``'s dataset, embed every item with the tuned LLM and write the feature file."""
+    dataset, data_dir = config["dataset"], config["data_path"]
+    prompts_cfg = prompt_config(config)
+    item_text = read_item_text(
+        data_dir, dataset, prompts_cfg["text_fields"], prompts_cfg["field_names"], prompts_cfg["list_fields"], prompts_cfg["item_field"]
+    )
+    device = (config["device"] if not isinstance(config, dict) else config.get("device")) or "cpu"
+    output_dir = os.path.join(target_dir, f"scft-{key}")
+    start = time.perf_counter()
+    model, tokenizer, report = train_scft(item_text, prompts_cfg["instruction"], settings, output_dir, device, resume, show_progress)
+    train_seconds = time.perf_counter() - start
+    model.save_pretrained(os.path.join(output_dir, "adapter"))
+    tokens = dataset_item_tokens(data_dir, dataset, item_text, prompts_cfg["item_field"])
+    prompts = build_prompts(item_text, "llmemb", prompts_cfg["instruction"], prompts_cfg["max_value_len"], tokens)
+    matrix = embed_texts(
+        [prompts[t] for t in tokens], model, tokenizer, settings.pooling, 64, settings.max_length, device, show_progress=show_progress
+    )
+    meta = {
+        "model": resolve_llm_path(settings.llm_path),
+        "pooling": settings.pooling,
+        "prompt_style": "llmemb",
+        "scft": asdict(settings),
+        "scft_report": report,
+        "scft_adapter": os.path.join(output_dir, "adapter"),
+        "train_seconds": round(train_seconds, 1),
+        "cache_key": key,
+    }
+    base = feature_io.feature_base(target_dir, dataset, full_name)
+    feature_io.save_features(base, tokens, matrix, meta)
+    print(f"SCFT: wrote {matrix.shape[0]} x {matrix.shape[1]} tuned features to {base}.npy ({train_seconds:.0f} s training)")

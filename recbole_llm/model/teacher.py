@@ -16,7 +16,7 @@ from logging import getLogger
 import torch
 
 from recbole_llm.compat import load_checkpoint
-from recbole_llm.fileio import atomic_torch_save, build_lock, file_fingerprint
+from recbole_llm.fileio import atomic_torch_save, build_once, file_fingerprint
 from recbole_llm.llm.features import feature_dirs
 
 # dataset-shaping keys the teacher inherits from the student's config
@@ -81,15 +81,9 @@ def ensure_teacher(config, dim):
     (one run at a time: a second run started meanwhile waits for it and reuses its teacher)."""
     path = teacher_path(config, dim)
     logger = getLogger()
-    if os.path.isfile(path):
+    if not build_once(path, lambda: os.path.isfile(path), lambda: _train_teacher(config, dim, path, logger), "the teacher"):
         logger.info(f"teacher: reusing {path}")
         print(f"teacher: reusing cached {path}")
-        return path
-    with build_lock(path, "the teacher"):
-        if os.path.isfile(path):  # built by the run that held the lock
-            print(f"teacher: reusing {path}, built meanwhile by another run")
-            return path
-        _train_teacher(config, dim, path, logger)
     return path
 
 
