@@ -272,3 +272,27 @@ def test_second_run_waits_for_the_teacher_being_built_and_reuses_it(tiny_data, t
     events.append("reused")
     thread.join()
     assert events == ["built", "reused"]
+
+
+@pytest.mark.parametrize("model_name", ["BERT4Rec", "LLMEmbBERT4Rec"])
+def test_bert4rec_output_bias_can_be_switched_off(tiny_data, tmp_path, model_name):
+    """output_bias: False keeps every score a plain dot product, through training and in full-sort scoring."""
+    write_features(str(tmp_path / "features"), dim=16)
+    overrides = {"train_mode": "all_positions", "embedding_size": 16, "hidden_size": 16}
+    *_, with_bias = build(model_name, llm_config(tiny_data, tmp_path, **overrides))
+    assert "output_bias" in dict(with_bias.named_parameters())
+    _, _, train, model = build(model_name, llm_config(tiny_data, tmp_path, output_bias=False, **overrides))
+    assert "output_bias" not in dict(model.named_parameters())
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    for batch in train:
+        optimizer.zero_grad()
+        model.calculate_loss(batch).backward()
+        optimizer.step()
+    assert torch.equal(model.output_bias, torch.zeros(model.n_items))
+    model.eval()
+    batch = next(iter(train))
+    with torch.no_grad():
+        seq = model.reconstruct_test_data(batch["item_id_list"], batch["item_length"])
+        states = model.gather_indexes(model.forward(seq), batch["item_length"] - 1)
+        expected = states @ model.item_embedding.weight[: model.n_items].t()
+        torch.testing.assert_close(model.full_sort_predict(batch), expected)

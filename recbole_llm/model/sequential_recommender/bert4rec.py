@@ -25,6 +25,9 @@ Same name as RecBole's, so ``--model=BERT4Rec`` resolves here (plugin first). Di
     keeps at most ``int(mask_ratio * MAX_ITEM_LIST_LENGTH)`` targets per row, and a masked position 0 never
     counts in its loss (0 pads its index list). Its output is unused in this mode, so ``transform: ~``
     skips that per-batch Python loop.
+- ``output_bias`` (True): RecBole's learned per-item bias added to every score. ``False`` fixes it at zero
+  (a buffer, not a parameter), so scores are dot products only. The bias is an ID parameter: with an item
+  table that cannot fit popularity itself (LLMEmbBERT4Rec's adapted LLM table) it learns item popularity.
 """
 
 import torch
@@ -41,6 +44,9 @@ class BERT4Rec(RecBoleBERT4Rec):
         self.length_bucketing = config["length_bucketing"] is not False
         self.train_mode = check_train_mode(config)
         self.TARGET_SEQ = target_list_field(self.ITEM_ID)
+        if config["output_bias"] is False:  # every reader of self.output_bias gets zeros
+            del self.output_bias
+            self.register_buffer("output_bias", torch.zeros(self.n_items))
 
     def forward(self, item_seq):
         """(B, L, H) states of left-aligned ``item_seq`` (RecBole's forward, per length group)."""
