@@ -11,7 +11,9 @@ seconds per training epoch, and the relative change of each LLMEmb model against
 common seeds, else from the ratio of the means (delta method). Both sides of a pair train the same way
 (``--sasrec_mode`` etc. as ``train_mode:batch``; default all_positions:128 for SASRec and BERT4Rec, RecBole's
 prefix:2048 for GRU4Rec). ``--json`` is resumable: finished model/seed runs in it are not rerun, and
-``--table_only=a.json,b.json`` merges the files of parallel runs into one table. ``--scft`` uses SCFT-tuned features (built once, cached); otherwise the
+``--table_only=a.json,b.json`` merges the files of parallel runs into one table. ``--llm_keys=KEY=VALUE,...``
+sets config keys on the LLMEmb side only (an ablation against the same baseline: resume from a copy of the
+baseline's JSON without its LLMEmb rows, and only the LLMEmb model trains). ``--scft`` uses SCFT-tuned features (built once, cached); otherwise the
 un-tuned LLM features.
 """
 
@@ -58,6 +60,7 @@ def run_one(model, dataset, seed, args, workdir):
         config.update(train_mode=train_mode, train_batch_size=int(batch or 128))
     if model.startswith("LLMEmb"):
         config.update(scft=args.scft, scft_steps=args.scft_steps, teacher_epochs=args.epochs, align_alpha=args.alpha)
+        config.update(parse_keys(getattr(args, "llm_keys", None)))
     result = run_recbole_llm(model=model, dataset=dataset, config_dict=config)
     uni = evaluate_model_file(result["model_file"], {"eval_args": {"mode": "uni100"}})
     return {
@@ -67,6 +70,19 @@ def run_one(model, dataset, seed, args, workdir):
         "epochs": result["epochs_run"],
         "params": result["num_params"],
     }
+
+
+def parse_keys(text):
+    """``"output_bias=False,adapter_layers=1"`` -> {"output_bias": False, "adapter_layers": 1} (YAML values)."""
+    import yaml
+
+    keys = {}
+    for item in filter(None, (text or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--llm_keys: expected KEY=VALUE, got '{item}'")
+        keys[key.strip()] = yaml.safe_load(value)
+    return keys
 
 
 def mean(values):
@@ -180,11 +196,15 @@ def main():
     parser.add_argument("--sasrec_mode", default="all_positions:128", help="train_mode:batch of the SASRec pair")
     parser.add_argument("--gru4rec_mode", default="prefix:2048", help="train_mode:batch of the GRU4Rec pair")
     parser.add_argument("--bert4rec_mode", default="all_positions:128", help="train_mode:batch of the BERT4Rec pair")
+    parser.add_argument(
+        "--llm_keys", default="", help="config keys of the LLMEmb side only, KEY=VALUE,... (an ablation against the same baseline)"
+    )
     parser.add_argument("--out", default=None, help="write the Markdown table here too")
     parser.add_argument("--json", default=None, help="raw results; an existing file is resumed (finished runs are kept)")
     parser.add_argument("--table_only", default=None, help="comma-separated result JSONs: merge them and print the table")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]
+    parse_keys(args.llm_keys)  # a malformed value fails here, not after the baselines trained
 
     if args.table_only:
         results = {}
@@ -220,6 +240,8 @@ def main():
                             row = {"error": f"{type(err).__name__}: {err}"}
                         row["wall_seconds"] = time.perf_counter() - start
                         row["seed"] = seed
+                        if args.llm_keys and model.startswith("LLMEmb"):
+                            row["llm_keys"] = args.llm_keys
                         results.setdefault(dataset, {}).setdefault(model, []).append(row)
                         print(dataset, model, seed, json.dumps(row), flush=True)
                         if args.json:
@@ -227,10 +249,11 @@ def main():
 
                             atomic_write_text(args.json, json.dumps(results, indent=1))
 
+    llm_keys_arg = f" --llm_keys={args.llm_keys}" if args.llm_keys else ""
     header = (
         f"Command: `python benchmarks/llmemb_vs_sasrec.py --datasets={args.datasets} --pairs={args.pairs} --epochs={args.epochs} "
         f"--seeds={args.seeds}{' --scft' if args.scft else ''} --sasrec_mode={args.sasrec_mode} --gru4rec_mode={args.gru4rec_mode} "
-        f"--bert4rec_mode={args.bert4rec_mode}` ({platform.machine()}, {os.cpu_count()} cores, no GPU, "
+        f"--bert4rec_mode={args.bert4rec_mode}{llm_keys_arg}` ({platform.machine()}, {os.cpu_count()} cores, no GPU, "
         f"{time.strftime('%Y-%m-%d')}); features: MiniLM {'SCFT-tuned' if args.scft else 'un-tuned'}, hidden {args.hidden_size}."
     )
     table = build_tables(results, args.pairs.split(","), header)

@@ -266,6 +266,7 @@ def test_llmemb_vs_sasrec_pair_modes_reach_both_sides(monkeypatch):
 
     def fake_run_recbole_llm(model, dataset, config_dict):
         seen[model] = (config_dict["train_mode"], config_dict["train_batch_size"])
+        seen[model + " bias"] = config_dict.get("output_bias")
         raise RuntimeError("stop here")
 
     import recbole_llm.quick_start as quick_start
@@ -274,6 +275,7 @@ def test_llmemb_vs_sasrec_pair_modes_reach_both_sides(monkeypatch):
     args = types.SimpleNamespace(
         data_path=".", epochs=1, stopping_step=1, hidden_size=8, max_len=5, scft=False, scft_steps=1, alpha=0.0,
         sasrec_mode="all_positions:128", gru4rec_mode="prefix:2048", bert4rec_mode="all_positions:64",
+        llm_keys="output_bias=False",
     )
     for model in ("GRU4Rec", "LLMEmbGRU4Rec", "BERT4Rec", "LLMEmbBERT4Rec", "LLMEmbSASRec"):
         with pytest.raises(RuntimeError, match="stop here"):
@@ -281,3 +283,8 @@ def test_llmemb_vs_sasrec_pair_modes_reach_both_sides(monkeypatch):
     assert seen["GRU4Rec"] == seen["LLMEmbGRU4Rec"] == ("prefix", 2048)
     assert seen["BERT4Rec"] == seen["LLMEmbBERT4Rec"] == ("all_positions", 64)
     assert seen["LLMEmbSASRec"] == ("all_positions", 128)
+    assert seen["LLMEmbBERT4Rec bias"] is False and seen["BERT4Rec bias"] is None  # --llm_keys: the LLMEmb side only
+    assert script.parse_keys("adapter_layers=1, align_tau=0.5,adapter_activation=gelu") == {
+        "adapter_layers": 1, "align_tau": 0.5, "adapter_activation": "gelu"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        script.parse_keys("output_bias")
