@@ -11,7 +11,8 @@ seconds per training epoch, and the relative change of each LLMEmb model against
 common seeds, else from the ratio of the means (delta method). Both sides of a pair train the same way
 (``--sasrec_mode`` etc. as ``train_mode:batch``; default all_positions:128 for SASRec and BERT4Rec, RecBole's
 prefix:2048 for GRU4Rec). ``--json`` is resumable: finished model/seed runs in it are not rerun, and
-``--table_only=a.json,b.json`` merges the files of parallel runs into one table. ``--llm_keys=KEY=VALUE,...``
+``--table_only=a.json,b.json`` merges the files of parallel runs into one table (``--only=MODEL,...`` trains
+just those models of the pairs, so one pair can run on two cores). ``--llm_keys=KEY=VALUE,...``
 sets config keys on the LLMEmb side only (an ablation against the same baseline: resume from a copy of the
 baseline's JSON without its LLMEmb rows, and only the LLMEmb model trains). ``--scft`` uses SCFT-tuned features (built once, cached); otherwise the
 un-tuned LLM features.
@@ -199,6 +200,9 @@ def main():
     parser.add_argument(
         "--llm_keys", default="", help="config keys of the LLMEmb side only, KEY=VALUE,... (an ablation against the same baseline)"
     )
+    parser.add_argument(
+        "--only", default="", help="train only these models of the pairs (split a pair over two cores; merge with --table_only)"
+    )
     parser.add_argument("--out", default=None, help="write the Markdown table here too")
     parser.add_argument("--json", default=None, help="raw results; an existing file is resumed (finished runs are kept)")
     parser.add_argument("--table_only", default=None, help="comma-separated result JSONs: merge them and print the table")
@@ -229,6 +233,8 @@ def main():
         for dataset in args.datasets.split(","):
             for pair in args.pairs.split(","):
                 for model in pair.split(":"):
+                    if args.only and model not in args.only.split(","):
+                        continue
                     for seed in seeds:
                         if any(r.get("seed") == seed for r in results.get(dataset, {}).get(model, [])):
                             print(dataset, model, seed, "done before, skipping", flush=True)

@@ -253,6 +253,10 @@ def test_llmemb_vs_sasrec_resumes_from_its_json_and_sets_pair_modes(tmp_path, mo
     capsys.readouterr()
     script.main()
     assert "| d | SASRec | full | 4 |" in capsys.readouterr().out  # two files merged
+    calls.clear()
+    monkeypatch.setattr(sys, "argv", ["x", "--datasets=d", "--pairs=SASRec:LLMEmbSASRec", "--seeds=3", "--only=LLMEmbSASRec"])
+    script.main()
+    assert calls == [("LLMEmbSASRec", 3)]  # --only: the baseline side is left to another process
 
 
 def test_llmemb_vs_sasrec_pair_modes_reach_both_sides(monkeypatch):
