@@ -209,6 +209,9 @@ def main():
     args = parser.parse_args()
     sys.argv = sys.argv[:1]
     parse_keys(args.llm_keys)  # a malformed value fails here, not after the baselines trained
+    unknown = set(filter(None, args.only.split(","))) - {m for pair in args.pairs.split(",") for m in pair.split(":")}
+    if unknown:
+        parser.error(f"--only names {sorted(unknown)}, which no pair of --pairs={args.pairs} has")
 
     if args.table_only:
         results = {}

@@ -257,6 +257,10 @@ def test_llmemb_vs_sasrec_resumes_from_its_json_and_sets_pair_modes(tmp_path, mo
     monkeypatch.setattr(sys, "argv", ["x", "--datasets=d", "--pairs=SASRec:LLMEmbSASRec", "--seeds=3", "--only=LLMEmbSASRec"])
     script.main()
     assert calls == [("LLMEmbSASRec", 3)]  # --only: the baseline side is left to another process
+    monkeypatch.setattr(sys, "argv", ["x", "--pairs=SASRec:LLMEmbSASRec", "--only=LLMEmbSASrec"])
+    with pytest.raises(SystemExit):
+        script.main()
+    assert "no pair of --pairs" in capsys.readouterr().err
 
 
 def test_llmemb_vs_sasrec_pair_modes_reach_both_sides(monkeypatch):
