@@ -61,7 +61,7 @@ def run_one(model, dataset, seed, args, workdir):
         config.update(train_mode=train_mode, train_batch_size=int(batch or 128))
     if model.startswith("LLMEmb"):
         config.update(scft=args.scft, scft_steps=args.scft_steps, teacher_epochs=args.epochs, align_alpha=args.alpha)
-        config.update(parse_keys(getattr(args, "llm_keys", None)))
+        config.update(parse_keys(args.llm_keys))
     result = run_recbole_llm(model=model, dataset=dataset, config_dict=config)
     uni = evaluate_model_file(result["model_file"], {"eval_args": {"mode": "uni100"}})
     return {
@@ -74,16 +74,15 @@ def run_one(model, dataset, seed, args, workdir):
 
 
 def parse_keys(text):
-    """``"output_bias=False,adapter_layers=1"`` -> {"output_bias": False, "adapter_layers": 1} (YAML values)."""
-    import yaml
+    """``"output_bias=False,adapter_layers=1"`` -> {"output_bias": False, "adapter_layers": 1}."""
+    from recbole_llm.config import parse_overrides
 
-    keys = {}
-    for item in filter(None, (text or "").split(",")):
-        key, sep, value = item.partition("=")
+    items = [item for item in (text or "").split(",") if item]
+    for item in items:
+        key, sep, _ = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--llm_keys: expected KEY=VALUE, got '{item}'")
-        keys[key.strip()] = yaml.safe_load(value)
-    return keys
+    return parse_overrides(items)
 
 
 def mean(values):
@@ -209,7 +208,8 @@ def main():
     args = parser.parse_args()
     sys.argv = sys.argv[:1]
     parse_keys(args.llm_keys)  # a malformed value fails here, not after the baselines trained
-    unknown = set(filter(None, args.only.split(","))) - {m for pair in args.pairs.split(",") for m in pair.split(":")}
+    only = set(filter(None, args.only.split(",")))
+    unknown = only - {m for pair in args.pairs.split(",") for m in pair.split(":")}
     if unknown:
         parser.error(f"--only names {sorted(unknown)}, which no pair of --pairs={args.pairs} has")
 
@@ -236,7 +236,7 @@ def main():
         for dataset in args.datasets.split(","):
             for pair in args.pairs.split(","):
                 for model in pair.split(":"):
-                    if args.only and model not in args.only.split(","):
+                    if only and model not in only:
                         continue
                     for seed in seeds:
                         if any(r.get("seed") == seed for r in results.get(dataset, {}).get(model, [])):

@@ -22,7 +22,6 @@ its output to ``DIR/logs/<model>-<seed>.log``. ``--workers=1`` (default) runs th
 """
 
 import argparse
-import ast
 import csv
 import json
 import math
@@ -459,13 +458,9 @@ def main(argv=None):
         return worker_main(argv[1])
     args = parse_args(argv)
     sys.argv = sys.argv[:1]
-    base_config = {}
-    for item in args.extra:
-        key, _, value = item.lstrip("-").partition("=")
-        try:
-            base_config[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            base_config[key] = value
+    from recbole_llm.config import parse_overrides
+
+    base_config = parse_overrides(args.extra)
     out_dir = os.path.abspath(args.out or os.path.join("benchmarks", "out", args.dataset))
     models = [m for m in args.models.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -10,6 +10,7 @@ Dataset folder: ``<data_path>/<dataset>/`` if it holds ``<dataset>.inter``, else
 An unknown name raises :class:`UnknownNameError` listing the datasets that exist.
 """
 
+import ast
 import glob
 import importlib
 import os
@@ -19,6 +20,19 @@ from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType
 
 from recbole_llm.utils import PROJECT_ROOT, UnknownNameError, get_model, properties_dir
+
+def parse_overrides(items):
+    """Config overrides from ``--key=value`` / ``key=value`` strings: Python literals (``False``, ``0.5``,
+    ``{'mode': 'uni100'}``) become values, anything else stays a string (``gelu``)."""
+    overrides = {}
+    for item in items:
+        key, _, value = item.lstrip("-").partition("=")
+        try:
+            overrides[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key.strip()] = value
+    return overrides
+
 
 RECBOLE_MODEL_PROPS = os.path.join(os.path.dirname(importlib.import_module("recbole").__file__), "properties", "model")
 RECBOLE_ML100K = os.path.join(

@@ -203,13 +203,9 @@ def run_search(args):
     space = parse_hyper_file(args.params_file)
     param_space = to_ray_space(space, args.search)
     config_file_list = [os.path.abspath(f) for f in args.config_files.split()] if args.config_files else None
-    base_config = {"state": "WARNING", "show_progress": False}
-    for item in args.extra or []:
-        key, _, value = item.lstrip("-").partition("=")
-        try:
-            base_config[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            base_config[key] = value
+    from recbole_llm.config import parse_overrides
+
+    base_config = {"state": "WARNING", "show_progress": False, **parse_overrides(args.extra or [])}
     shared, config = prepare_shared_artifacts(args.model, args.dataset, config_file_list, base_config)
     base_config.update(shared)
     base_config["data_path"] = os.path.dirname(os.path.abspath(config["data_path"]))

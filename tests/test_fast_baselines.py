@@ -274,4 +274,3 @@ def test_llmemb_backbones_are_the_fast_ones_and_train(tiny_data, tmp_path, model
     assert isinstance(model, GRU4Rec if "GRU4Rec" in model_name else BERT4Rec) and model.length_bucketing
     changed = train_steps(model, train)
     assert any(n.startswith("item_embedding.adapter") for n in changed)
-
