@@ -14,7 +14,8 @@ prefix:2048 for GRU4Rec). ``--json`` is resumable: finished model/seed runs in i
 ``--table_only=a.json,b.json`` merges the files of parallel runs into one table (``--only=MODEL,...`` trains
 just those models of the pairs, so one pair can run on two cores). ``--llm_keys=KEY=VALUE,...``
 sets config keys on the LLMEmb side only (an ablation against the same baseline: resume from a copy of the
-baseline's JSON without its LLMEmb rows, and only the LLMEmb model trains). ``--scft`` uses SCFT-tuned features (built once, cached); otherwise the
+baseline's JSON and only the LLMEmb model trains); its runs are recorded with their keys and form their own rows,
+``LLMEmbBERT4Rec [output_bias=False]``. Merging files that hold the same run (such a copied baseline) counts it once. ``--scft`` uses SCFT-tuned features (built once, cached); otherwise the
 un-tuned LLM features.
 """
 
@@ -132,8 +133,55 @@ def fmt_change(change, half):
     return text
 
 
+def variant(model, row):
+    """The table name of a run: the model, plus its ``--llm_keys`` when it ran with some (an ablation)."""
+    return f"{model} [{row['llm_keys']}]" if row.get("llm_keys") else model
+
+
+def split_variants(models):
+    """``{model: rows}`` -> ``{variant: rows}``: runs with other ``--llm_keys`` are other rows of the tables."""
+    out = {}
+    for model, rows in models.items():
+        out[model] = [row for row in rows if not row.get("llm_keys")]  # the model's default first
+        for row in rows:
+            if row.get("llm_keys"):
+                out.setdefault(variant(model, row), []).append(row)
+        if not out[model]:
+            del out[model]
+    return out
+
+
+def merge_files(paths):
+    """Merge result JSONs of parallel runs. A run found in several files (the same baseline copied into an
+    ablation's file) counts once; two different results for one dataset, model, keys and seed are an error."""
+    results, origin = {}, {}
+    for path in paths:
+        try:
+            with open(path) as handle:
+                data = json.load(handle)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"--table_only: cannot read {path}: {err}")
+        for dataset, models in data.items():
+            for model, rows in models.items():
+                for row in rows:
+                    key = (dataset, variant(model, row), row.get("seed"))
+                    if key in origin:
+                        first_path, first_row = origin[key]
+                        if first_row != row:
+                            raise SystemExit(
+                                f"--table_only: {path} and {first_path} hold different results for {key[0]} {key[1]} "
+                                f"seed {key[2]}; keep one of them (or give the ablation --llm_keys)"
+                            )
+                        continue
+                    origin[key] = (path, row)
+                    results.setdefault(dataset, {}).setdefault(model, []).append(row)
+    return results
+
+
 def build_tables(results, pairs, header):
-    """Markdown of the per-model table and the relative-change table (``results[dataset][model]``: run rows)."""
+    """Markdown of the per-model table and the relative-change table (``results[dataset][model]``: run rows;
+    runs with ``llm_keys`` form their own rows, compared with the same baseline)."""
+    results = {dataset: split_variants(models) for dataset, models in results.items()}
     lines = [
         header,
         "",
@@ -167,16 +215,17 @@ def build_tables(results, pairs, header):
         for pair in pairs:
             base, llm = pair.split(":")
             b = [r for r in models.get(base, []) if "error" not in r]
-            l = [r for r in models.get(llm, []) if "error" not in r]
-            if not b or not l:
-                continue
-            for mode in ("full", "uni100"):
-                cells, how = [], "n/a"
-                for metric in ("ndcg@10", "ndcg_tail@10", "ndcg_head@10"):
-                    change, half, how = relative_change(b, l, lambda r, mode=mode, metric=metric: r[mode][metric])
-                    cells.append(fmt_change(change, half))
-                ratio = mean([r["sec_per_epoch"] for r in l]) / max(mean([r["sec_per_epoch"] for r in b]), 1e-9)
-                lines.append(f"| {dataset} | {base} -> {llm} | {mode} | " + " | ".join(cells) + f" | {ratio:.2f}x | {how} |")
+            for name, rows in models.items():
+                l = [r for r in rows if "error" not in r]
+                if not (name == llm or name.startswith(llm + " [")) or not b or not l:
+                    continue
+                for mode in ("full", "uni100"):
+                    cells, how = [], "n/a"
+                    for metric in ("ndcg@10", "ndcg_tail@10", "ndcg_head@10"):
+                        change, half, how = relative_change(b, l, lambda r, mode=mode, metric=metric: r[mode][metric])
+                        cells.append(fmt_change(change, half))
+                    ratio = mean([r["sec_per_epoch"] for r in l]) / max(mean([r["sec_per_epoch"] for r in b]), 1e-9)
+                    lines.append(f"| {dataset} | {base} -> {name} | {mode} | " + " | ".join(cells) + f" | {ratio:.2f}x | {how} |")
     return "\n".join(lines)
 
 
@@ -214,12 +263,7 @@ def main():
         parser.error(f"--only names {sorted(unknown)}, which no pair of --pairs={args.pairs} has")
 
     if args.table_only:
-        results = {}
-        for path in args.table_only.split(","):
-            with open(path) as handle:
-                for dataset, models in json.load(handle).items():
-                    for model, rows in models.items():
-                        results.setdefault(dataset, {}).setdefault(model, []).extend(rows)
+        results = merge_files(args.table_only.split(","))
         header = f"Merged from {args.table_only} ({time.strftime('%Y-%m-%d')})."
         print(build_tables(results, args.pairs.split(","), header))
         return
@@ -238,8 +282,10 @@ def main():
                 for model in pair.split(":"):
                     if only and model not in only:
                         continue
+                    keys = args.llm_keys if model.startswith("LLMEmb") else ""
                     for seed in seeds:
-                        if any(r.get("seed") == seed for r in results.get(dataset, {}).get(model, [])):
+                        done = results.get(dataset, {}).get(model, [])
+                        if any(r.get("seed") == seed and r.get("llm_keys", "") == keys for r in done):
                             print(dataset, model, seed, "done before, skipping", flush=True)
                             continue
                         start = time.perf_counter()
@@ -249,8 +295,8 @@ def main():
                             row = {"error": f"{type(err).__name__}: {err}"}
                         row["wall_seconds"] = time.perf_counter() - start
                         row["seed"] = seed
-                        if args.llm_keys and model.startswith("LLMEmb"):
-                            row["llm_keys"] = args.llm_keys
+                        if keys:
+                            row["llm_keys"] = keys
                         results.setdefault(dataset, {}).setdefault(model, []).append(row)
                         print(dataset, model, seed, json.dumps(row), flush=True)
                         if args.json:

@@ -252,7 +252,27 @@ def test_llmemb_vs_sasrec_resumes_from_its_json_and_sets_pair_modes(tmp_path, mo
     monkeypatch.setattr(sys, "argv", ["x", "--pairs=SASRec:LLMEmbSASRec", f"--table_only={path},{path}"])
     capsys.readouterr()
     script.main()
-    assert "| d | SASRec | full | 4 |" in capsys.readouterr().out  # two files merged
+    assert "| d | SASRec | full | 2 |" in capsys.readouterr().out  # a run found in two files counts once
+    ablation = json.loads(path.read_text())
+    ablation["d"]["LLMEmbSASRec"] = [dict(r, llm_keys="adapter_layers=1", epochs=7) for r in ablation["d"]["LLMEmbSASRec"]]
+    (tmp_path / "ablation.json").write_text(json.dumps(ablation))
+    monkeypatch.setattr(sys, "argv", ["x", "--pairs=SASRec:LLMEmbSASRec", f"--table_only={path},{tmp_path / 'ablation.json'}"])
+    script.main()
+    out = capsys.readouterr().out
+    assert "| d | SASRec | full | 2 |" in out and "| d | LLMEmbSASRec | full | 2 |" in out
+    assert "| d | LLMEmbSASRec [adapter_layers=1] | full | 2 |" in out  # an ablation is its own row and pair
+    assert "| d | SASRec -> LLMEmbSASRec [adapter_layers=1] | full |" in out and "| d | SASRec -> LLMEmbSASRec | full |" in out
+    ablation["d"]["SASRec"][0]["epochs"] = 99  # the same baseline run, other numbers: which one is right?
+    (tmp_path / "conflict.json").write_text(json.dumps(ablation))
+    monkeypatch.setattr(sys, "argv", ["x", "--pairs=SASRec:LLMEmbSASRec", f"--table_only={path},{tmp_path / 'conflict.json'}"])
+    with pytest.raises(SystemExit, match="conflict.json and .*r.json hold different results for d SASRec seed 1"):
+        script.main()
+    calls.clear()
+    monkeypatch.setattr(sys, "argv", argv + ["--llm_keys=adapter_layers=1"])
+    script.main()
+    assert sorted(calls) == [("LLMEmbSASRec", 1), ("LLMEmbSASRec", 2)]  # an ablation resumes next to the default runs
+    data = json.loads(path.read_text())
+    assert [r.get("llm_keys") for r in data["d"]["LLMEmbSASRec"]] == [None, None, "adapter_layers=1", "adapter_layers=1"]
     calls.clear()
     monkeypatch.setattr(sys, "argv", ["x", "--datasets=d", "--pairs=SASRec:LLMEmbSASRec", "--seeds=3", "--only=LLMEmbSASRec"])
     script.main()
