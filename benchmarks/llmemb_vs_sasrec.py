@@ -15,8 +15,8 @@ prefix:2048 for GRU4Rec). ``--json`` is resumable: finished model/seed runs in i
 just those models of the pairs, so one pair can run on two cores). ``--llm_keys=KEY=VALUE,...``
 sets config keys on the LLMEmb side only (an ablation against the same baseline: resume from a copy of the
 baseline's JSON and only the LLMEmb model trains); its runs are recorded with their keys and form their own rows,
-``LLMEmbBERT4Rec [output_bias=False]``. Merging files that hold the same run (such a copied baseline) counts it once. ``--scft`` uses SCFT-tuned features (built once, cached); otherwise the
-un-tuned LLM features.
+``LLMEmbBERT4Rec [output_bias=False]``. Merging files that hold the same run (such a copied baseline) counts it
+once. ``--scft`` uses SCFT-tuned features (built once, cached); otherwise the un-tuned LLM features.
 """
 
 import argparse
@@ -142,12 +142,8 @@ def split_variants(models):
     """``{model: rows}`` -> ``{variant: rows}``: runs with other ``--llm_keys`` are other rows of the tables."""
     out = {}
     for model, rows in models.items():
-        out[model] = [row for row in rows if not row.get("llm_keys")]  # the model's default first
-        for row in rows:
-            if row.get("llm_keys"):
-                out.setdefault(variant(model, row), []).append(row)
-        if not out[model]:
-            del out[model]
+        for row in sorted(rows, key=lambda r: bool(r.get("llm_keys"))):  # stable: the model's default first
+            out.setdefault(variant(model, row), []).append(row)
     return out
 
 
@@ -215,9 +211,11 @@ def build_tables(results, pairs, header):
         for pair in pairs:
             base, llm = pair.split(":")
             b = [r for r in models.get(base, []) if "error" not in r]
+            if not b:
+                continue
             for name, rows in models.items():
                 l = [r for r in rows if "error" not in r]
-                if not (name == llm or name.startswith(llm + " [")) or not b or not l:
+                if not l or name.split(" [")[0] != llm:
                     continue
                 for mode in ("full", "uni100"):
                     cells, how = [], "n/a"

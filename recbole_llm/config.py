@@ -21,6 +21,7 @@ from recbole.utils import InputType
 
 from recbole_llm.utils import PROJECT_ROOT, UnknownNameError, get_model, properties_dir
 
+
 def parse_overrides(items):
     """Config overrides from ``--key=value`` / ``key=value`` strings: Python literals (``False``, ``0.5``,
     ``{'mode': 'uni100'}``) become values, anything else stays a string (``gelu``)."""
