@@ -1,4 +1,4 @@
-"""LLMEmb backbones against their ID-embedding baselines, same split, seed, size and budget.
+"""LLM models (LLMEmb*, LLMESR*, LLM2X*) against their ID-embedding baselines, same split, seed, size and budget.
 
     python benchmarks/llmemb_vs_sasrec.py --data_path=../shared/datasets --datasets=scientific,beauty \
         --pairs=SASRec:LLMEmbSASRec,GRU4Rec:LLMEmbGRU4Rec,BERT4Rec:LLMEmbBERT4Rec --epochs=50 --seeds=2024 --scft
@@ -6,17 +6,19 @@
 Every model trains once (early stopping on valid NDCG@10, full ranking) and its best checkpoint is tested
 with full ranking and with 100 sampled negatives (uni100). The table reports overall / head / tail NDCG@10
 and HR@10 in both modes (mean ± half-width of the 95% confidence interval of the mean over seeds, Student t),
-seconds per training epoch, and the relative change of each LLMEmb model against its baseline with its own
+seconds per training epoch, and the relative change of each LLM model against its baseline with its own
 95% interval: from the per-seed paired changes ``llm_s / base_s - 1`` when both models ran on at least two
 common seeds, else from the ratio of the means (delta method). Both sides of a pair train the same way
 (``--sasrec_mode`` etc. as ``train_mode:batch``; default all_positions:128 for SASRec and BERT4Rec, RecBole's
 prefix:2048 for GRU4Rec). ``--json`` is resumable: finished model/seed runs in it are not rerun, and
 ``--table_only=a.json,b.json`` merges the files of parallel runs into one table (``--only=MODEL,...`` trains
 just those models of the pairs, so one pair can run on two cores). ``--llm_keys=KEY=VALUE,...``
-sets config keys on the LLMEmb side only (an ablation against the same baseline: resume from a copy of the
+sets config keys on the LLM side only (an ablation against the same baseline: resume from a copy of the
 baseline's JSON and only the LLMEmb model trains); its runs are recorded with their keys and form their own rows,
 ``LLMEmbBERT4Rec [output_bias=False]``. Merging files that hold the same run (such a copied baseline) counts it
-once. ``--scft`` uses SCFT-tuned features (built once, cached); otherwise the un-tuned LLM features.
+once. ``--scft`` uses SCFT-tuned features (built once, cached); otherwise the un-tuned LLM features
+(``--llm_keys=scft=False`` turns it off again for one model's runs). The backbone of ``LLMESRSASRec`` etc. is
+the name without its prefix, so both sides of ``SASRec:LLMESRSASRec`` train with ``--sasrec_mode``.
 """
 
 import argparse
@@ -55,12 +57,12 @@ def run_one(model, dataset, seed, args, workdir):
         "eval_args": {"mode": "full"},
         "valid_metric": "NDCG@10",
     }
-    backbone = model.replace("LLMEmb", "")
+    backbone = backbone_of(model)
     mode = {"SASRec": args.sasrec_mode, "GRU4Rec": args.gru4rec_mode, "BERT4Rec": args.bert4rec_mode}.get(backbone)
     if mode:  # both sides of a pair train the same way: "<train_mode>:<batch size>"
         train_mode, _, batch = mode.partition(":")
         config.update(train_mode=train_mode, train_batch_size=int(batch or 128))
-    if model.startswith("LLMEmb"):
+    if is_llm_model(model):
         config.update(scft=args.scft, scft_steps=args.scft_steps, teacher_epochs=args.epochs, align_alpha=args.alpha)
         config.update(parse_keys(args.llm_keys))
     result = run_recbole_llm(model=model, dataset=dataset, config_dict=config)
@@ -72,6 +74,22 @@ def run_one(model, dataset, seed, args, workdir):
         "epochs": result["epochs_run"],
         "params": result["num_params"],
     }
+
+
+LLM_PREFIXES = ("LLMEmb", "LLMESR", "LLM2X")
+
+
+def is_llm_model(model):
+    """The LLM side of a pair: --scft, --alpha and --llm_keys apply to it."""
+    return model.startswith(LLM_PREFIXES)
+
+
+def backbone_of(model):
+    """``LLMESRSASRec`` -> ``SASRec``: the backbone whose ``--*_mode`` both sides of a pair train with."""
+    for prefix in LLM_PREFIXES:
+        if model.startswith(prefix):
+            return model[len(prefix):]
+    return model
 
 
 def parse_keys(text):
@@ -201,7 +219,7 @@ def build_tables(results, pairs, header):
                 )
     lines += [
         "",
-        "Relative change of each LLMEmb model against its baseline, with its 95% interval in brackets (percentage "
+        "Relative change of each LLM model against its baseline, with its 95% interval in brackets (percentage "
         "points): paired per-seed changes when both ran on >= 2 common seeds, else the ratio of the means:",
         "",
         "| dataset | pair | mode | NDCG@10 | tail NDCG@10 | head NDCG@10 | epoch time | interval from |",
@@ -244,7 +262,7 @@ def main():
     parser.add_argument("--gru4rec_mode", default="prefix:2048", help="train_mode:batch of the GRU4Rec pair")
     parser.add_argument("--bert4rec_mode", default="all_positions:128", help="train_mode:batch of the BERT4Rec pair")
     parser.add_argument(
-        "--llm_keys", default="", help="config keys of the LLMEmb side only, KEY=VALUE,... (an ablation against the same baseline)"
+        "--llm_keys", default="", help="config keys of the LLM side only, KEY=VALUE,... (an ablation against the same baseline)"
     )
     parser.add_argument(
         "--only", default="", help="train only these models of the pairs (split a pair over two cores; merge with --table_only)"
@@ -280,7 +298,7 @@ def main():
                 for model in pair.split(":"):
                     if only and model not in only:
                         continue
-                    keys = args.llm_keys if model.startswith("LLMEmb") else ""
+                    keys = args.llm_keys if is_llm_model(model) else ""
                     for seed in seeds:
                         done = results.get(dataset, {}).get(model, [])
                         if any(r.get("seed") == seed and r.get("llm_keys", "") == keys for r in done):

@@ -92,12 +92,15 @@ class Config(RecBoleConfig):
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         props = properties_dir()
-        # a plugin model inherits the YAML defaults of the models it subclasses (RecBole's, then the
-        # plugin's), most basic first: LLMEmbSASRec gets SASRec's n_layers, dropout, ... before its own
+        # a plugin model inherits the YAML defaults of the classes it subclasses (RecBole's, then the plugin's),
+        # most basic first: LLMEmbSASRec gets SASRec's n_layers, dropout, ... before its own; a mixin's YAML
+        # (LLMESRMixin.yaml) comes after the backbone's, as the mixin's methods do
         base_files = []
         for base in reversed(model_class.__mro__[1:]):
             if isinstance(base, type) and issubclass(base, AbstractRecommender):
                 base_files += [os.path.join(RECBOLE_MODEL_PROPS, f"{base.__name__}.yaml"), os.path.join(props, "model", f"{base.__name__}.yaml")]
+            elif isinstance(base, type) and base is not object and base.__module__.startswith("recbole_llm."):
+                base_files.append(os.path.join(props, "model", f"{base.__name__}.yaml"))
         for file in base_files:
             if os.path.isfile(file):
                 self._update_internal_config_dict(file)

@@ -50,3 +50,31 @@ def data_preparation(config, dataset):
         train_sampler = train_data._sampler
         train_data = get_dataloader(config, "train")(config, train_dataset, train_sampler, shuffle=config["shuffle"])
     return train_data, valid_data, test_data
+
+
+def user_sequences(train_dataset):
+    """(seqs, lengths) of shape (n_users, L) and (n_users,): every user's whole training sequence, left-aligned,
+    indexed by internal user id (users without training rows get length 0).
+
+    Read from the longest row of each user (prefix rows or the one row of ``all_positions``): its input plus
+    its target; when that exceeds MAX_ITEM_LIST_LENGTH the oldest item drops out, as in BERT4Rec's cloze rows.
+    """
+    inter = train_dataset.inter_feat
+    uid_field, iid_field = train_dataset.uid_field, train_dataset.iid_field
+    list_field, len_field = train_dataset.item_id_list_field, train_dataset.item_list_length_field
+    users, lengths = inter[uid_field].numpy(), inter[len_field].numpy()
+    order = np.lexsort((np.arange(len(users)), lengths, users))
+    last_of_user = np.ones(len(users), dtype=bool)
+    last_of_user[:-1] = users[order][1:] != users[order][:-1]
+    rows = torch.from_numpy(order[last_of_user])
+    seq, seq_len, target = inter[list_field][rows], inter[len_field][rows].long(), inter[iid_field][rows]
+    max_len = seq.size(1)
+    whole = torch.nn.functional.pad(seq, (0, 1)).scatter(1, seq_len.view(-1, 1), target.view(-1, 1))
+    whole = torch.where((seq_len >= max_len).unsqueeze(1), whole[:, 1:], whole[:, :-1])
+    n_users = train_dataset.user_num
+    seqs = torch.zeros(n_users, max_len, dtype=torch.long)
+    lens = torch.zeros(n_users, dtype=torch.long)
+    uids = inter[uid_field][rows].long()
+    seqs[uids] = whole.long()
+    lens[uids] = (seq_len + 1).clamp(max=max_len)
+    return seqs, lens

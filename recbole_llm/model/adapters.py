@@ -201,25 +201,46 @@ class LLMEmbMixin:
 
 
 def prepare_llm_features(config, pca_dim=None):
-    """Make sure the model's feature file exists; sets ``llm_features``/``llm_feature`` in the config."""
+    """Make sure the model's feature file exists; sets ``llm_features``/``llm_feature`` in the config.
+
+    ``pca_dim`` (default: the config's) PCA-reduces the features first, SCFT ones included; ``feature_whitening``
+    (none | pca | zca) then whitens them (:func:`recbole_llm.llm.extract.ensure_whitened`). With whitening on,
+    ``llm_feature_base`` names the un-whitened file (attached too: LLMESR initialises its ID table from its PCA).
+    """
+    from recbole_llm.llm.extract import WHITENINGS, ensure_whitened
+
+    pca_dim = pca_dim if pca_dim is not None else config["pca_dim"]
+    whitening = config["feature_whitening"] or "none"
+    if whitening not in WHITENINGS:
+        raise ValueError(f"config key 'feature_whitening' must be one of {list(WHITENINGS)}, got '{whitening}'")
     name = config["llm_feature"]
+    if name is not None and config["llm_feature_base"] is not None:
+        name = config["llm_feature_base"]  # resolved by an earlier call (e.g. before the trials of a search)
     if name is None:
         if config["scft"]:
             try:
-                from recbole_llm.llm.scft import ensure_scft_features
+                from recbole_llm.llm.scft import ensure_scft_features, settings_from_config
             except ImportError as err:  # name the real cause: a missing extra, or files changed under a running process
                 raise RuntimeError(
                     f"scft: True needs recbole_llm.llm.scft, which could not be imported ({err}); reinstall the package "
                     "(pip install -e .) and restart the run"
                 ) from err
-            name = ensure_scft_features(config)
+            settings = settings_from_config(config)
+            settings.pca_dim = int(pca_dim or 0)  # LLM2X asks for pca_dim = hidden_size
+            name = ensure_scft_features(config, settings)
         else:
             from recbole_llm.llm.extract import ensure_features
 
-            name = ensure_features(config, pca_dim=pca_dim if pca_dim is not None else config["pca_dim"])
+            name = ensure_features(config, pca_dim=pca_dim)
     names = list(config["llm_features"] or [])
+    base = name
+    if whitening != "none":
+        name = ensure_whitened(config, base, whitening, float(config["feature_whitening_eps"] or 1e-5))
+        if base not in names:
+            names.append(base)
     if name not in names:
         names.append(name)
     config["llm_features"] = names
     config["llm_feature"] = name
+    config["llm_feature_base"] = base
     return name

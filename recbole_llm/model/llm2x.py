@@ -5,6 +5,22 @@ import torch
 from recbole_llm.model.adapters import prepare_llm_features
 
 
+def resolve_scale(scale, config):
+    """``auto`` -> the backbone's ``initializer_range`` (0.02); None keeps the raw scale."""
+    if scale == "auto":
+        return float(config["initializer_range"] or 0.02)
+    return None if scale is None else float(scale)
+
+
+@torch.no_grad()
+def copy_rows(weight, features, scale):
+    """Write ``features`` rows 1.. (row 0 = padding) into ``weight``, rescaled to standard deviation ``scale``."""
+    rows = features[1:].clone().float()
+    if scale is not None:
+        rows = rows / rows.std().clamp(min=1e-12) * float(scale)
+    weight[1 : features.size(0)] = rows.to(weight.dtype)
+
+
 class LLM2XMixin:
     def init_item_table_from_llm(self, config, dataset):
         features = dataset.llm_feature(config["llm_feature"])
@@ -15,13 +31,7 @@ class LLM2XMixin:
                 f"{features.size(1)}: set pca_dim: {width} (prepare_artifacts builds it)"
             )
         scale = config["llm2x_scale"] if "llm2x_scale" in config else "auto"
-        if scale == "auto":
-            scale = float(config["initializer_range"] or 0.02)
-        with torch.no_grad():
-            rows = features[1:].clone()
-            if scale is not None:
-                rows = rows / rows.std().clamp(min=1e-12) * float(scale)
-            self.item_embedding.weight[1 : features.size(0)] = rows
+        copy_rows(self.item_embedding.weight, features, resolve_scale(scale, config))
 
     @classmethod
     def prepare_artifacts(cls, config):

@@ -59,7 +59,7 @@ def teacher_config(config, dim):
     return teacher
 
 
-def _dataset_stamp(config):
+def dataset_stamp(config):
     stamp = []
     for suffix in ("inter", "item"):
         path = os.path.join(config["data_path"], f"{config['dataset']}.{suffix}")
@@ -69,7 +69,7 @@ def _dataset_stamp(config):
 
 
 def teacher_path(config, dim):
-    settings = {"teacher": teacher_config(config, dim), "dataset": config["dataset"], "files": _dataset_stamp(config)}
+    settings = {"teacher": teacher_config(config, dim), "dataset": config["dataset"], "files": dataset_stamp(config)}
     settings["teacher"].pop("device", None)
     settings["teacher"].pop("gpu_id", None)
     key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
