@@ -136,6 +136,24 @@ def test_stacked_views_equal_each_view_alone(tiny_data, tmp_path):
     torch.testing.assert_close(both, torch.cat(alone, dim=1))
 
 
+def test_cross_attention_replaces_or_adds_to_the_view_input(tiny_data, tmp_path):
+    write_features(str(tmp_path / "features"), dim=16)
+    _, _, train, model = build("LLMESRSASRec", esr_config(tiny_data, tmp_path, llmesr_alpha=0.0))
+    model.eval()
+    table = model.item_embedding
+    seq = next(iter(train))["item_id_list"]
+    with torch.no_grad():
+        replaced = table.cross(table.id_embedding(seq), table.llm_embedding(seq), seq, to_llm=False)
+        table.residual = True
+        added = table.cross(table.id_embedding(seq), table.llm_embedding(seq), seq, to_llm=False)
+        torch.testing.assert_close(added, replaced + table.id_embedding(seq))
+        # causal: the input at position 0 depends on item 0 only
+        changed = seq.clone()
+        changed[:, 1:] = torch.where(changed[:, 1:] > 0, 1, 0)
+        out = table.cross(table.id_embedding(changed), table.llm_embedding(changed), changed, to_llm=False)
+        torch.testing.assert_close(out[:, 0], added[:, 0])
+
+
 def test_id_table_initialised_from_pca_or_random(tiny_data, tmp_path):
     write_features(str(tmp_path / "features"), dim=16)
     _, dataset, _, model = build("LLMESRSASRec", esr_config(tiny_data, tmp_path, llmesr_id_scale=None))
@@ -164,9 +182,9 @@ def test_distillation_loss_on_a_hand_example(tiny_data, tmp_path):
     # targets: user 0 -> mean(v1, v1) = 3; user 1 -> mean(v0, v1) = 2; MSE of zeros = (9 + 4) / 2
     assert model.distill_loss(interaction, states).item() == pytest.approx(6.5)
     model.distill, model.distill_tau = "cl", 1.0
-    from recbole_llm.model.losses import info_nce_loss
+    from recbole_llm.model.losses import soft_contrastive_loss
 
-    expected = info_nce_loss(states, torch.stack([torch.full((32,), 3.0), torch.full((32,), 2.0)]), 1.0)
+    expected = soft_contrastive_loss(states, torch.stack([torch.full((32,), 3.0), torch.full((32,), 2.0)]), 1.0)
     assert model.distill_loss(interaction, states).item() == pytest.approx(expected.item())
 
 

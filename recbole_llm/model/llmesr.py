@@ -10,13 +10,16 @@
   ID view and the marked copies the semantic view), so the backbone's own code runs once, unchanged.
 - ``llmesr_cross_attention`` (official default on): before the encoder, each view's input sequence is replaced by
   multi-head attention from the other view's sequence onto it (keys and values from the view, queries from the
-  other one; causal for SASRec/GRU4Rec, padded keys masked).
+  other one; causal for SASRec/GRU4Rec, padded keys masked); ``llmesr_cross_residual`` adds the view's own
+  input back (official: replaced).
 - Retrieval-augmented self-distillation (``llmesr_alpha`` > 0): the K = ``llmesr_sim_users`` most similar users by
   LLM embedding of their training history (:mod:`recbole_llm.model.similar_users`, cached); their sequence
-  vectors, detached and averaged, are the target of ``kd`` (MSE) or ``cl`` (InfoNCE, ``llmesr_distill_tau``).
+  vectors, detached and averaged, are the target of ``kd`` (MSE) or ``cl`` (the two-sided soft-target contrastive
+  loss of LLMEmb, temperature ``llmesr_distill_tau``; the official ``Contrastive_Loss2``).
   ``llmesr_sim_sample`` = m encodes m of the K per row and step (0 = all K, the official cost): the MSE to one
   uniformly drawn neighbour has the same expected gradient as the MSE to their mean.
-- ``llmesr_item_reg`` (official ``item_reg``): InfoNCE between g(x_i) and e_i of the batch's items, weight
+- ``llmesr_item_reg`` (official ``item_reg``): the same soft contrastive loss (tau 1) between g(x_i) and e_i of the
+  batch's items, weight
   ``llmesr_beta``.
 
 ``loss = loss_rec + llmesr_alpha * loss_distill [+ llmesr_beta * loss_item_reg]``. See docs/llmesr.md.
@@ -33,7 +36,7 @@ from recbole_llm.data.utils import user_sequences
 from recbole_llm.llm.extract import pca_reduce
 from recbole_llm.model.adapters import AdaptedEmbedding, prepare_llm_features
 from recbole_llm.model.llm2x import copy_rows, resolve_scale
-from recbole_llm.model.losses import info_nce_loss
+from recbole_llm.model.losses import soft_contrastive_loss
 
 ID_INITS = ("pca", "random")
 DISTILLS = ("kd", "cl")
@@ -48,8 +51,9 @@ class DualViewEmbedding(nn.Module):
     semantic view for ids marked with the offset.
     """
 
-    def __init__(self, id_embedding, llm_embedding, cross_heads=0, causal=True, dropout=0.0):
+    def __init__(self, id_embedding, llm_embedding, cross_heads=0, causal=True, dropout=0.0, residual=False):
         super().__init__()
+        self.residual = bool(residual)
         self.id_embedding = id_embedding
         self.llm_embedding = llm_embedding
         width = id_embedding.weight.size(1)
@@ -88,8 +92,10 @@ class DualViewEmbedding(nn.Module):
         if self.causal:
             mask = torch.ones(ids.size(1), ids.size(1), dtype=torch.bool, device=ids.device).triu(1)
         if to_llm:
-            return self.id_to_llm(e_id, e_llm, e_llm, key_padding_mask=pad, attn_mask=mask, need_weights=False)[0]
-        return self.llm_to_id(e_llm, e_id, e_id, key_padding_mask=pad, attn_mask=mask, need_weights=False)[0]
+            out = self.id_to_llm(e_id, e_llm, e_llm, key_padding_mask=pad, attn_mask=mask, need_weights=False)[0]
+            return out + e_llm if self.residual else out
+        out = self.llm_to_id(e_llm, e_id, e_id, key_padding_mask=pad, attn_mask=mask, need_weights=False)[0]
+        return out + e_id if self.residual else out
 
     def stack_ids(self, item_seq):
         """(2B, L): the sequences for the ID view, then the same ones for the semantic view, marked by an
@@ -154,7 +160,12 @@ class LLMESRMixin:
             copy_rows(id_embedding.weight, reduced, resolve_scale(config["llmesr_id_scale"], config))
         heads = int(config["llmesr_cross_heads"]) if config["llmesr_cross_attention"] else 0
         self.item_embedding = DualViewEmbedding(
-            id_embedding, llm, heads, causal=self.cross_attention_causal, dropout=float(config["attn_dropout_prob"] or 0.0)
+            id_embedding,
+            llm,
+            heads,
+            causal=self.cross_attention_causal,
+            dropout=float(config["attn_dropout_prob"] or 0.0),
+            residual=bool(config["llmesr_cross_residual"]),
         )
 
         self.llmesr_alpha = float(config["llmesr_alpha"])
@@ -233,7 +244,7 @@ class LLMESRMixin:
             return user_states.sum() * 0.0
         if self.distill == "kd":
             return F.mse_loss(user_states[keep], target[keep])
-        return info_nce_loss(user_states[keep], target[keep], self.distill_tau)
+        return soft_contrastive_loss(user_states[keep], target[keep], self.distill_tau)
 
     def item_reg_loss(self, interaction):
         items = torch.unique(interaction[self.ITEM_SEQ])
@@ -241,7 +252,7 @@ class LLMESRMixin:
         if len(items) > self.item_reg_max:
             items = items[torch.randperm(len(items), device=items.device)[: self.item_reg_max]]
         table = self.item_embedding
-        return info_nce_loss(table.llm_embedding.weight[items], table.id_embedding.weight[items], 1.0)
+        return soft_contrastive_loss(table.llm_embedding.weight[items], table.id_embedding.weight[items], 1.0)
 
     def calculate_loss(self, interaction):
         with self.item_embedding.cached():
