@@ -99,7 +99,7 @@ def test_both_views_are_used_in_scoring(tiny_data, tmp_path, model_name):
 @pytest.mark.parametrize("train_mode", ["all_positions", "prefix"])
 def test_llmesr_trains_a_few_steps(tiny_data, tmp_path, model_name, train_mode):
     write_features(str(tmp_path / "features"), dim=16)
-    overrides = {"train_mode": train_mode, "llmesr_item_reg": True}
+    overrides = {"train_mode": train_mode, "llmesr_item_reg": True, "llmesr_cross_attention": True}
     if model_name == "LLMESRBERT4Rec":
         overrides["llmesr_distill"] = "cl"
     config, dataset, train, model = build(model_name, esr_config(tiny_data, tmp_path, **overrides))
@@ -114,7 +114,7 @@ def test_llmesr_trains_a_few_steps(tiny_data, tmp_path, model_name, train_mode):
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
     assert "item_embedding.id_embedding.weight" in changed
     assert any(n.startswith("item_embedding.llm_embedding.adapter") for n in changed)
-    assert any(n.startswith("item_embedding.llm_to_id") for n in changed)  # cross-attention (default on)
+    assert any(n.startswith("item_embedding.llm_to_id") for n in changed)  # cross-attention
     torch.testing.assert_close(model.item_embedding.llm_embedding.features, dataset.llm_feature("rand"))  # frozen
 
 
@@ -138,7 +138,7 @@ def test_stacked_views_equal_each_view_alone(tiny_data, tmp_path):
 
 def test_cross_attention_replaces_or_adds_to_the_view_input(tiny_data, tmp_path):
     write_features(str(tmp_path / "features"), dim=16)
-    _, _, train, model = build("LLMESRSASRec", esr_config(tiny_data, tmp_path, llmesr_alpha=0.0))
+    _, _, train, model = build("LLMESRSASRec", esr_config(tiny_data, tmp_path, llmesr_alpha=0.0, llmesr_cross_attention=True))
     model.eval()
     table = model.item_embedding
     seq = next(iter(train))["item_id_list"]

@@ -8,10 +8,10 @@
   per view with shared weights; the user vector is ``concat(h_id, h_llm)`` and items are scored with
   ``concat(e_id, g(x))``. Both views run as one batch of 2B rows (:class:`DualViewEmbedding` gives the first B the
   ID view and the marked copies the semantic view), so the backbone's own code runs once, unchanged.
-- ``llmesr_cross_attention`` (official default on): before the encoder, each view's input sequence is replaced by
-  multi-head attention from the other view's sequence onto it (keys and values from the view, queries from the
-  other one; causal for SASRec/GRU4Rec, padded keys masked); ``llmesr_cross_residual`` adds the view's own
-  input back (official: replaced).
+- ``llmesr_cross_attention`` (on in the official scripts; off by default here, it measured worse): before the
+  encoder, each view's input sequence is replaced by multi-head attention from the other view's sequence onto it
+  (keys and values from the view, queries from the other one; causal for SASRec/GRU4Rec, padded keys masked);
+  ``llmesr_cross_residual`` adds the view's own input back (official: replaced).
 - Retrieval-augmented self-distillation (``llmesr_alpha`` > 0): the K = ``llmesr_sim_users`` most similar users by
   LLM embedding of their training history (:mod:`recbole_llm.model.similar_users`, cached); their sequence
   vectors, detached and averaged, are the target of ``kd`` (MSE) or ``cl`` (the two-sided soft-target contrastive
