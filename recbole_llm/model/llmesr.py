@@ -19,8 +19,7 @@
   ``llmesr_sim_sample`` = m encodes m of the K per row and step (0 = all K, the official cost): the MSE to one
   uniformly drawn neighbour has the same expected gradient as the MSE to their mean.
 - ``llmesr_item_reg`` (official ``item_reg``): the same soft contrastive loss (tau 1) between g(x_i) and e_i of the
-  batch's items, weight
-  ``llmesr_beta``.
+  batch's items, weight ``llmesr_beta``.
 
 ``loss = loss_rec + llmesr_alpha * loss_distill [+ llmesr_beta * loss_item_reg]``. See docs/llmesr.md.
 """
