@@ -255,3 +255,13 @@ def test_llmesr_runs_end_to_end(tiny_data, tmp_path):
     write_features(str(tmp_path / "features"), dim=16)
     result = run_recbole_llm(model="LLMESRGRU4Rec", dataset="tiny", config_dict=esr_config(tiny_data, tmp_path, feature_whitening="zca"))
     assert np.isfinite(result["test_result"]["ndcg@10"]) and "ndcg_tail@10" in result["test_result"]
+
+
+def test_mixin_yaml_is_read_after_the_backbone_and_before_overrides(tiny_data, tmp_path):
+    config = Config(model="LLMESRSASRec", dataset="tiny", config_dict=llm_config(tiny_data, tmp_path, llmesr_sim_users=3))
+    assert config["llmesr_alpha"] == 0.1 and config["id_init"] == "pca"  # LLMESRMixin.yaml
+    assert config["train_mode"] == "all_positions"  # the mixin's value wins over SASRec.yaml's prefix
+    assert config["length_bucketing"] is True  # SASRec.yaml still applies
+    assert config["llmesr_sim_users"] == 3  # the config dict wins over the YAML
+    gru = Config(model="LLMESRGRU4Rec", dataset="tiny", config_dict=llm_config(tiny_data, tmp_path))
+    assert gru["llmesr_alpha"] == 0.1 and gru["train_mode"] == "all_positions"
