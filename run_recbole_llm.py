@@ -2,7 +2,8 @@
 
     python run_recbole_llm.py --model=SASRec --dataset=ml-100k [--config_files="a.yaml b.yaml"] [--key=value ...]
 
-Any other ``--key=value`` is a RecBole/plugin config key (read by Config from the command line).
+Any other ``--key=value`` is a RecBole/plugin config key of this run (not of the runs it starts, such as the
+LLMEmb teacher); anything else on the command line is an error (exit code 2).
 """
 
 import argparse
@@ -14,13 +15,22 @@ def main(argv=None):
     parser.add_argument("--model", "-m", type=str, default="SASRec", help="model name (plugin or RecBole)")
     parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="dataset name")
     parser.add_argument("--config_files", type=str, default=None, help="space-separated YAML files")
-    args, _ = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    malformed = [a for a in rest if not (a.startswith("--") and "=" in a)]
+    if malformed:
+        print(f"error: argument '{malformed[0]}' is not --key=value: write config keys as --key=value (e.g. --epochs=1)", file=sys.stderr)
+        return 2
 
     from recbole_llm import UnknownNameError, run_recbole_llm
+    from recbole_llm.config import parse_overrides
 
+    # the keys go in as this run's config dict, and sys.argv is cleared: RecBole's Config reads the command line
+    # itself, so every nested run (the LLMEmb teacher, a tune trial) would otherwise inherit them, e.g. --epochs=1
+    overrides = parse_overrides(rest)
+    sys.argv = sys.argv[:1]
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
     try:
-        result = run_recbole_llm(model=args.model, dataset=args.dataset, config_file_list=config_file_list)
+        result = run_recbole_llm(model=args.model, dataset=args.dataset, config_file_list=config_file_list, config_dict=overrides)
     except UnknownNameError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

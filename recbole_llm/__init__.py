@@ -1,6 +1,11 @@
 """recbole-llm: LLM-powered item embeddings (LLMEmb, LEARN, UniSRec) as a RecBole plugin."""
 
-from recbole_llm.compat import import_recbole_models
+try:
+    import recbole  # noqa: F401
+except ImportError:  # installed without the README's --no-deps step
+    raise ImportError("recbole_llm needs RecBole 1.2.1: pip install --no-deps recbole==1.2.1 (see the README)") from None
+
+from recbole_llm.compat import import_recbole_models  # noqa: E402
 
 import_recbole_models()  # once, and switch off the anomaly detection that RecBole's sine.py enables
 

@@ -9,6 +9,13 @@
    :func:`load_own_checkpoint` loads a checkpoint *this run wrote itself* with ``weights_only=False``;
    :class:`recbole_llm.trainer.CheckpointMixin` routes RecBole's trainers through it. Files given by a
    user are loaded by :func:`load_checkpoint`, which says what it trusts.
+3. RecBole's ``Config.compatibility_settings`` restores numpy's removed aliases by reading ``np.float_``,
+   ``np.complex_`` and ``np.unicode_``, which numpy 2 removed as well: the Config cannot be built there.
+   :func:`numpy_compatibility_settings` sets the same aliases from names every numpy has; the plugin's
+   ``Config`` calls it instead.
+4. Ray Tune moved its function-trainable API between 2.6 (``ray.air.session.report``, ``ray.air.RunConfig(local_dir)``)
+   and 2.40+ (``ray.tune.report``, ``ray.tune.get_context()``, ``ray.tune.RunConfig(storage_path)``).
+   :func:`tune_report`, :func:`tune_trial_dir` and :func:`tune_run_config` use whichever this Ray has.
 """
 
 import os
@@ -55,3 +62,66 @@ def load_own_checkpoint(path, own_files, map_location="cpu"):
     if real in {os.path.realpath(f) for f in own_files}:
         return load_checkpoint(path, map_location=map_location)
     return torch.load(path, map_location=map_location)
+
+
+# RecBole 1.2.1's aliases (np.float = np.float_, ...), each taken from a name that numpy 1.x and 2.x both have
+NUMPY_ALIASES = {
+    "bool": "bool_",
+    "int": "int_",
+    "float": "float64",
+    "complex": "complex128",
+    "object": "object_",
+    "str": "str_",
+    "long": "int_",
+    "unicode": "str_",
+}
+
+
+def numpy_compatibility_settings():
+    """What RecBole's ``Config.compatibility_settings`` does, on numpy 1.x and 2.x alike."""
+    import numpy as np
+
+    for alias, name in NUMPY_ALIASES.items():
+        setattr(np, alias, getattr(np, name))
+
+
+def _new_tune_api():
+    from ray import tune
+
+    return hasattr(tune, "get_context") and hasattr(tune, "RunConfig")
+
+
+def tune_report(metrics):
+    """Report ``metrics`` from inside a function trainable (Ray 2.6 and 2.40+)."""
+    if _new_tune_api():
+        from ray import tune
+
+        tune.report(metrics)
+    else:
+        from ray.air import session
+
+        session.report(metrics)
+
+
+def tune_trial_dir():
+    """The running trial's own folder (Ray 2.6 and 2.40+)."""
+    if _new_tune_api():
+        from ray import tune
+
+        return tune.get_context().get_trial_dir()
+    from ray.air import session
+
+    return session.get_trial_dir()
+
+
+def tune_run_config(name, out_dir, max_failures=0, verbose=1):
+    """A Tune ``RunConfig`` that writes the trials under ``out_dir/name`` (Ray 2.6 and 2.40+)."""
+    if _new_tune_api():
+        from ray import tune
+
+        failure = tune.FailureConfig(max_failures=max_failures, fail_fast=False)
+        return tune.RunConfig(name=name, storage_path=out_dir, failure_config=failure, verbose=verbose)
+    from ray.air import FailureConfig, RunConfig
+
+    failure = FailureConfig(max_failures=max_failures, fail_fast=False)
+    return RunConfig(name=name, local_dir=out_dir, failure_config=failure, verbose=verbose)

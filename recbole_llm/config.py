@@ -74,6 +74,12 @@ def resolve_dataset_dir(dataset, data_path):
 
 
 class Config(RecBoleConfig):
+    def compatibility_settings(self):
+        """RecBole's numpy aliases without reading names numpy 2 removed (recbole_llm.compat)."""
+        from recbole_llm.compat import numpy_compatibility_settings
+
+        numpy_compatibility_settings()
+
     def _get_model_and_dataset(self, model, dataset):
         if model is None:
             model = self.external_config_dict.get("model")

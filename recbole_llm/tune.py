@@ -94,7 +94,7 @@ def _plain(value):
 
 def make_trainable(model, dataset, config_file_list, base_config):
     def trainable(params):
-        from ray.air import session
+        from recbole_llm.compat import tune_report, tune_trial_dir
 
         sys.argv = sys.argv[:1]  # Ray's worker flags must not become RecBole config keys
         from recbole_llm.quick_start import run_recbole_llm
@@ -105,14 +105,14 @@ def make_trainable(model, dataset, config_file_list, base_config):
             config_dict.pop("teacher_checkpoint", None)  # the shared teacher has the base width
         config_dict = {k: v for k, v in config_dict.items() if not k.startswith("_built_")}
         config_dict.update(params)
-        config_dict["checkpoint_dir"] = os.path.abspath(os.path.join(session.get_trial_dir(), "saved"))
+        config_dict["checkpoint_dir"] = os.path.abspath(os.path.join(tune_trial_dir(), "saved"))
 
         def report(epoch_idx, valid_score):
-            session.report({"valid_score": float(valid_score), "epoch": epoch_idx + 1})
+            tune_report({"valid_score": float(valid_score), "epoch": epoch_idx + 1})
 
         result = run_recbole_llm(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict, callback_fn=report)
         test = dict(result["test_result"] or {})
-        session.report(
+        tune_report(
             {
                 "valid_score": float(result["best_valid_score"]),
                 "epoch": result["epochs_run"] + 1,
@@ -197,7 +197,6 @@ def run_search(args):
     """Run the search described by run_hyper.py's arguments; returns (rows, best_yaml_path)."""
     import ray
     from ray import tune
-    from ray.air import FailureConfig, RunConfig
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     space = parse_hyper_file(args.params_file)
@@ -246,12 +245,9 @@ def run_search(args):
             num_samples=1 if args.search == "grid" else args.num_samples,
             max_concurrent_trials=args.max_concurrent or None,
         )
-        run_config = RunConfig(
-            name="trials",
-            local_dir=out_dir,
-            failure_config=FailureConfig(max_failures=0, fail_fast=False),
-            verbose=1,
-        )
+        from recbole_llm.compat import tune_run_config
+
+        run_config = tune_run_config("trials", out_dir)
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
         results = tuner.fit()
     finally:

@@ -46,6 +46,32 @@ def test_unknown_dataset_is_one_line_exit_2(tmp_path):
     assert "Unknown dataset 'nope'" in line and "ml-100k" in line and "scientific" in line
 
 
+def test_space_separated_key_is_one_line_exit_2():
+    line = one_line_error(run_cli("--model=SASRec", "--dataset=ml-100k", "--epochs", "1"))
+    assert "'--epochs' is not --key=value" in line
+
+
+def test_command_line_keys_reach_this_run_only(monkeypatch):
+    """--key=value become the run's config dict and sys.argv is cleared, so a nested run (the LLMEmb teacher)
+    does not inherit --epochs=1 from the command line through RecBole's own command-line reader."""
+    import recbole_llm
+    import run_recbole_llm as cli
+
+    seen = {}
+
+    def fake_run(model, dataset, config_file_list=None, config_dict=None):
+        seen.update(model=model, config_dict=config_dict, argv=list(sys.argv))
+        nested = Config(model="SASRec", dataset="ml-100k", config_dict={"state": "WARNING"})
+        seen["nested_epochs"] = nested["epochs"]
+        return {"best_valid_result": {}, "test_result": {}}
+
+    monkeypatch.setattr(recbole_llm, "run_recbole_llm", fake_run)
+    monkeypatch.setattr(sys, "argv", ["run_recbole_llm.py", "--model=SASRec", "--epochs=1", "--eval_args={'mode': 'uni100'}"])
+    assert cli.main() == 0
+    assert seen["config_dict"] == {"epochs": 1, "eval_args": {"mode": "uni100"}}
+    assert seen["argv"] == ["run_recbole_llm.py"] and seen["nested_epochs"] != 1
+
+
 def test_plugin_yaml_layers_over_recbole(tmp_path):
     config = Config(model="SASRec", dataset="ml-100k", config_dict={"checkpoint_dir": str(tmp_path)})
     # RecBole's SASRec.yaml is loaded (the class-instead-of-name trap would lose it) ...
