@@ -1,4 +1,5 @@
-"""Where an LLMEmb training step spends its time next to its baseline: mean step time and the top operators.
+"""Where an LLM model's training step (LLMEmb*, LLMESR*, LLM2X*) spends its time next to its baseline: mean step
+time and the top operators.
 
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/llmemb_step_profile.py --data_path=../shared/datasets \
         --dataset=scientific --models=BERT4Rec,LLMEmbBERT4Rec --scft
@@ -6,7 +7,7 @@
 Each model is built with the pair benchmark's settings (hidden 64, MAX_ITEM_LIST_LENGTH 50, all-positions
 training, batch 128), trains ``--warmup`` steps, then ``--steps`` timed steps (forward, backward, Adam) on one
 thread, then ``--profile_steps`` steps under ``torch.profiler``; ``--set=KEY=VALUE,...`` overrides the LLMEmb side
-(``align_alpha=0`` isolates the alignment loss).
+(``align_alpha=0`` isolates the alignment loss; ``llmesr_alpha=0`` the LLMESR distillation).
 """
 
 import argparse
@@ -26,7 +27,7 @@ def main():
     parser.add_argument("--dataset", default="scientific")
     parser.add_argument("--models", default="BERT4Rec,LLMEmbBERT4Rec")
     parser.add_argument("--scft", action="store_true")
-    parser.add_argument("--set", default="", help="KEY=VALUE,... for the LLMEmb models")
+    parser.add_argument("--set", default="", help="KEY=VALUE,... for the LLM models")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=35)
     parser.add_argument("--profile_steps", type=int, default=10)
@@ -46,7 +47,7 @@ def main():
             "hidden_size": 64, "embedding_size": 64, "inner_size": 256, "MAX_ITEM_LIST_LENGTH": 50, "seed": 2020,
             "state": "WARNING", "show_progress": False,
         }
-        if name.startswith("LLMEmb"):
+        if name.startswith(("LLMEmb", "LLMESR", "LLM2X")):
             config_dict.update(scft=args.scft, **parse_overrides([s for s in args.set.split(",") if s]))
         config = Config(model=name, dataset=args.dataset, config_dict=config_dict)
         prepare_artifacts(config)

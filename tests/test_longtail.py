@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from recbole.config import Config as RecBoleConfig
+from recbole_llm.compat import numpy_compatibility_settings
 from recbole.evaluator.collector import DataStruct
 
 from recbole_llm.evaluator.longtail import (
@@ -19,9 +19,9 @@ from recbole_llm.evaluator.longtail import (
 )
 
 
-# RecBole's metrics use np.float; RecBole's Config restores that alias whenever it is built. These tests
-# call the metrics without a Config, so apply RecBole's own compatibility step here.
-RecBoleConfig.compatibility_settings(None)
+# RecBole's metrics use np.float; the plugin's Config restores that alias whenever it is built. These tests
+# call the metrics without a Config, so apply the same (numpy-2-safe) compatibility step here.
+numpy_compatibility_settings()
 
 
 def make_config(**overrides):
