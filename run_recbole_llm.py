@@ -34,8 +34,9 @@ def main(argv=None):
     except UnknownNameError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"best valid: {dict(result['best_valid_result'] or {})}")
-    print(f"test result: {dict(result['test_result'] or {})}")
+    # plain floats: under numpy 2 the metric values would print as np.float64(...)
+    print(f"best valid: {({k: float(v) for k, v in (result['best_valid_result'] or {}).items()})}")
+    print(f"test result: {({k: float(v) for k, v in (result['test_result'] or {}).items()})}")
     return 0
 
 

@@ -25,7 +25,7 @@ import yaml
 
 from recbole_llm.fileio import atomic_open, atomic_write_text
 
-ARTIFACT_KEYS = ("llm_features", "llm_feature", "teacher_checkpoint")
+ARTIFACT_KEYS = ("llm_features", "llm_feature", "llm_feature_base", "teacher_checkpoint")
 WIDTH_KEYS = ("hidden_size", "embedding_size")
 
 

@@ -265,3 +265,19 @@ def test_mixin_yaml_is_read_after_the_backbone_and_before_overrides(tiny_data, t
     assert config["llmesr_sim_users"] == 3  # the config dict wins over the YAML
     gru = Config(model="LLMESRGRU4Rec", dataset="tiny", config_dict=llm_config(tiny_data, tmp_path))
     assert gru["llmesr_alpha"] == 0.1 and gru["train_mode"] == "all_positions"
+
+
+def test_whitening_is_not_applied_twice_when_artifacts_are_prepared_again(tiny_data, tmp_path):
+    """A search prepares features once in the driver and again in every trial (recbole_llm.tune): the second
+    call starts from llm_feature_base, so a trial never whitens the whitened table."""
+    from recbole_llm.model.adapters import prepare_llm_features
+    from recbole_llm.tune import ARTIFACT_KEYS
+
+    write_features(str(tmp_path / "features"), dim=16)
+    config = Config(model="LLMESRSASRec", dataset="tiny", config_dict=esr_config(tiny_data, tmp_path, feature_whitening="zca"))
+    assert prepare_llm_features(config) == "rand-whitezca"
+    shared = {k: config[k] for k in ARTIFACT_KEYS if config[k] is not None}
+    trial = Config(model="LLMESRSASRec", dataset="tiny", config_dict=esr_config(tiny_data, tmp_path, feature_whitening="pca", **shared))
+    assert prepare_llm_features(trial) == "rand-whitepca" and trial["llm_feature_base"] == "rand"
+    again = Config(model="LLMESRSASRec", dataset="tiny", config_dict=esr_config(tiny_data, tmp_path, feature_whitening="zca", **shared))
+    assert prepare_llm_features(again) == "rand-whitezca"
