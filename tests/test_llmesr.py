@@ -169,7 +169,9 @@ def test_id_table_initialised_from_pca_or_random(tiny_data, tmp_path):
 
 def test_distillation_loss_on_a_hand_example(tiny_data, tmp_path):
     write_features(str(tmp_path / "features"), dim=16)
-    _, _, train, model = build("LLMESRSASRec", esr_config(tiny_data, tmp_path, llmesr_sim_users=2, llmesr_sim_sample=0))
+    _, _, train, model = build(
+        "LLMESRSASRec", esr_config(tiny_data, tmp_path, llmesr_sim_users=2, llmesr_sim_sample=0, llmesr_distill_targets="encode")
+    )
     batch = next(iter(train))
     users = batch["user_id"][:2]
     interaction = {"user_id": users}
@@ -186,6 +188,32 @@ def test_distillation_loss_on_a_hand_example(tiny_data, tmp_path):
 
     expected = soft_contrastive_loss(states, torch.stack([torch.full((32,), 3.0), torch.full((32,), 2.0)]), 1.0)
     assert model.distill_loss(interaction, states).item() == pytest.approx(expected.item())
+
+
+def test_bank_distillation_reads_the_latest_states_of_seen_neighbours(tiny_data, tmp_path):
+    write_features(str(tmp_path / "features"), dim=16)
+    _, _, train, model = build("LLMESRSASRec", esr_config(tiny_data, tmp_path, llmesr_sim_users=2))
+    assert model.distill_targets == "bank"  # the default
+    users = torch.tensor([1, 2, 3])
+    model.similar_users[1] = torch.tensor([2, 3])
+    model.similar_users[2] = torch.tensor([1, 3])
+    model.similar_users[3] = torch.tensor([4, 5])
+    model.user_bank[3], model.user_bank_seen[3] = 4.0, True  # user 3 seen before, 1 and 2 not yet
+    states = torch.zeros(3, 32)
+    # user 1 -> mean over seen {3} = 4; user 2 -> 4; user 3: no neighbour seen, left out. MSE = 16
+    loss = model.distill_loss({"user_id": users}, states)
+    assert loss.item() == pytest.approx(16.0)
+    assert model.user_bank_seen[[1, 2, 3]].all() and torch.equal(model.user_bank[1], torch.zeros(32))  # bank updated
+    # nothing is encoded for the targets
+    model.sequence_vectors = lambda *a: (_ for _ in ()).throw(AssertionError("bank mode must not encode"))
+    model.distill_loss({"user_id": users}, states)
+    # a training step runs and fills the bank
+    model.user_bank_seen[:] = False
+    batch = next(iter(train))
+    assert torch.isfinite(model.calculate_loss(batch))
+    assert model.user_bank_seen[batch["user_id"]].all()
+    with pytest.raises(ValueError, match="llmesr_distill_targets"):
+        build("LLMESRSASRec", esr_config(tiny_data, tmp_path, llmesr_distill_targets="cache"))
 
 
 def test_cold_item_gets_a_finite_score_from_text(tmp_path):

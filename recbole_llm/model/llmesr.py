@@ -16,8 +16,10 @@
   LLM embedding of their training history (:mod:`recbole_llm.model.similar_users`, cached); their sequence
   vectors, detached and averaged, are the target of ``kd`` (MSE) or ``cl`` (the two-sided soft-target contrastive
   loss of LLMEmb, temperature ``llmesr_distill_tau``; the official ``Contrastive_Loss2``).
-  ``llmesr_sim_sample`` = m encodes m of the K per row and step (0 = all K, the official cost): the MSE to one
-  uniformly drawn neighbour has the same expected gradient as the MSE to their mean.
+  ``llmesr_distill_targets: encode`` (official) encodes them at every step: ``llmesr_sim_sample`` = m of the K per
+  row (0 = all K, the official cost; the MSE to one uniformly drawn neighbour has the same expected gradient as the
+  MSE to their mean). ``bank`` encodes nothing more: each user's state from its latest training batch is kept in
+  a (n_users, 2H) memory bank and the targets are read from it (stale by at most an epoch, as MoCo's memory bank).
 - ``llmesr_item_reg`` (official ``item_reg``): the same soft contrastive loss (tau 1) between g(x_i) and e_i of the
   batch's items, weight ``llmesr_beta``.
 
@@ -39,6 +41,7 @@ from recbole_llm.model.losses import soft_contrastive_loss
 
 ID_INITS = ("pca", "random")
 DISTILLS = ("kd", "cl")
+DISTILL_TARGETS = ("encode", "bank")
 
 
 class DualViewEmbedding(nn.Module):
@@ -68,6 +71,7 @@ class DualViewEmbedding(nn.Module):
         self.embedding_dim = 2 * width
         self.num_embeddings = id_embedding.weight.size(0)
         self._stacked = False
+        self._stack_table = None
 
     @property
     def weight(self):
@@ -75,11 +79,11 @@ class DualViewEmbedding(nn.Module):
 
     @contextlib.contextmanager
     def stacked(self):
-        self._stacked = True
+        self._stacked, self._stack_table = True, None
         try:
             yield
         finally:
-            self._stacked = False
+            self._stacked, self._stack_table = False, None
 
     def cached(self):
         return self.llm_embedding.cached()
@@ -105,12 +109,16 @@ class DualViewEmbedding(nn.Module):
     def forward(self, ids):
         if not self._stacked:
             return F.embedding(ids, self.weight)
+        if not self.cross_heads:
+            # the marked ids index the second half of [ID table; LLM table]: one lookup for both views (padding 0
+            # stays the ID table's zero row), built once per stacked pass
+            if self._stack_table is None:
+                self._stack_table = torch.cat([self.id_embedding.weight, self.llm_embedding.weight], dim=0)
+            return F.embedding(ids, self._stack_table)
         marked = ids >= self.num_embeddings
         base = torch.where(marked, ids - self.num_embeddings, ids)
         llm_rows = marked.any(dim=1)
         e_id, e_llm = self.id_embedding(base), self.llm_embedding(base)
-        if not self.cross_heads:
-            return torch.where(llm_rows.view(-1, 1, 1), e_llm, e_id)
         out = torch.empty_like(e_id)
         for rows, to_llm in ((~llm_rows, False), (llm_rows, True)):
             if rows.any():
@@ -173,6 +181,11 @@ class LLMESRMixin:
             raise ValueError(f"config key 'llmesr_distill' must be one of {list(DISTILLS)}, got '{self.distill}'")
         self.distill_tau = float(config["llmesr_distill_tau"])
         self.sim_sample = int(config["llmesr_sim_sample"])
+        self.distill_targets = config["llmesr_distill_targets"] or "encode"
+        if self.distill_targets not in DISTILL_TARGETS:
+            raise ValueError(
+                f"config key 'llmesr_distill_targets' must be one of {list(DISTILL_TARGETS)}, got '{self.distill_targets}'"
+            )
         self.item_reg_beta = float(config["llmesr_beta"]) if config["llmesr_item_reg"] else 0.0
         self.item_reg_max = int(config["align_max_items"] or 1024)
         if self.llmesr_alpha > 0:
@@ -186,6 +199,9 @@ class LLMESRMixin:
             self.register_buffer("user_seqs", seqs, persistent=False)
             self.register_buffer("user_seq_lens", lens, persistent=False)
             self.register_buffer("similar_users", sims, persistent=False)
+            if self.distill_targets == "bank":  # every user's latest training state, (n_users, 2 * width)
+                self.register_buffer("user_bank", torch.zeros(dataset.user_num, 2 * width), persistent=False)
+                self.register_buffer("user_bank_seen", torch.zeros(dataset.user_num, dtype=torch.bool), persistent=False)
         self._capturing = False
         self._captured = None
         getLogger().info(
@@ -231,6 +247,8 @@ class LLMESRMixin:
     def distill_loss(self, interaction, user_states):
         users = interaction[self.USER_ID].long()
         sims = self.similar_users[users]  # (B, K)
+        if self.distill_targets == "bank":
+            return self.bank_distill_loss(users, sims, user_states)
         if 0 < self.sim_sample < sims.size(1):
             pick = torch.randint(sims.size(1), (sims.size(0), self.sim_sample), device=sims.device)
             sims = sims.gather(1, pick)
@@ -244,6 +262,23 @@ class LLMESRMixin:
         if self.distill == "kd":
             return F.mse_loss(user_states[keep], target[keep])
         return soft_contrastive_loss(user_states[keep], target[keep], self.distill_tau)
+
+    def bank_distill_loss(self, users, sims, user_states):
+        """The distillation against the similar users' latest training states (no extra encoding), then the bank
+        takes this batch's states. A neighbour not seen yet (first epoch) is left out of its row's mean."""
+        seen = self.user_bank_seen[sims].float()  # (B, K)
+        count = seen.sum(1)
+        keep = count > 0
+        loss = user_states.sum() * 0.0
+        if keep.any():
+            target = (self.user_bank[sims] * seen.unsqueeze(-1)).sum(1) / count.clamp(min=1).unsqueeze(-1)
+            if self.distill == "kd":
+                loss = F.mse_loss(user_states[keep], target[keep])
+            else:
+                loss = soft_contrastive_loss(user_states[keep], target[keep], self.distill_tau)
+        self.user_bank[users] = user_states.detach()
+        self.user_bank_seen[users] = True
+        return loss
 
     def item_reg_loss(self, interaction):
         items = torch.unique(interaction[self.ITEM_SEQ])
