@@ -309,3 +309,23 @@ def test_whitening_is_not_applied_twice_when_artifacts_are_prepared_again(tiny_d
     assert prepare_llm_features(trial) == "rand-whitepca" and trial["llm_feature_base"] == "rand"
     again = Config(model="LLMESRSASRec", dataset="tiny", config_dict=esr_config(tiny_data, tmp_path, feature_whitening="zca", **shared))
     assert prepare_llm_features(again) == "rand-whitezca"
+
+
+@pytest.mark.parametrize("train_mode", ["prefix", "all_positions"])
+def test_user_sequences_are_the_whole_training_sequences(tiny_data, tmp_path, train_mode):
+    from recbole_llm.data.utils import user_sequences
+
+    write_features(str(tmp_path / "features"), dim=16)
+    _, dataset, train, _ = build("LLMESRSASRec", esr_config(tiny_data, tmp_path, train_mode=train_mode, llmesr_alpha=0.0))
+    seqs, lens = user_sequences(train.dataset)
+    raw = {}
+    with open(os.path.join(tiny_data, "tiny", "tiny.inter")) as f:
+        next(f)
+        for line in f:
+            u, i, t = line.split("\t")
+            raw.setdefault(u, []).append((float(t), i))
+    uid, iid = dataset.field2token_id["user_id"], dataset.field2token_id["item_id"]
+    for user, rows in raw.items():
+        items = [iid[i] for _, i in sorted(rows)][:-2][-10:]  # leave-one-out: the last two are valid/test
+        u = uid[user]
+        assert lens[u] == len(items) and seqs[u, : len(items)].tolist() == items and (seqs[u, len(items):] == 0).all()

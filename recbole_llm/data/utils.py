@@ -16,18 +16,22 @@ from recbole.utils import FeatureSource, FeatureType
 TARGET_LIST_SUFFIX = "_target_list"
 
 
-def all_positions_dataset(train_dataset):
-    """A copy of a prefix-augmented train split with one row per user and a next-item target list."""
+def longest_rows(train_dataset):
+    """Row indices of each user's longest training row (ties: the latest row): its whole training sequence."""
     inter = train_dataset.inter_feat
-    uid_field, iid_field = train_dataset.uid_field, train_dataset.iid_field
-    list_field, len_field = train_dataset.item_id_list_field, train_dataset.item_list_length_field
-    users, lengths = inter[uid_field].numpy(), inter[len_field].numpy()
-    # the row of each user with the longest history (ties: the latest row) is its whole training sequence
+    users = inter[train_dataset.uid_field].numpy()
+    lengths = inter[train_dataset.item_list_length_field].numpy()
     order = np.lexsort((np.arange(len(users)), lengths, users))
     last_of_user = np.ones(len(users), dtype=bool)
     last_of_user[:-1] = users[order][1:] != users[order][:-1]
-    rows = torch.from_numpy(order[last_of_user])
-    picked = inter[rows]
+    return torch.from_numpy(order[last_of_user])
+
+
+def all_positions_dataset(train_dataset):
+    """A copy of a prefix-augmented train split with one row per user and a next-item target list."""
+    iid_field = train_dataset.iid_field
+    list_field, len_field = train_dataset.item_id_list_field, train_dataset.item_list_length_field
+    picked = train_dataset.inter_feat[longest_rows(train_dataset)]
     seq, seq_len, target = picked[list_field], picked[len_field].long(), picked[iid_field]
     targets = torch.zeros_like(seq)
     targets[:, :-1] = seq[:, 1:]
@@ -59,22 +63,16 @@ def user_sequences(train_dataset):
     Read from the longest row of each user (prefix rows or the one row of ``all_positions``): its input plus
     its target; when that exceeds MAX_ITEM_LIST_LENGTH the oldest item drops out, as in BERT4Rec's cloze rows.
     """
-    inter = train_dataset.inter_feat
-    uid_field, iid_field = train_dataset.uid_field, train_dataset.iid_field
+    picked = train_dataset.inter_feat[longest_rows(train_dataset)]
     list_field, len_field = train_dataset.item_id_list_field, train_dataset.item_list_length_field
-    users, lengths = inter[uid_field].numpy(), inter[len_field].numpy()
-    order = np.lexsort((np.arange(len(users)), lengths, users))
-    last_of_user = np.ones(len(users), dtype=bool)
-    last_of_user[:-1] = users[order][1:] != users[order][:-1]
-    rows = torch.from_numpy(order[last_of_user])
-    seq, seq_len, target = inter[list_field][rows], inter[len_field][rows].long(), inter[iid_field][rows]
+    seq, seq_len, target = picked[list_field], picked[len_field].long(), picked[train_dataset.iid_field]
     max_len = seq.size(1)
     whole = torch.nn.functional.pad(seq, (0, 1)).scatter(1, seq_len.view(-1, 1), target.view(-1, 1))
     whole = torch.where((seq_len >= max_len).unsqueeze(1), whole[:, 1:], whole[:, :-1])
     n_users = train_dataset.user_num
     seqs = torch.zeros(n_users, max_len, dtype=torch.long)
     lens = torch.zeros(n_users, dtype=torch.long)
-    uids = inter[uid_field][rows].long()
+    uids = picked[train_dataset.uid_field].long()
     seqs[uids] = whole.long()
     lens[uids] = (seq_len + 1).clamp(max=max_len)
     return seqs, lens
