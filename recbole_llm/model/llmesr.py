@@ -3,7 +3,8 @@
 - Semantic view: the frozen LLM table through the LLMEmb adapter (:class:`AdaptedEmbedding`), so an item never
   seen in training still has this half from its text.
 - Collaborative view: a trainable ID table, initialised from the PCA of the same (un-whitened) LLM features
-  (``id_init: pca``, rescaled to ``llmesr_id_scale``) or RecBole's random init (``id_init: random``).
+  (``id_init: pca``, at their raw scale unless ``llmesr_id_scale`` rescales them) or RecBole's random init
+  (``id_init: random``).
 - The backbone (SASRec, GRU4Rec or BERT4Rec, RecBole's code with the plugin's options) encodes the sequence once
   per view with shared weights; the user vector is ``concat(h_id, h_llm)`` and items are scored with
   ``concat(e_id, g(x))``. Both views run as one batch of 2B rows (:class:`DualViewEmbedding` gives the first B the
