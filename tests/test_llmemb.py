@@ -43,6 +43,19 @@ def build(model_name, config_dict):
     return config, dataset, train, get_model(model_name)(config, train.dataset)
 
 
+def train_steps(model, train, steps=3):
+    """Train ``steps`` Adam steps (every loss finite); the names of the parameters that changed."""
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _, batch in zip(range(steps), train):
+        loss = model.calculate_loss(batch)
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+
+
 # ---- losses on hand examples --------------------------------------------------------------------------
 def test_soft_contrastive_loss_hand_example():
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -145,15 +158,7 @@ def test_backbones_train_a_few_steps(tiny_data, tmp_path, model_name):
     if model_name.startswith("LLM2X"):
         overrides = {"embedding_size": 16, "hidden_size": 16}
     config, dataset, train, model = build(model_name, llm_config(tiny_data, tmp_path, **overrides))
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _, batch in zip(range(3), train):
-        loss = model.calculate_loss(batch)
-        assert torch.isfinite(loss)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p)]
+    changed = train_steps(model, train)
     assert any("item_embedding" in n for n in changed)
     if model_name.startswith("LLMEmb"):
         assert torch.equal(model.item_embedding.features, dataset.llm_feature("rand"))  # frozen LLM table

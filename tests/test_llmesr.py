@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import write_tiny_dataset
-from test_llmemb import build, llm_config, write_features
+from test_llmemb import build, llm_config, train_steps, write_features
 
 from recbole_llm import Config
 from recbole_llm.llm.extract import ensure_whitened, whiten
@@ -103,15 +103,7 @@ def test_llmesr_trains_a_few_steps(tiny_data, tmp_path, model_name, train_mode):
     if model_name == "LLMESRBERT4Rec":
         overrides["llmesr_distill"] = "cl"
     config, dataset, train, model = build(model_name, esr_config(tiny_data, tmp_path, **overrides))
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _, batch in zip(range(3), train):
-        loss = model.calculate_loss(batch)
-        assert torch.isfinite(loss)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    changed = train_steps(model, train)
     assert "item_embedding.id_embedding.weight" in changed
     assert any(n.startswith("item_embedding.llm_embedding.adapter") for n in changed)
     assert any(n.startswith("item_embedding.llm_to_id") for n in changed)  # cross-attention
