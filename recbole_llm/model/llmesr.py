@@ -257,7 +257,10 @@ class LLMESRMixin:
         with torch.no_grad():
             vectors = self.sequence_vectors(self.user_seqs[flat], self.user_seq_lens[flat].clamp(min=1))
         target = vectors.view(sims.size(0), sims.size(1), -1).mean(1)
-        keep = self.user_seq_lens[sims[:, 0]] > 0
+        return self.distill_to(user_states, target, self.user_seq_lens[sims[:, 0]] > 0)
+
+    def distill_to(self, user_states, target, keep):
+        """``kd`` (MSE) or ``cl`` (soft contrastive) of the rows ``keep`` towards ``target``; 0 when none is kept."""
         if not keep.any():
             return user_states.sum() * 0.0
         if self.distill == "kd":
@@ -269,14 +272,8 @@ class LLMESRMixin:
         takes this batch's states. A neighbour not seen yet (first epoch) is left out of its row's mean."""
         seen = self.user_bank_seen[sims].float()  # (B, K)
         count = seen.sum(1)
-        keep = count > 0
-        loss = user_states.sum() * 0.0
-        if keep.any():
-            target = (self.user_bank[sims] * seen.unsqueeze(-1)).sum(1) / count.clamp(min=1).unsqueeze(-1)
-            if self.distill == "kd":
-                loss = F.mse_loss(user_states[keep], target[keep])
-            else:
-                loss = soft_contrastive_loss(user_states[keep], target[keep], self.distill_tau)
+        target = (self.user_bank[sims] * seen.unsqueeze(-1)).sum(1) / count.clamp(min=1).unsqueeze(-1)
+        loss = self.distill_to(user_states, target, count > 0)
         self.user_bank[users] = user_states.detach()
         self.user_bank_seen[users] = True
         return loss
