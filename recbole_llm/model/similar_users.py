@@ -87,11 +87,10 @@ def build_similar_users(dataset, features, seqs, lens, k):
         "user_tokens": [str(t) for t in dataset.field2id_token[dataset.uid_field]],
         "neighbors": neighbors,
         "k": int(k),
-        "has_history": valid,
     }
 
 
-def load_similar_users(path, dataset, seqs_lens, k):
+def load_similar_users(path, dataset, lens, k):
     """(U, k) internal user ids of the similar users of every internal user id of ``dataset``."""
     artifact = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(artifact, dict) or "user_tokens" not in artifact or "neighbors" not in artifact:
@@ -103,7 +102,6 @@ def load_similar_users(path, dataset, seqs_lens, k):
         raise SimilarUsersError(f"similar-user file '{path}' has {neighbors.size(1)} neighbours per user, the config asks for {k}")
     index = {token: row for row, token in enumerate(tokens)}
     ours = [str(t) for t in dataset.field2id_token[dataset.uid_field]]
-    _, lens = seqs_lens
     needed = [t for uid, t in enumerate(ours) if uid > 0 and lens[uid] > 0]
     missing = [t for t in needed if t not in index]
     if missing:
@@ -126,7 +124,7 @@ def ensure_similar_users(config, dataset, features, feature_name, seqs, lens, k)
     if source not in (None, "auto"):
         if not os.path.isfile(source):
             raise SimilarUsersError(f"llmesr_similar_users '{source}' does not exist: give a file or use auto")
-        return load_similar_users(source, dataset, (seqs, lens), k)
+        return load_similar_users(source, dataset, lens, k)
     path = similar_users_path(config, feature_name, k)
 
     def build():
@@ -135,4 +133,4 @@ def ensure_similar_users(config, dataset, features, feature_name, seqs, lens, k)
 
     if not build_once(path, lambda: os.path.isfile(path), build, "the similar users"):
         getLogger().info(f"similar users: reusing {path}")
-    return load_similar_users(path, dataset, (seqs, lens), k)
+    return load_similar_users(path, dataset, lens, k)
