@@ -10,6 +10,11 @@ import argparse
 import sys
 
 
+def plain(result):
+    """Plain numbers (under numpy 2 metric values would print as np.float64(...)); counts stay integers."""
+    return {k: int(v) if isinstance(v, int) else float(v) for k, v in (result or {}).items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", "-m", type=str, default="SASRec", help="model name (plugin or RecBole)")
@@ -34,9 +39,8 @@ def main(argv=None):
     except UnknownNameError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    # plain floats: under numpy 2 the metric values would print as np.float64(...)
-    print(f"best valid: {({k: float(v) for k, v in (result['best_valid_result'] or {}).items()})}")
-    print(f"test result: {({k: float(v) for k, v in (result['test_result'] or {}).items()})}")
+    print(f"best valid: {plain(result['best_valid_result'])}")
+    print(f"test result: {plain(result['test_result'])}")
     return 0
 
 

@@ -11,7 +11,9 @@ error and the others go on. Writes ``results.csv`` and ``results.md`` (mean and 
 head/tail and short/long metrics, the 95% confidence interval of the mean (Student t) of NDCG@10 and tail
 NDCG@10, train seconds per epoch, eval seconds, parameters) and two PNG plots: ``ndcg_head_tail.png``
 (grouped bars per model) and ``ndcg_by_popularity.png`` (NDCG@10 per item-popularity bucket, the papers'
-long-tail figure).
+long-tail figure). With ``--cold_item_ratio=0.1`` (the cold-start protocol, recbole_llm/data/cold.py) the table
+adds warm / cold NDCG@10 and Recall@10 and the number of cold test targets, and ``ndcg_warm_cold.png`` plots
+warm vs cold NDCG@10 per model.
 
 Shared artifacts (LLM feature files, SCFT, the alignment teacher) are built once in this process before any
 run starts, with the config of the first seed, and every run of that model gets the resulting config keys
@@ -40,7 +42,9 @@ from recbole_llm.fileio import atomic_open, atomic_savefig, atomic_write_text
 REPORTED = [
     "ndcg@10", "hit@10", "recall@10", "ndcg_head@10", "ndcg_tail@10", "hit_head@10", "hit_tail@10",
     "ndcg_short@10", "ndcg_long@10",
+    "ndcg_warm@10", "ndcg_cold@10", "recall_warm@10", "recall_cold@10", "targets_warm", "targets_cold",
 ]
+COLD_SHOWN = ["ndcg_warm@10", "ndcg_cold@10", "recall_warm@10", "recall_cold@10"]  # columns when --cold_item_ratio > 0
 POP_EDGES = (0, 2, 5, 10, 20, 50)  # popularity buckets: [0,2), [2,5), ..., [50, inf)
 CI_METRICS = ["ndcg@10", "ndcg_tail@10"]  # 95% CI bounds in results.md and .csv (.csv: half-width of every metric)
 
@@ -359,6 +363,8 @@ def write_tables(rows, out_dir, header):
 
     def fmt(row, metric):
         mean = row[f"{metric}_mean"]
+        if metric.startswith("targets_"):
+            return "" if mean is None else f"{mean:.0f}"
         return "" if mean is None else f"{mean:.4f} ± {row[f'{metric}_std']:.4f}"
 
     def ci(row, metric):
@@ -366,6 +372,8 @@ def write_tables(rows, out_dir, header):
         return "" if mean is None or half is None else f"[{mean - half:.4f}, {mean + half:.4f}]"
 
     shown = ["ndcg@10", "ndcg@10 95% CI", "hit@10", "ndcg_head@10", "ndcg_tail@10", "ndcg_tail@10 95% CI", "ndcg_short@10", "ndcg_long@10"]
+    if any(row.get("ndcg_cold@10_mean") is not None for row in rows):  # the cold-start protocol was on
+        shown += COLD_SHOWN + ["targets_cold"]
     lines = [header, "", "| model | seeds | " + " | ".join(shown) + " | s/epoch | eval s | params | error |", "|" + "---|" * (len(shown) + 6)]
     for row in rows:
         cells = [ci(row, m.split()[0]) if m.endswith(" CI") else fmt(row, m) for m in shown]
@@ -404,6 +412,22 @@ def write_plots(rows, runs, out_dir, title):
     paths.append(os.path.join(out_dir, "ndcg_head_tail.png"))
     atomic_savefig(fig, paths[-1], dpi=120)
     plt.close(fig)
+
+    cold = [r for r in ok if r.get("ndcg_cold@10_mean") is not None]
+    if cold:  # the cold-start protocol: warm vs cold target items per model
+        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(cold)), 4))
+        x = np.arange(len(cold))
+        for offset, (metric, label) in zip((-0.2, 0.2), (("ndcg_warm@10", "warm items"), ("ndcg_cold@10", "cold items"))):
+            ax.bar(x + offset, [r[f"{metric}_mean"] or 0 for r in cold], 0.4, yerr=[r[f"{metric}_std"] or 0 for r in cold], label=label, capsize=3)
+        ax.set_xticks(x)
+        ax.set_xticklabels([r["model"] for r in cold], rotation=30, ha="right")
+        ax.set_ylabel("NDCG@10")
+        ax.set_title(f"{title}: NDCG@10 of warm and cold (never trained on) target items")
+        ax.legend()
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, "ndcg_warm_cold.png"))
+        atomic_savefig(fig, paths[-1], dpi=120)
+        plt.close(fig)
 
     labels = bucket_labels()
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -9,6 +9,7 @@ from recbole.utils import get_flops, init_logger, init_seed, set_color
 
 from recbole_llm.compat import set_anomaly_detection
 from recbole_llm.config import Config
+from recbole_llm.data.cold import exclude_cold_items_from_loss
 from recbole_llm.utils import create_dataset, data_preparation, get_model, get_trainer
 
 
@@ -54,6 +55,7 @@ def run_recbole_llm(
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    exclude_cold_items_from_loss(model, train_data._dataset)
     logger.info(model)
     if config["log_flops"]:
         from recbole.data.transform import construct_transform

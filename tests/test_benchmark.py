@@ -316,3 +316,18 @@ def test_llmemb_vs_sasrec_pair_modes_reach_both_sides(monkeypatch):
         "adapter_layers": 1, "align_tau": 0.5, "adapter_activation": "gelu"}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         script.parse_keys("output_bias")
+
+
+def test_benchmark_with_cold_items_reports_warm_and_cold(tiny_data, tmp_path):
+    out = tmp_path / "bench"
+    assert benchmark.main(tiny_args(tiny_data, out, "SASRec", "1,2", "--cold_item_ratio=0.2")) == 0
+    rows = {r["model"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert rows["SASRec"]["ndcg_warm@10_mean"] != "" and rows["SASRec"]["ndcg_cold@10_mean"] != ""
+    assert float(rows["SASRec"]["targets_cold_mean"]) > 0
+    table = (out / "results.md").read_text()
+    assert "ndcg_cold@10" in table and "--cold_item_ratio=0.2" in table
+    assert (out / "ndcg_warm_cold.png").stat().st_size > 1000
+    # without the protocol there are no cold columns and no warm/cold plot
+    plain = tmp_path / "plain"
+    assert benchmark.main(tiny_args(tiny_data, plain, "SASRec")) == 0
+    assert "ndcg_cold@10" not in (plain / "results.md").read_text() and not (plain / "ndcg_warm_cold.png").exists()

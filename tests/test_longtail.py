@@ -9,6 +9,7 @@ from recbole_llm.compat import numpy_compatibility_settings
 from recbole.evaluator.collector import DataStruct
 
 from recbole_llm.evaluator.longtail import (
+    COLD_KEY,
     GROUPED_METRICS,
     ITEM_POP_KEY,
     TARGET_KEY,
@@ -85,8 +86,28 @@ def test_tail_ratio_and_empty_group():
     assert tail_mask(torch.tensor([0, 5, 4, 2, 1, 0]), config).tolist() == [False, False, False, False, True, True]
     assert compute("hit_tail", config) == {"hit_tail@1": 0.0, "hit_tail@3": 0.0}
     assert compute("hit_head", config)["hit_head@3"] == 1.0
-    # threshold 1: only item 5 is tail, no eval row targets it -> empty group reports 0.0
-    assert compute("ndcg_tail", make_config(tail_threshold=1)) == {"ndcg_tail@1": 0.0, "ndcg_tail@3": 0.0}
+    # threshold 1: only item 5 is tail, no eval row targets it -> the empty group is not reported (not 0.0)
+    assert compute("ndcg_tail", make_config(tail_threshold=1)) == {}
+    assert compute("ndcg_head", make_config(tail_threshold=1))["ndcg_head@3"] > 0
+
+
+def test_cold_warm_by_target_item():
+    # cold items 3 and 2: rows 1 (target 3, rank 3) and 3 (target 2, rank 2) are cold; rows 0 (rank 1), 2 (miss) warm
+    struct = make_struct()
+    struct.set(COLD_KEY, torch.tensor([False, False, True, True, False, False]))
+    cold = GROUPED_METRICS["ndcg_cold"](make_config()).calculate_metric(struct)
+    assert cold == {"ndcg_cold@1": 0.0, "ndcg_cold@3": round((1 / math.log2(4) + 1 / math.log2(3)) / 2, 4), "targets_cold": 2}
+    warm = GROUPED_METRICS["hit_warm"](make_config()).calculate_metric(struct)
+    assert warm == {"hit_warm@1": 0.5, "hit_warm@3": 0.5, "targets_warm": 2}
+    assert GROUPED_METRICS["recall_cold"](make_config()).calculate_metric(struct)["recall_cold@3"] == 1.0
+
+
+def test_cold_warm_not_reported_without_the_protocol_or_without_cold_targets():
+    assert compute("ndcg_cold") == {} and compute("hit_warm") == {}  # protocol off: no cold set in the struct
+    struct = make_struct()
+    struct.set(COLD_KEY, torch.tensor([False, False, False, False, False, True]))  # item 5: no row targets it
+    assert GROUPED_METRICS["ndcg_cold"](make_config()).calculate_metric(struct) == {}
+    assert GROUPED_METRICS["ndcg_warm"](make_config()).calculate_metric(struct)["targets_warm"] == 4
 
 
 def test_short_threshold_defaults_to_median():
@@ -110,7 +131,7 @@ def test_grouped_metrics_need_training_statistics():
 def test_metrics_are_registered_with_recbole():
     from recbole.evaluator.register import metric_information, metrics_dict
 
-    for name in ("hit_tail", "ndcg_head", "recall_short", "ndcg_long"):
+    for name in ("hit_tail", "ndcg_head", "recall_short", "ndcg_long", "ndcg_cold", "recall_warm"):
         assert name in metrics_dict and name in metric_information
 
 

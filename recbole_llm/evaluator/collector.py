@@ -3,7 +3,9 @@
 import torch
 from recbole.evaluator.collector import Collector
 
+from recbole_llm.data.cold import cold_items_of
 from recbole_llm.evaluator.longtail import (
+    COLD_KEY,
     ITEM_POP_KEY,
     ROW_KEYS,
     TARGET_KEY,
@@ -22,6 +24,9 @@ class LongTailCollector(Collector):
             item_pop, user_len = training_statistics(train_data.dataset)
             self.data_struct.set(ITEM_POP_KEY, item_pop)
             self.data_struct.set(USER_LEN_KEY, user_len)
+        cold = cold_items_of(train_data.dataset)
+        if self.register.need(COLD_KEY) and cold is not None:
+            self.data_struct.set(COLD_KEY, cold)
 
     def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
         super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)

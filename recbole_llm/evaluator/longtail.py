@@ -6,6 +6,14 @@ is a head or a tail item, or whose *user history* is short or long:
 
     hit_head@10, hit_tail@10, ndcg_head@10, ndcg_tail@10, recall_head@10, recall_tail@10,
     hit_short@10, hit_long@10, ndcg_short@10, ndcg_long@10, recall_short@10, recall_long@10
+    hit_cold@10, hit_warm@10, ndcg_cold@10, ndcg_warm@10, recall_cold@10, recall_warm@10
+
+Cold / warm: the target item is (is not) one of the cold-start items that training never saw
+(``cold_item_ratio`` > 0, recbole_llm/data/cold.py); the cold and warm metrics also report
+``targets_cold`` / ``targets_warm``, the number of rows in the group. With the protocol off they are not
+reported (no cold items: the groups are not defined).
+
+A group without rows is not reported (its metrics are absent from the result, with a warning), never 0.0.
 
 Popularity of an item = number of distinct users that interacted with it in the *training*
 interactions (the official LLMEmb code also counts the test item: leakage, not copied). History length
@@ -19,6 +27,8 @@ Config keys:
         (LLMEmb: beauty 9, yelp 12). None: the median history length of the training users.
 """
 
+from logging import getLogger
+
 import numpy as np
 import torch
 from recbole.evaluator.base_metric import TopkMetric
@@ -31,6 +41,7 @@ TARGET_KEY = "rec.lt_target_item"  # (n_rows,) target item id of each eval row
 USER_KEY = "rec.lt_user"  # (n_rows,) user id of each eval row
 ITEM_POP_KEY = "data.lt_item_pop"  # (n_items,) training popularity (distinct users)
 USER_LEN_KEY = "data.lt_user_len"  # (n_users,) training history length
+COLD_KEY = "data.lt_cold_items"  # (n_items,) bool: cold-start items (only set with the protocol on)
 ROW_KEYS = (TARGET_KEY, USER_KEY)
 _BASE_METRICS = {"hit": Hit, "ndcg": NDCG, "recall": Recall}
 
@@ -98,9 +109,9 @@ class _GroupedTopkMetric(TopkMetric):
     """Average of a per-row top-k metric over the rows of one group (head/tail, short/long)."""
 
     metric_type = EvaluatorType.RANKING
-    metric_need = ["rec.topk", TARGET_KEY, USER_KEY, ITEM_POP_KEY, USER_LEN_KEY]
+    metric_need = ["rec.topk", TARGET_KEY, USER_KEY, ITEM_POP_KEY, USER_LEN_KEY, COLD_KEY]
     base = None  # "hit" | "ndcg" | "recall"
-    group = None  # "head" | "tail" | "short" | "long"
+    group = None  # "head" | "tail" | "short" | "long" | "cold" | "warm"
 
     def __init__(self, config):
         super().__init__(config)
@@ -113,6 +124,12 @@ class _GroupedTopkMetric(TopkMetric):
                 "long-tail metrics need the training statistics: the trainer collects them in fit(); "
                 "when evaluating without fit, call trainer.eval_collector.data_collect(train_data) first"
             )
+        if self.group in ("cold", "warm"):
+            if COLD_KEY not in dataobject:
+                return None
+            cold = torch.as_tensor(dataobject.get(COLD_KEY)).bool()
+            rows = cold[dataobject.get(TARGET_KEY).long()]
+            return rows if self.group == "cold" else ~rows
         if self.group in ("head", "tail"):
             tail = tail_mask(dataobject.get(ITEM_POP_KEY), self.config)
             rows = tail[dataobject.get(TARGET_KEY).long()]
@@ -128,18 +145,35 @@ class _GroupedTopkMetric(TopkMetric):
         return self._base_metric.metric_info(pos_index, pos_len)
 
     def calculate_metric(self, dataobject):
-        pos_index, pos_len = self.used_info(dataobject)
-        mask = self.row_mask(dataobject).numpy()
         name = f"{self.base}_{self.group}"
+        mask = self.row_mask(dataobject)
+        if mask is None:  # cold / warm without the cold-start protocol
+            _warn_once(f"{name}: not reported, the cold-start protocol is off (set cold_item_ratio > 0)")
+            return {}
+        mask = mask.numpy()
         if not mask.any():
-            return {f"{name}@{k}": 0.0 for k in self.topk}
+            _warn_once(f"{name}: not reported, no evaluation row has a {self.group} target")
+            return {}
+        pos_index, pos_len = self.used_info(dataobject)
         result = self.metric_info(pos_index[mask], pos_len[mask])
-        return self.topk_result(name, result)
+        result = self.topk_result(name, result)
+        if self.group in ("cold", "warm"):
+            result[f"targets_{self.group}"] = int(mask.sum())
+        return result
+
+
+_WARNED = set()
+
+
+def _warn_once(message):
+    if message not in _WARNED:
+        _WARNED.add(message)
+        getLogger().warning(message)
 
 
 GROUPED_METRICS = {}
 for _base in ("hit", "ndcg", "recall"):
-    for _group in ("head", "tail", "short", "long"):
+    for _group in ("head", "tail", "short", "long", "cold", "warm"):
         _name = f"{_base}_{_group}"
         GROUPED_METRICS[_name] = type(
             f"{_base.upper() if _base != 'recall' else 'Recall'}_{_group}",

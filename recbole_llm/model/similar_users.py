@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from recbole_llm.fileio import atomic_torch_save, build_once
 from recbole_llm.llm import features as feature_io
+from recbole_llm.data.cold import cold_settings_key
 from recbole_llm.model.teacher import dataset_stamp
 
 SPLIT_KEYS = (
@@ -75,6 +76,8 @@ def similar_users_path(config, feature_name, k):
         "feature": [feature_name, feature_key],
         "k": int(k),
     }
+    if cold_settings_key(config):  # only then: caches of runs without the protocol keep their keys
+        settings["cold"] = cold_settings_key(config)
     key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return os.path.join(feature_io.feature_dirs(config)[0], f"{config['dataset']}.simusers-{key}.pth")
 

@@ -16,6 +16,7 @@ from logging import getLogger
 import torch
 
 from recbole_llm.compat import load_checkpoint
+from recbole_llm.data.cold import cold_settings_key
 from recbole_llm.fileio import atomic_torch_save, build_once, file_fingerprint
 from recbole_llm.llm.features import feature_dirs
 
@@ -56,6 +57,9 @@ def teacher_config(config, dim):
             "show_progress": False,
         }
     )
+    cold = cold_settings_key(config)  # the same cold items as the student (its seed resolved: the teacher has its own)
+    if cold:
+        teacher.update(cold)
     return teacher
 
 

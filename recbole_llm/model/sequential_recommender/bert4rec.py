@@ -44,6 +44,8 @@ class BERT4Rec(RecBoleBERT4Rec):
         self.length_bucketing = config["length_bucketing"] is not False
         self.train_mode = check_train_mode(config)
         self.TARGET_SEQ = target_list_field(self.ITEM_ID)
+        if self.loss_type == "CE":  # RecBole's BERT4Rec calls F.cross_entropy; a loss_fct can be swapped (cold items)
+            self.loss_fct = torch.nn.CrossEntropyLoss()
         if config["output_bias"] is False:  # every reader of self.output_bias gets zeros
             del self.output_bias
             self.register_buffer("output_bias", torch.zeros(self.n_items))
@@ -92,7 +94,7 @@ class BERT4Rec(RecBoleBERT4Rec):
         or its BPR formula (one uniformly sampled negative per position when ``neg_items`` is None)."""
         table = self.item_embedding.weight[: self.n_items]  # without the mask token
         if self.loss_type == "CE":
-            return F.cross_entropy(states @ table.t() + self.output_bias, pos_items)
+            return self.loss_fct(states @ table.t() + self.output_bias, pos_items)
         if neg_items is None:
             neg_items = torch.randint(1, self.n_items, pos_items.shape, device=pos_items.device)
         pos_score = (states * table[pos_items]).sum(-1) + self.output_bias[pos_items]

@@ -1,0 +1,223 @@
+"""Cold-start items: a share of the catalogue that training never sees (``cold_item_ratio`` > 0).
+
+Config keys (properties/overall.yaml):
+    cold_item_ratio (float, 0.0 = off): the share of items (of those with interactions) that are cold.
+    cold_item_selection: ``random`` (seeded) or ``newest`` (the items whose first interaction is the latest;
+        needs a ``TIME_FIELD`` that is a real time).
+    cold_item_seed (int | null): seed of ``random``; null = the run's ``seed``.
+
+With the protocol on, every interaction with a cold item is removed from the training rows (inputs and
+targets) and from every input history, validation and test included; the leave-one-out validation and test
+*targets* are kept, so the users whose target is cold form the ``cold`` group of the grouped metrics
+(``ndcg_cold@10``, ...). Cold items stay in the item table and are candidates at evaluation (full ranking
+ranks every item; uni100 samples negatives from all items). Full-softmax training losses (CE) do not score
+them either (:func:`exclude_cold_items_from_loss`): a model meets a cold item first at evaluation, as a new
+item that arrives after training.
+
+The history of every row is exact: the non-cold items before its target, the last ``MAX_ITEM_LIST_LENGTH``
+of them (a cold validation target is dropped from its user's test history, which is then the validation
+row's history). A row left with an empty history is dropped (its user had only cold items before it).
+"""
+
+from logging import getLogger
+
+import numpy as np
+import torch
+from recbole.data.dataset import SequentialDataset
+from torch import nn
+
+SELECTIONS = ("random", "newest")
+_LS_EVAL_ROWS = {"valid_and_test": 2, "valid_only": 1, "test_only": 1}
+
+
+class ColdItemError(ValueError):
+    """A cold-start setting that cannot work with this config or dataset (one line, names the key)."""
+
+
+def cold_item_settings(config):
+    """(ratio, selection, seed) of the protocol, validated; ratio 0.0 means off."""
+    ratio = config["cold_item_ratio"]
+    ratio = 0.0 if ratio is None else ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
+        raise ColdItemError(f"config key 'cold_item_ratio' must be a number in [0, 1), got {ratio!r}")
+    selection = config["cold_item_selection"] or "random"
+    if selection not in SELECTIONS:
+        raise ColdItemError(f"config key 'cold_item_selection' must be one of {list(SELECTIONS)}, got {selection!r}")
+    seed = config["cold_item_seed"]
+    seed = config["seed"] if seed is None else seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ColdItemError(f"config key 'cold_item_seed' must be an integer or null (= seed), got {seed!r}")
+    if ratio > 0:
+        split = (config["eval_args"] or {}).get("split") or {}
+        if config["benchmark_filename"] is not None or list(split) != ["LS"] or split["LS"] not in _LS_EVAL_ROWS:
+            raise ColdItemError(
+                "config key 'cold_item_ratio' needs the leave-one-out split (eval_args: {split: {LS: valid_and_test}}) "
+                f"and no benchmark_filename; got split {split!r}"
+            )
+    return float(ratio), selection, int(seed)
+
+
+def cold_settings_key(config):
+    """The resolved protocol settings for cache keys of artifacts trained on the training split (teacher, ...)."""
+    ratio, selection, seed = cold_item_settings(config)
+    return None if ratio == 0 else {"cold_item_ratio": ratio, "cold_item_selection": selection, "cold_item_seed": seed}
+
+
+def select_cold_items(item_ids, tokens, ratio, selection, seed, first_times=None):
+    """Sorted array of the cold internal ids among ``item_ids`` (the items that have interactions).
+
+    ``random``: a seeded permutation of the items ordered by token, so the same seed picks the same items
+    whatever the internal id order. ``newest``: the items with the latest ``first_times`` (ties: by token).
+    """
+    item_ids = np.asarray(item_ids)
+    n_cold = int(round(ratio * len(item_ids)))
+    if n_cold == 0:
+        raise ColdItemError(
+            f"config key 'cold_item_ratio' = {ratio} selects no item of the {len(item_ids)} items with interactions: raise it"
+        )
+    tokens = np.asarray([str(t) for t in tokens])
+    if selection == "random":
+        by_token = item_ids[np.argsort(tokens, kind="stable")]
+        chosen = np.random.default_rng(seed).permutation(len(by_token))[:n_cold]
+        return np.sort(by_token[chosen])
+    order = np.lexsort((tokens, -np.asarray(first_times, dtype=np.float64)))  # newest first, then token
+    return np.sort(item_ids[order[:n_cold]])
+
+
+class ColdItemsMixin:
+    """Put in front of a ``SequentialDataset`` class (see :func:`with_cold_items`)."""
+
+    cold_items = None  # (item_num,) bool tensor, True for cold items; set in data_augmentation
+
+    def data_augmentation(self):
+        ratio, selection, seed = cold_item_settings(self.config)
+        split = self.config["eval_args"]["split"]
+        n_eval = _LS_EVAL_ROWS[split["LS"]]
+        self._check_field("uid_field", "time_field")
+        # the order RecBole's augmentation uses (stable sorts: ties keep the file order)
+        self.sort(by=[self.uid_field, self.time_field], ascending=True)
+        inter = self.inter_feat
+        users = inter[self.uid_field].numpy()
+        items = inter[self.iid_field].numpy()
+        candidates = np.unique(items)
+        candidates = candidates[candidates > 0]
+        first_times = None
+        if selection == "newest":
+            times = inter[self.time_field].numpy().astype(np.float64)
+            first = np.full(self.item_num, np.inf)
+            np.minimum.at(first, items, times)
+            first_times = first[candidates]
+        tokens = self.field2id_token[self.iid_field][candidates]
+        cold_ids = select_cold_items(candidates, tokens, ratio, selection, seed, first_times)
+        cold = np.zeros(self.item_num, dtype=bool)
+        cold[cold_ids] = True
+        self.cold_items = torch.from_numpy(cold)
+        # keep the warm interactions and every user's last n_eval ones (the valid / test targets)
+        n = len(users)
+        same_next = np.zeros(n, dtype=bool)
+        same_next[:-1] = users[1:] == users[:-1]
+        eval_position = ~same_next  # the user's last interaction
+        if n_eval == 2:
+            second = np.zeros(n, dtype=bool)
+            second[:-1] = eval_position[1:] & same_next[:-1]
+            eval_position |= second
+        keep = ~cold[items] | eval_position
+        self.inter_feat = inter[torch.from_numpy(keep)]
+        super().data_augmentation()
+        self._drop_cold_from_histories()
+        getLogger().info(
+            f"cold items: {len(cold_ids)} of {len(candidates)} ({selection}, seed {seed}); "
+            f"{int((~keep).sum())} interactions with them removed from training and histories"
+        )
+
+    def _drop_cold_from_histories(self):
+        """A kept cold validation target sits last in its user's test history: replace that history by the
+        validation row's (the same warm items), or drop the row when it has no validation row."""
+        inter = self.inter_feat
+        seq = inter[self.item_id_list_field]
+        lengths = inter[self.item_list_length_field].long()
+        last_item = seq[torch.arange(len(seq)), (lengths - 1).clamp(min=0)]
+        bad = self.cold_items[last_item] & (lengths > 0)
+        if not bad.any():
+            return
+        users = inter[self.uid_field]
+        rows = torch.nonzero(bad).view(-1)
+        has_prev = torch.zeros(len(rows), dtype=torch.bool)
+        inner = rows > 0
+        has_prev[inner] = users[rows[inner] - 1] == users[rows[inner]]
+        fix, drop = rows[has_prev], rows[~has_prev]
+        list_fields = [f for f in inter.columns if f.endswith(self.config["LIST_SUFFIX"])]
+        for field in list_fields + [self.item_list_length_field]:
+            inter[field][fix] = inter[field][fix - 1]
+        if len(drop):
+            keep = torch.ones(len(inter), dtype=torch.bool)
+            keep[drop] = False
+            self.inter_feat = inter[keep]
+
+    def build(self):
+        datasets = super().build()
+        train = datasets[0]
+        warm = ~self.cold_items[train.inter_feat[self.iid_field].long()]
+        if not warm.all():  # users with too few rows for a valid row: their cold valid target fell into train
+            datasets[0] = train.copy(train.inter_feat[warm])
+        return datasets
+
+
+_CACHE = {}
+
+
+def with_cold_items(dataset_class):
+    """``dataset_class`` (a SequentialDataset) with the cold-start protocol in front (cached)."""
+    if issubclass(dataset_class, ColdItemsMixin):
+        return dataset_class
+    if not issubclass(dataset_class, SequentialDataset):
+        raise ColdItemError(
+            f"config key 'cold_item_ratio' needs a sequential model; this model's dataset is {dataset_class.__name__}"
+        )
+    if dataset_class not in _CACHE:
+        _CACHE[dataset_class] = type(dataset_class.__name__, (ColdItemsMixin, dataset_class), {"__module__": __name__})
+    return _CACHE[dataset_class]
+
+
+def cold_items_of(dataset):
+    """The (item_num,) bool cold mask of a dataset, or None when the protocol is off."""
+    cold = getattr(dataset, "cold_items", None)
+    if cold is None:
+        cold = getattr(getattr(dataset, "statistics_source", None), "cold_items", None)
+    return cold
+
+
+class ColdMaskedCrossEntropyLoss(nn.CrossEntropyLoss):
+    """CrossEntropyLoss whose logits over the item table never score cold items (training never sees them)."""
+
+    def __init__(self, cold_items, base):
+        super().__init__(weight=base.weight, ignore_index=base.ignore_index, reduction=base.reduction,
+                         label_smoothing=base.label_smoothing)
+        self.register_buffer("cold_items", cold_items.clone(), persistent=False)
+
+    def forward(self, input, target):
+        n = self.cold_items.numel()
+        if input.dim() >= 2 and input.size(-1) >= n:
+            mask = torch.zeros(input.size(-1), dtype=torch.bool, device=input.device)
+            mask[:n] = self.cold_items.to(input.device)
+            input = input.masked_fill(mask, torch.finfo(input.dtype).min)
+        return super().forward(input, target)
+
+
+def exclude_cold_items_from_loss(model, dataset):
+    """Make ``model.loss_fct`` (a full-softmax CE) skip the cold items of ``dataset``; no-op when the protocol is off.
+
+    Sampled losses (BPR, BCE, LEARN's random negatives) may still draw a cold item as a negative (logged).
+    """
+    cold = cold_items_of(dataset)
+    if cold is None or not bool(cold.any()):
+        return False
+    loss_fct = getattr(model, "loss_fct", None)
+    if isinstance(loss_fct, nn.CrossEntropyLoss):
+        if not isinstance(loss_fct, ColdMaskedCrossEntropyLoss):
+            model.loss_fct = ColdMaskedCrossEntropyLoss(cold, loss_fct).to(next(model.parameters()).device)
+        return True
+    getLogger().warning(
+        f"cold items: {type(model).__name__} has no full-softmax CE loss_fct; sampled training negatives may be cold items"
+    )
+    return False
