@@ -15,8 +15,8 @@ long-tail figure). With ``--cold_item_ratio=0.1`` (the cold-start protocol, recb
 adds warm / cold NDCG@10 and Recall@10 and the number of cold test targets, and ``ndcg_warm_cold.png`` plots
 warm vs cold NDCG@10 per model.
 
-Shared artifacts (LLM feature files, SCFT, the alignment teacher) are built once in this process before any
-run starts, with the config of the first seed, and every run of that model gets the resulting config keys
+Shared artifacts (LLM feature files, SCFT, the alignment teacher) are built in this process before any run
+starts, with the config of each seed (cached ones are found again), and every run gets the resulting config keys
 (``llm_features``, ``llm_feature``, ``feature_dir``, ``teacher_checkpoint``): models that need the same
 artifact reuse one cached file. ``--workers=N`` runs the model/seed jobs in N worker processes (FIFO, one
 fresh process per job, ``torch.set_num_threads(cores // N)``); each worker writes its run JSON itself and
@@ -506,31 +506,34 @@ def main(argv=None):
         runs.setdefault(model, []).append(row)
         print(run_summary(model, seed, row), flush=True)
 
-    # shared artifacts: once per model, here, before any run starts (the first seed's config)
+    # shared artifacts: per model and seed, here, before any run starts; cached artifacts (features, SCFT, a
+    # teacher whose key ignores the student's seed) are built once and found again for the next seeds, while
+    # those that depend on the seed (the teacher under the cold-start protocol: its cold items) are built per seed
     shared = {}
-    for model in dict.fromkeys(m for m, _, _ in pending):
+    failed_models = {}
+    for model, seed, path in pending:
         start = time.perf_counter()
-        try:
-            shared[model] = prepare_model(model, seeds[0], args, base_config, out_dir)
-        except Exception as err:  # every pending run of the model fails with this error
-            for m, seed, path in pending:
-                if m == model:
-                    row = dict(failure_row(err), stage="prepare_artifacts", wall_seconds=time.perf_counter() - start)
-                    write_json(path, row)
-                    record(model, seed, row)
-            continue
-        if shared[model]:
-            print(f"{model}: artifacts ready ({time.perf_counter() - start:.0f} s): {shared[model]}", flush=True)
+        if model not in failed_models:
+            try:
+                shared[(model, seed)] = prepare_model(model, seed, args, base_config, out_dir)
+                if shared[(model, seed)]:
+                    print(f"{model} seed {seed}: artifacts ready ({time.perf_counter() - start:.0f} s): {shared[(model, seed)]}", flush=True)
+                continue
+            except Exception as err:  # every pending run of the model fails with this error
+                failed_models[model] = failure_row(err)
+        row = dict(failed_models[model], stage="prepare_artifacts", wall_seconds=time.perf_counter() - start)
+        write_json(path, row)
+        record(model, seed, row)
     jobs = []
     for model, seed, path in pending:
-        if model in shared:
+        if (model, seed) in shared:
             jobs.append(
                 {
                     "model": model,
                     "seed": seed,
                     "path": path,
                     "dataset": args.dataset,
-                    "config": job_config(model, seed, args, base_config, out_dir, shared[model]),
+                    "config": job_config(model, seed, args, base_config, out_dir, shared[(model, seed)]),
                     "config_file_list": args.config_file_list,
                     "eval_mode": args.eval_mode,
                     "run_id": uuid.uuid4().hex[:12],
@@ -544,7 +547,7 @@ def main(argv=None):
             model, seed = job["model"], job["seed"]
             start = time.perf_counter()
             try:
-                row = run_one(model, seed, args, base_config, out_dir, shared[model])
+                row = run_one(model, seed, args, base_config, out_dir, shared[(model, seed)])
             except Exception as err:
                 row = failure_row(err)
             row["wall_seconds"] = time.perf_counter() - start

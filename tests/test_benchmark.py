@@ -185,7 +185,8 @@ def test_shared_teacher_built_once_before_the_workers(tiny_data, tmp_path, capsy
     out_text = capsys.readouterr().out
     teachers = sorted(features.glob("tiny.teacher-*.pth"))
     assert len(teachers) == 1
-    assert out_text.count("teacher: training SASRec") == 1 and out_text.count("teacher: reusing cached") == 1
+    # prepared per model and seed: the cached teacher is found again for the other three
+    assert out_text.count("teacher: training SASRec") == 1 and out_text.count("teacher: reusing cached") == 3
     configs = []
     for model in ("LLMEmbSASRec", "LLMEmbGRU4Rec"):
         for seed in (1, 2):
@@ -331,3 +332,17 @@ def test_benchmark_with_cold_items_reports_warm_and_cold(tiny_data, tmp_path):
     plain = tmp_path / "plain"
     assert benchmark.main(tiny_args(tiny_data, plain, "SASRec")) == 0
     assert "ndcg_cold@10" not in (plain / "results.md").read_text() and not (plain / "ndcg_warm_cold.png").exists()
+
+
+def test_cold_protocol_gets_a_teacher_per_seed(tiny_data, tmp_path, capsys):
+    """Under the cold-start protocol each seed has its own cold items, so its own teacher (none saw them)."""
+    out, features = tmp_path / "bench", tmp_path / "features"
+    args = tiny_args(
+        tiny_data, out, "LLMEmbSASRec", "1,2", "--cold_item_ratio=0.2",
+        f"--feature_dir={features}", "--llm_path=minilm", "--align_alpha=0.5", "--teacher_epochs=1", "--train_batch_size=64",
+        "--n_layers=1", "--n_heads=1", "--inner_size=32",
+        "--text_fields=['title','brand','categories']", "--prompt_instruction=The item has the following attributes:",
+    )
+    assert benchmark.main(args) == 0
+    teachers = {json.load(open(out / "runs" / f"LLMEmbSASRec-{seed}.json"))["config"]["teacher_checkpoint"] for seed in (1, 2)}
+    assert len(teachers) == 2 and all(os.path.isfile(t) for t in teachers)

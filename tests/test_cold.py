@@ -238,3 +238,15 @@ def test_command_line_prints_cold_and_warm_metrics(data, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "'ndcg_cold@10': " in out.stdout and "'ndcg_warm@10': " in out.stdout
     assert re.search(r"'targets_cold': \d+,", out.stdout)  # a count, printed as one
+
+
+def test_teacher_of_other_cold_items_is_rejected(data, tmp_path):
+    from recbole_llm.model.teacher import TeacherError, check_teacher_cold_items
+
+    _, dataset, *_ = build(cold_config(data, tmp_path, seed=3))
+    same = {"teacher_config": {"cold_item_ratio": 0.2, "cold_item_selection": "random", "cold_item_seed": 3}}
+    check_teacher_cold_items(same, "t.pth", dataset)
+    with pytest.raises(TeacherError, match="saw this run's cold items"):
+        check_teacher_cold_items({"teacher_config": dict(same["teacher_config"], cold_item_seed=4)}, "t.pth", dataset)
+    with pytest.raises(TeacherError, match="does not say"):
+        check_teacher_cold_items({"state_dict": {}}, "t.pth", dataset)

@@ -16,7 +16,7 @@ from logging import getLogger
 import torch
 
 from recbole_llm.compat import load_checkpoint
-from recbole_llm.data.cold import cold_settings_key
+from recbole_llm.data.cold import cold_items_of, cold_settings_key
 from recbole_llm.fileio import atomic_torch_save, build_once, file_fingerprint
 from recbole_llm.llm.features import feature_dirs
 
@@ -122,6 +122,25 @@ def _tokens_of_checkpoint(checkpoint, path):
     return [str(t) for t in dataset.field2id_token[dataset.iid_field]]
 
 
+def check_teacher_cold_items(checkpoint, path, dataset):
+    """With the cold-start protocol on, the teacher must have been trained without the same cold items."""
+    if cold_items_of(dataset) is None:
+        return
+    ours = cold_settings_key(dataset.config)
+    theirs = checkpoint.get("teacher_config")
+    if theirs is None:
+        raise TeacherError(
+            f"teacher checkpoint '{path}' does not say which items it was trained without, but cold_item_ratio is on: "
+            "use teacher_checkpoint: auto (it trains one without the cold items)"
+        )
+    theirs = {key: theirs.get(key) for key in ours}
+    if theirs != ours:
+        raise TeacherError(
+            f"teacher checkpoint '{path}' was trained with cold items {theirs}, this run has {ours}: it saw this run's "
+            "cold items; use teacher_checkpoint: auto"
+        )
+
+
 def load_teacher_table(path, dataset, dim):
     """(item_num, dim) frozen teacher table aligned to ``dataset``'s item ids by token."""
     if path in (None, "auto"):
@@ -142,6 +161,7 @@ def load_teacher_table(path, dataset, dim):
             f"teacher checkpoint '{path}' has width {table.size(1)} but the model's item table has {dim}: "
             f"train the teacher with hidden_size {dim} (teacher_checkpoint: auto does)"
         )
+    check_teacher_cold_items(checkpoint, path, dataset)
     index = {token: row for row, token in enumerate(tokens)}
     ours = [str(t) for t in dataset.field2id_token[dataset.iid_field]]
     missing = [t for t in ours[1:] if t not in index]
