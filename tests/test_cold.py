@@ -24,7 +24,10 @@ def cold_config(data, tmp_path, **overrides):
 
 
 def build(config_dict, model="SASRec"):
+    from recbole_llm.quick_start import prepare_artifacts
+
     config = Config(model=model, dataset="tiny", config_dict=config_dict)
+    prepare_artifacts(config)
     dataset = create_dataset(config)
     train, valid, test = data_preparation(config, dataset)
     return config, dataset, train, valid, test
@@ -250,3 +253,23 @@ def test_teacher_of_other_cold_items_is_rejected(data, tmp_path):
         check_teacher_cold_items({"teacher_config": dict(same["teacher_config"], cold_item_seed=4)}, "t.pth", dataset)
     with pytest.raises(TeacherError, match="does not say"):
         check_teacher_cold_items({"state_dict": {}}, "t.pth", dataset)
+
+
+def test_learn_random_negatives_skip_cold_items(data, tmp_path):
+    from recbole_llm.data.cold import exclude_cold_items_from_loss
+    from recbole_llm.model.sequential_recommender import learn
+
+    config, dataset, train, valid, test = build(
+        cold_config(data, tmp_path, train_mode="all_positions", learn_random_negatives=50, feature_dir=str(tmp_path / "f"),
+                    llm_path="minilm", embedding_size=16), "LEARN")
+    model = get_model("LEARN")(config, train.dataset)
+    assert exclude_cold_items_from_loss(model, train.dataset)
+    drawn = []
+    original = learn.dense_all_action_loss
+    learn.dense_all_action_loss = lambda *args: drawn.append(args[-1]) or original(*args)
+    try:
+        for _, batch in zip(range(3), train):
+            assert torch.isfinite(model.calculate_loss(batch))
+    finally:
+        learn.dense_all_action_loss = original
+    assert drawn and not dataset.cold_items[torch.cat(drawn)].any()

@@ -207,11 +207,16 @@ class ColdMaskedCrossEntropyLoss(nn.CrossEntropyLoss):
 def exclude_cold_items_from_loss(model, dataset):
     """Make ``model.loss_fct`` (a full-softmax CE) skip the cold items of ``dataset``; no-op when the protocol is off.
 
-    Sampled losses (BPR, BCE, LEARN's random negatives) may still draw a cold item as a negative (logged).
+    A model with its own negatives defines ``exclude_cold_items(cold_items)`` instead (LEARN). Sampled losses
+    (BPR, BCE) may still draw a cold item as a negative (logged).
     """
     cold = cold_items_of(dataset)
     if cold is None or not bool(cold.any()):
         return False
+    hook = getattr(model, "exclude_cold_items", None)
+    if hook is not None:  # a model with its own negatives (LEARN) says how it skips cold items
+        hook(cold)
+        return True
     loss_fct = getattr(model, "loss_fct", None)
     if isinstance(loss_fct, nn.CrossEntropyLoss):
         if not isinstance(loss_fct, ColdMaskedCrossEntropyLoss):
