@@ -11,6 +11,8 @@ Extra ``--key=value`` flags are fixed config values for every trial (e.g. ``--ep
 import argparse
 import sys
 
+from recbole_llm.errors import cli_entry
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,6 +35,7 @@ def parse_args(argv=None):
     return args
 
 
+@cli_entry
 def main(argv=None):
     args = parse_args(argv)
     sys.argv = sys.argv[:1]

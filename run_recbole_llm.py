@@ -3,11 +3,14 @@
     python run_recbole_llm.py --model=SASRec --dataset=ml-100k [--config_files="a.yaml b.yaml"] [--key=value ...]
 
 Any other ``--key=value`` is a RecBole/plugin config key of this run (not of the runs it starts, such as the
-LLMEmb teacher); anything else on the command line is an error (exit code 2).
+LLMEmb teacher); anything else on the command line is an error (exit code 2). A user error (unknown key, bad
+value, missing file) is one line on stderr and exit code 2; ``--debug`` shows the traceback.
 """
 
 import argparse
 import sys
+
+from recbole_llm.errors import ConfigError, cli_entry
 
 
 def plain(result):
@@ -15,6 +18,7 @@ def plain(result):
     return {k: int(v) if isinstance(v, int) else float(v) for k, v in (result or {}).items()}
 
 
+@cli_entry
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", "-m", type=str, default="SASRec", help="model name (plugin or RecBole)")
@@ -23,10 +27,9 @@ def main(argv=None):
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     malformed = [a for a in rest if not (a.startswith("--") and "=" in a)]
     if malformed:
-        print(f"error: argument '{malformed[0]}' is not --key=value: write config keys as --key=value (e.g. --epochs=1)", file=sys.stderr)
-        return 2
+        raise ConfigError(f"argument '{malformed[0]}' is not --key=value: write config keys as --key=value (e.g. --epochs=1)")
 
-    from recbole_llm import UnknownNameError, run_recbole_llm
+    from recbole_llm import run_recbole_llm
     from recbole_llm.config import parse_overrides
 
     # the keys go in as this run's config dict, and sys.argv is cleared: RecBole's Config reads the command line
@@ -34,11 +37,7 @@ def main(argv=None):
     overrides = parse_overrides(rest)
     sys.argv = sys.argv[:1]
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
-    try:
-        result = run_recbole_llm(model=args.model, dataset=args.dataset, config_file_list=config_file_list, config_dict=overrides)
-    except UnknownNameError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = run_recbole_llm(model=args.model, dataset=args.dataset, config_file_list=config_file_list, config_dict=overrides)
     print(f"best valid: {plain(result['best_valid_result'])}")
     print(f"test result: {plain(result['test_result'])}")
     return 0

@@ -7,7 +7,7 @@
 For every model and seed: train (early stopping on valid NDCG@10), test, and measure NDCG@10 by target-item
 popularity bucket. One JSON per finished run under ``DIR/runs/`` makes it resumable: a finished (or failed)
 model/seed is not run again (``--rerun_failed`` retries failures). A failing model is recorded with its
-error and the others go on. Writes ``results.csv`` and ``results.md`` (mean and std over seeds of overall,
+error and the others go on; the command then exits with code 1 and names the failed runs. Writes ``results.csv`` and ``results.md`` (mean and std over seeds of overall,
 head/tail and short/long metrics, the 95% confidence interval of the mean (Student t) of NDCG@10 and tail
 NDCG@10, train seconds per epoch, eval seconds, parameters) and two PNG plots: ``ndcg_head_tail.png``
 (grouped bars per model) and ``ndcg_by_popularity.png`` (NDCG@10 per item-popularity bucket, the papers'
@@ -521,7 +521,7 @@ def main(argv=None):
                 continue
             except Exception as err:  # every pending run of the model fails with this error
                 failed_models[model] = failure_row(err)
-        row = dict(failed_models[model], stage="prepare_artifacts", wall_seconds=time.perf_counter() - start)
+        row = dict(failed_models[model], stage="prepare_artifacts", wall_seconds=time.perf_counter() - start, config={"seed": seed})
         write_json(path, row)
         record(model, seed, row)
     jobs = []
@@ -570,6 +570,12 @@ def main(argv=None):
     print(write_tables(rows, out_dir, header))
     plots = write_plots(rows, runs, out_dir, args.dataset)
     print(f"wrote {out_dir}/results.csv, results.md" + "".join(f", {os.path.basename(p)}" for p in plots))
+    failed = [(model, (r.get("config") or {}).get("seed"), r) for model in models for r in runs.get(model, []) if r["status"] != "ok"]
+    if failed:  # the table is written, but the command did not do what was asked
+        total = sum(len(runs.get(model, [])) for model in models)
+        first = "; ".join(f"{m} seed {seed if seed is not None else '?'}: {r['error'].splitlines()[0][:120]}" for m, seed, r in failed[:3])
+        print(f"error: {len(failed)} of {total} runs failed ({first}); rerun them with --rerun_failed", file=sys.stderr)
+        return 1
     return 0
 
 

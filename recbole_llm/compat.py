@@ -19,6 +19,7 @@
 """
 
 import os
+import pickle
 import warnings
 
 import torch
@@ -48,11 +49,19 @@ def load_checkpoint(path, map_location="cpu"):
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        from recbole_llm.errors import MissingFileError
+
+        raise MissingFileError(
             f"checkpoint file '{path}' does not exist: pass the .pth file a run wrote "
             f"(see 'Saving current' in its log, under checkpoint_dir)"
         )
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as err:
+        from recbole_llm.errors import DataFileError
+
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise DataFileError(f"'{path}' is not a readable torch checkpoint ({first}): pass the .pth file a run wrote") from None
 
 
 def load_own_checkpoint(path, own_files, map_location="cpu"):

@@ -14,6 +14,7 @@ import ast
 import glob
 import importlib
 import os
+import re
 
 from recbole.config import Config as RecBoleConfig
 from recbole.model.abstract_recommender import AbstractRecommender
@@ -140,3 +141,131 @@ class Config(RecBoleConfig):
             # the official LLMEmb loss: one positive and one sampled negative per row, like BPR's input
             self.final_config_dict["MODEL_INPUT_TYPE"] = InputType.PAIRWISE
         self.final_config_dict["data_path"] = resolve_dataset_dir(self.dataset, data_path)
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
+        from recbole_llm.errors import UserError
+
+        try:
+            super().__init__(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+        except UserError:
+            raise
+        except (ValueError, NotImplementedError) as err:  # RecBole's own config checks (topk, metrics, eval_args, ...)
+            raise _config_error(f"config: {err}") from err
+        validate_config(self)
+
+
+# ---- validation: before any work starts, one line that names the key and the fix --------------------------
+# config["key"], config.get("key"), final_config_dict["key"], and helpers named get("key", default)
+_CONFIG_READ = re.compile(r"""(?:config\w*(?:\.get\(|\[)|(?<![.\w])get\()\s*["']([A-Za-z_][A-Za-z0-9_]*)["']""")
+# read by RecBole from the command line or set by its distributed launcher, not through config["..."]
+_EXTRA_KNOWN = {"model", "dataset", "config_files", "nproc", "world_size", "ip", "port", "offset", "local_rank",
+                "device", "single_spec", "valid_neg_sample_args", "test_neg_sample_args", "eval_type", "MODEL_INPUT_TYPE"}
+_KNOWN_KEYS = None
+
+
+def known_config_keys():
+    """Every key a YAML default of RecBole or the plugin names, or that their code reads as config["key"]."""
+    global _KNOWN_KEYS
+    if _KNOWN_KEYS is None:
+        import yaml
+
+        keys = set(_EXTRA_KNOWN)
+        roots = [os.path.dirname(importlib.import_module("recbole").__file__), os.path.dirname(os.path.abspath(__file__)), properties_dir()]
+        for root in roots:
+            for path in glob.glob(os.path.join(root, "**", "*.yaml"), recursive=True) + glob.glob(os.path.join(root, "**", "*.hyper"), recursive=True):
+                try:
+                    with open(path) as handle:
+                        loaded = yaml.safe_load(handle) if path.endswith(".yaml") else None
+                except (OSError, yaml.YAMLError):
+                    continue
+                if isinstance(loaded, dict):
+                    keys.update(str(k) for k in loaded)
+            for path in glob.glob(os.path.join(root, "**", "*.py"), recursive=True):
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    keys.update(_CONFIG_READ.findall(handle.read()))
+        _KNOWN_KEYS = keys
+    return _KNOWN_KEYS
+
+
+def _config_error(message):
+    from recbole_llm.errors import ConfigError
+
+    return ConfigError(message)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_config(config):
+    """Raise ConfigError for a key nobody reads or a value that cannot work (checked on the user's keys)."""
+    import difflib
+
+    external = config.external_config_dict
+    known = known_config_keys() | set(config.internal_config_dict)
+    for key in external:
+        if key.startswith("_") or key in known:
+            continue
+        near = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise _config_error(f"unknown config key '{key}'{hint}: no RecBole or recbole-llm code reads it; fix its name or drop it")
+    for key, value in external.items():  # a word where the default is a number or a flag: a typo or a space
+        default = config.internal_config_dict.get(key)
+        if isinstance(value, str) and isinstance(default, (bool, int, float)) and default is not None:
+            kind = "True or False" if isinstance(default, bool) else "a number"
+            raise _config_error(f"config key '{key}' must be {kind} (default {default!r}), got '{value}'")
+
+    def positive_int(key, minimum=1):
+        value = config[key]
+        if value is not None and (not _is_int(value) or value < minimum):
+            raise _config_error(f"config key '{key}' must be an integer >= {minimum}, got {value!r}")
+
+    for key in ("epochs", "train_batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH", "hidden_size", "embedding_size",
+                "inner_size", "n_layers", "n_heads", "stopping_step", "eval_step"):
+        if key in external or key in ("epochs", "MAX_ITEM_LIST_LENGTH"):
+            positive_int(key)
+    learning_rate = config["learning_rate"]
+    if learning_rate is not None and (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or learning_rate <= 0):
+        raise _config_error(f"config key 'learning_rate' must be a number > 0, got {learning_rate!r}")
+    for key in ("hidden_dropout_prob", "attn_dropout_prob", "dropout_prob"):
+        value = config[key]
+        if key in external and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
+            raise _config_error(f"config key '{key}' must be a number in [0, 1), got {value!r}")
+    train_mode = config["train_mode"]
+    if train_mode is not None and train_mode not in ("prefix", "all_positions"):
+        raise _config_error(f"config key 'train_mode' must be 'prefix' or 'all_positions', got {train_mode!r}")
+    _validate_metrics(config)
+    _validate_device(config, external)
+
+
+def _validate_metrics(config):
+    topk = config["topk"]
+    topk = [topk] if _is_int(topk) else topk
+    if not isinstance(topk, list) or not topk or not all(_is_int(k) and k >= 1 for k in topk):
+        raise _config_error(f"config key 'topk' must be a list of integers >= 1, got {config['topk']!r}")
+    metrics = config["metrics"] or []
+    metrics = [metrics] if isinstance(metrics, str) else metrics
+    valid_metric = str(config["valid_metric"] or "")
+    name, _, k = valid_metric.partition("@")
+    lowered = [str(m).lower() for m in metrics]
+    if name.lower() not in lowered:
+        raise _config_error(f"config key 'valid_metric' is '{valid_metric}' but '{name}' is not in metrics {metrics}: add it to metrics")
+    if k:
+        if not k.isdigit() or int(k) not in topk:
+            raise _config_error(f"config key 'valid_metric' is '{valid_metric}' but topk is {topk}: add {k} to topk or pick a k in it")
+    if name.lower().endswith(("_cold", "_warm")) and not float(config["cold_item_ratio"] or 0) > 0:
+        raise _config_error(f"config key 'valid_metric' is '{valid_metric}', a cold/warm metric, but cold_item_ratio is 0: set cold_item_ratio > 0")
+
+
+def _validate_device(config, external):
+    import torch
+
+    # gpu_id's default "0" means "GPU 0 if there is one" (nested runs pass it on); another id asks for that GPU
+    gpu_asked = "gpu_id" in external and str(external["gpu_id"]).strip() not in ("", str(config.internal_config_dict.get("gpu_id", "0")))
+    asked = str(external.get("device", "")).startswith("cuda") or (gpu_asked and external.get("use_gpu", True) is not False)
+    if asked and not torch.cuda.is_available():
+        which = "device" if "device" in external else "gpu_id"
+        raise _config_error(
+            f"config key '{which}' asks for a GPU ({external[which]!r}) but torch sees no CUDA device here: "
+            "drop the key to run on CPU, or install a CUDA build of torch"
+        )

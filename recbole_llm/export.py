@@ -5,8 +5,9 @@
 Writes ``DIR/users.npy`` + ``users.json`` and ``DIR/items.npy`` + ``items.json`` (feature-file format:
 tokens, float32 matrix, metadata), each written atomically. Users are embedded from their whole history
 (every interaction, the held-out valid and test items included, the last MAX_ITEM_LIST_LENGTH kept);
-items by the model's item tower / item table. Works for LEARN and the SASRec family (any model with
-``forward(item_seq, item_seq_len)`` and ``item_table()`` or ``item_embedding``).
+items by the model's item tower / item table. Works for LEARN, the SASRec / GRU4Rec family and BERT4Rec (any
+model with ``user_embeddings(item_seq, item_seq_len)`` or ``forward(item_seq, item_seq_len)``, and ``item_table()``
+or ``item_embedding``; BERT4Rec's score also adds its per-item ``output_bias``, not exported).
 
 The checkpoint is unpickled (RecBole stores its Config in it): only export files you trust.
 """
@@ -16,6 +17,12 @@ import os
 import sys
 
 import torch
+
+from recbole_llm.errors import UserError, cli_entry
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be exported."""
 
 
 def full_histories(test_dataset, max_len):
@@ -49,6 +56,8 @@ def export_embeddings(model_file, out_dir, batch_size=1024):
     from recbole_llm.utils import create_dataset, data_preparation, get_model
 
     checkpoint = load_checkpoint(model_file)
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(f"'{model_file}' is not a RecBole checkpoint (no config and state_dict): pass the .pth a run wrote")
     config = checkpoint["config"]
     config["state"] = "WARNING"
     dataset = create_dataset(config)
@@ -61,7 +70,8 @@ def export_embeddings(model_file, out_dir, batch_size=1024):
     items = item_embeddings(model).float().cpu().numpy()
     item_tokens = [str(t) for t in dataset.field2id_token[dataset.iid_field]]
     seq, seq_len = full_histories(test._dataset, config["MAX_ITEM_LIST_LENGTH"])
-    users = torch.cat([model.forward(seq[i : i + batch_size], seq_len[i : i + batch_size]) for i in range(0, len(seq), batch_size)])
+    encode = getattr(model, "user_embeddings", None) or model.forward  # BERT4Rec: the state at a mask after the history
+    users = torch.cat([encode(seq[i : i + batch_size], seq_len[i : i + batch_size]) for i in range(0, len(seq), batch_size)])
     user_ids = test._dataset.inter_feat[dataset.uid_field].tolist()
     user_tokens = [str(dataset.field2id_token[dataset.uid_field][u]) for u in user_ids]
     meta = {"model": config["model"], "dataset": config["dataset"], "model_file": os.path.abspath(model_file)}
@@ -71,6 +81,7 @@ def export_embeddings(model_file, out_dir, batch_size=1024):
     return len(user_tokens), len(item_tokens) - 1
 
 
+@cli_entry
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_file", required=True)
@@ -80,8 +91,7 @@ def main(argv=None):
     try:
         n_users, n_items = export_embeddings(args.model_file, args.out)
     except (FileNotFoundError, TypeError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise CheckpointError(str(err).strip("'\"")) from err
     print(f"wrote {n_users} user and {n_items} item embeddings to {args.out}/users.npy and {args.out}/items.npy")
     return 0
 

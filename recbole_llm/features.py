@@ -9,7 +9,10 @@ Prints where it wrote and how many items/s, or that an up-to-date file was reuse
 import argparse
 import sys
 
+from recbole_llm.errors import cli_entry
 
+
+@cli_entry
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True)

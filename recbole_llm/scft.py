@@ -11,7 +11,10 @@ Prints the view-retrieval check before and after, and the feature name to use as
 import argparse
 import sys
 
+from recbole_llm.errors import cli_entry
 
+
+@cli_entry
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True)

@@ -23,13 +23,14 @@ import time
 
 import yaml
 
+from recbole_llm.errors import UserError
 from recbole_llm.fileio import atomic_open, atomic_write_text
 
 ARTIFACT_KEYS = ("llm_features", "llm_feature", "llm_feature_base", "teacher_checkpoint")
 WIDTH_KEYS = ("hidden_size", "embedding_size")
 
 
-class HyperFileError(ValueError):
+class HyperFileError(UserError, ValueError):
     pass
 
 

@@ -11,6 +11,7 @@ from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
+from recbole_llm.errors import UserError
 from recbole_llm.trainer.trainer import with_plugin_trainer
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -18,7 +19,7 @@ PROJECT_ROOT = os.path.dirname(PACKAGE_DIR)
 _MODEL_PACKAGES = ["recbole_llm.model.sequential_recommender", "recbole_llm.model.general_recommender"]
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(UserError, ValueError):
     """An unknown model or dataset name; the message is one line that lists what exists."""
 
 

@@ -25,7 +25,8 @@ def test_benchmark_files_resume_and_failure(tiny_data, tmp_path, capsys):
         "--hidden_size=16",
         "--embedding_size=16",
     ]
-    assert benchmark.main(args) == 0
+    assert benchmark.main(args) == 1  # a failed run: the table is written, the exit code says so
+    assert "error: 2 of 6 runs failed (NoSuchModel seed 1: UnknownNameError" in capsys.readouterr().err
     rows = {r["model"]: r for r in csv.DictReader(open(out / "results.csv"))}
     assert rows["SASRec"]["seeds"] == "2" and float(rows["SASRec"]["ndcg@10_mean"]) > 0
     assert rows["GRU4Rec"]["seeds"] == "2" and rows["GRU4Rec"]["ndcg_tail@10_mean"] != ""
@@ -43,7 +44,7 @@ def test_benchmark_files_resume_and_failure(tiny_data, tmp_path, capsys):
     original = benchmark.run_one
     benchmark.run_one = lambda *a, **k: calls.append(a) or original(*a, **k)
     try:
-        assert benchmark.main(args) == 0
+        assert benchmark.main(args) == 1  # the failed runs are still failed
     finally:
         benchmark.run_one = original
     assert calls == []
@@ -158,7 +159,7 @@ def test_failing_worker_is_recorded_and_others_go_on(tiny_data, tmp_path, monkey
         return original(job_file)
 
     monkeypatch.setattr(benchmark, "worker_command", command)
-    assert benchmark.main(tiny_args(tiny_data, out, "GRU4Rec,BPR,SASRec,NoSuchModel", "1", "--workers=2")) == 0
+    assert benchmark.main(tiny_args(tiny_data, out, "GRU4Rec,BPR,SASRec,NoSuchModel", "1", "--workers=2")) == 1
     gru = json.load(open(out / "runs" / "GRU4Rec-1.json"))
     assert gru["status"] == "failed" and gru["error"] == "RuntimeError: boom inside the worker" and "boom" in gru["traceback"]
     bpr = json.load(open(out / "runs" / "BPR-1.json"))

@@ -11,7 +11,8 @@ import torch
 from conftest import ROOT, tiny_config, write_tiny_dataset
 
 from recbole_llm import Config, create_dataset, get_model
-from recbole_llm.data.cold import ColdItemError, cold_item_settings
+from recbole_llm.data.cold import cold_item_settings
+from recbole_llm.errors import UserError
 from recbole_llm.utils import data_preparation
 
 MAX_LEN = 6
@@ -151,7 +152,7 @@ def test_newest_selection_takes_the_items_first_seen_last(tmp_path):
     ],
 )
 def test_bad_settings_name_the_key(data, tmp_path, overrides, key):
-    with pytest.raises(ColdItemError, match=key):
+    with pytest.raises(UserError, match=key):
         build(cold_config(data, tmp_path, **overrides))
 
 

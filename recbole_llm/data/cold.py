@@ -26,11 +26,13 @@ import torch
 from recbole.data.dataset import SequentialDataset
 from torch import nn
 
+from recbole_llm.errors import UserError
+
 SELECTIONS = ("random", "newest")
 _LS_EVAL_ROWS = {"valid_and_test": 2, "valid_only": 1, "test_only": 1}
 
 
-class ColdItemError(ValueError):
+class ColdItemError(UserError, ValueError):
     """A cold-start setting that cannot work with this config or dataset (one line, names the key)."""
 
 

@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
+from recbole_llm.errors import UserError
 from recbole_llm.fileio import atomic_open
 
 INTER_HEADER = ["user_id:token", "item_id:token", "timestamp:float"]
@@ -48,7 +49,7 @@ DESCRIPTION_HEADER = "description:token"
 _TAG = re.compile(r"</?[A-Za-z!][^<>]*>")  # HTML tags and comments, not a bare "a < b"
 
 
-class ConvertError(ValueError):
+class ConvertError(UserError, ValueError):
     """A raw input that cannot be converted; the message names the file (and line, field)."""
 
 

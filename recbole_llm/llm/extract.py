@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recbole_llm.errors import UserError
 from recbole_llm.fileio import atomic_open, build_once, file_fingerprint
 from recbole_llm.llm import features as feature_io
 from recbole_llm.llm.prompts import build_prompts, prompt_config, read_item_text, template_hash
@@ -31,7 +32,7 @@ POOLINGS = ("mean", "last", "cls")
 DEFAULT_LLM = "minilm"
 
 
-class LLMPathError(FileNotFoundError):
+class LLMPathError(UserError, FileNotFoundError):
     """``llm_path`` is neither ``minilm`` nor an existing local model directory."""
 
 

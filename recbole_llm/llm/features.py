@@ -21,13 +21,14 @@ import time
 import numpy as np
 import torch
 
+from recbole_llm.errors import UserError
 from recbole_llm.fileio import atomic_open, atomic_write_text
 
 SUFFIX_MATRIX = ".npy"
 SUFFIX_META = ".json"
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(UserError, ValueError):
     """A missing, corrupt or mismatched feature file; the message names the file and the fix."""
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from recbole_llm.errors import UserError
 from recbole_llm.fileio import atomic_torch_save, build_once, file_fingerprint
 from recbole_llm.llm import features as feature_io
 from recbole_llm.llm.extract import (
@@ -134,7 +135,7 @@ def view_retrieval(model, tokenizer, items, attributes, instruction, settings, d
     return float((ranks == 1).float().mean()), float((1.0 / ranks.float()).mean())
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     pass
 
 

@@ -20,6 +20,7 @@ from logging import getLogger
 import torch
 import torch.nn.functional as F
 
+from recbole_llm.errors import UserError
 from recbole_llm.fileio import atomic_torch_save, build_once
 from recbole_llm.llm import features as feature_io
 from recbole_llm.data.cold import cold_settings_key
@@ -32,7 +33,7 @@ SPLIT_KEYS = (
 )
 
 
-class SimilarUsersError(ValueError):
+class SimilarUsersError(UserError, ValueError):
     """A similar-user file that does not fit the dataset."""
 
 

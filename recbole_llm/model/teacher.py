@@ -15,6 +15,7 @@ from logging import getLogger
 
 import torch
 
+from recbole_llm.errors import UserError
 from recbole_llm.compat import load_checkpoint
 from recbole_llm.data.cold import cold_items_of, cold_settings_key
 from recbole_llm.fileio import atomic_torch_save, build_once, file_fingerprint
@@ -30,7 +31,7 @@ INHERITED_KEYS = (
 )
 
 
-class TeacherError(ValueError):
+class TeacherError(UserError, ValueError):
     """A teacher checkpoint that does not fit the dataset or the model."""
 
 

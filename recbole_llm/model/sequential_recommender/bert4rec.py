@@ -50,6 +50,11 @@ class BERT4Rec(RecBoleBERT4Rec):
             del self.output_bias
             self.register_buffer("output_bias", torch.zeros(self.n_items))
 
+    def user_embeddings(self, item_seq, item_seq_len):
+        """(B, H) user states as full_sort_predict scores them: the output at a mask token after the history."""
+        masked = self.reconstruct_test_data(item_seq, item_seq_len)
+        return self.gather_indexes(self.forward(masked), item_seq_len)
+
     def forward(self, item_seq):
         """(B, L, H) states of left-aligned ``item_seq`` (RecBole's forward, per length group)."""
         if not self.length_bucketing:

@@ -1,0 +1,101 @@
+"""Bad input: each case is one line on stderr naming the key or file and the fix, with exit code 2."""
+
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+
+TINY = ["--dataset=tiny", "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--state=WARNING"]
+
+
+def load_cli(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def cli(tiny_data, tmp_path, capsys):
+    run = load_cli("run_recbole_llm")
+
+    def call(*args, base=True):
+        argv = ([f"--data_path={tiny_data}", f"--checkpoint_dir={tmp_path / 'saved'}"] + TINY if base else []) + list(args)
+        code = run.main(argv)
+        captured = capsys.readouterr()
+        return code, captured.err
+
+    return call
+
+
+CASES = [
+    (["--epoch=1"], "unknown config key 'epoch' (did you mean 'epochs'?)"),
+    (["--epochs", "1"], "argument '--epochs' is not --key=value"),
+    (["--epochs=abc"], "config key 'epochs' must be a number"),
+    (["--epochs=0"], "config key 'epochs' must be an integer >= 1"),
+    (["--hidden_size=0"], "config key 'hidden_size' must be an integer >= 1"),
+    (["--learning_rate=-1"], "config key 'learning_rate' must be a number > 0"),
+    (["--MAX_ITEM_LIST_LENGTH=0"], "config key 'MAX_ITEM_LIST_LENGTH' must be an integer >= 1"),
+    (["--valid_metric=NDCG@20"], "add 20 to topk"),
+    (["--valid_metric=MRR@10"], "'MRR' is not in metrics"),
+    (["--valid_metric=NDCG_cold@10"], "set cold_item_ratio > 0"),
+    (["--train_mode=everything"], "config key 'train_mode' must be 'prefix' or 'all_positions'"),
+    (["--topk=[0]"], "topk must be a positive integer"),
+    (["--metrics=['NDCG', 'Nope']"], "There is no metric named 'Nope'"),
+    (["--hidden_dropout_prob=1.5"], "config key 'hidden_dropout_prob' must be a number in [0, 1)"),
+    (["--cold_item_ratio=2"], "config key 'cold_item_ratio' must be a number in [0, 1)"),
+    (["--model=SASRecc"], "Unknown model 'SASRecc'"),
+    (["--dataset=no_such_data"], "Unknown dataset 'no_such_data'"),
+]
+
+
+@pytest.mark.parametrize("args, fragment", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_command_line_is_one_line_and_exit_2(cli, args, fragment):
+    code, err = cli("--model=SASRec", *args)
+    assert code == 2
+    assert fragment in err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU that this machine has")
+@pytest.mark.parametrize("arg", ["--device=cuda", "--gpu_id=3"])
+def test_gpu_asked_on_a_machine_without_one(cli, arg):
+    code, err = cli("--model=SASRec", arg)
+    assert code == 2 and "sees no CUDA device" in err
+
+
+def test_debug_shows_the_traceback(cli):
+    from recbole_llm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        cli("--model=SASRec", "--epoch=1", "--debug")
+
+
+def test_a_file_that_is_not_a_checkpoint(cli, tmp_path):
+    bad = tmp_path / "not_a_checkpoint.pth"
+    bad.write_text("hello")
+    export = importlib.import_module("recbole_llm.export")
+    assert export.main([f"--model_file={bad}", f"--out={tmp_path / 'out'}"]) == 2
+    code, err = cli("--model=LLMEmbSASRec", f"--teacher_checkpoint={bad}", "--llm_path=minilm", f"--feature_dir={tmp_path / 'f'}",
+                    "--text_fields=['title']", "--epochs=1")
+    assert code == 2 and "is not a readable torch checkpoint" in err and str(bad) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_bert4rec(tiny_data, tmp_path):
+    """BERT4Rec is exported with the user state it scores with (a mask token after the history)."""
+    import numpy as np
+
+    from recbole_llm import run_recbole_llm
+    from recbole_llm.export import export_embeddings
+
+    result = run_recbole_llm(model="BERT4Rec", dataset="tiny", config_dict={
+        "data_path": tiny_data, "checkpoint_dir": str(tmp_path / "saved"), "epochs": 1, "state": "WARNING", "show_progress": False,
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1,
+    })
+    n_users, n_items = export_embeddings(result["model_file"], str(tmp_path / "out"))
+    users = np.load(tmp_path / "out" / "users.npy")
+    assert users.shape == (n_users, 16) and np.isfinite(users).all() and n_items == 30
