@@ -16,6 +16,11 @@
 4. Ray Tune moved its function-trainable API between 2.6 (``ray.air.session.report``, ``ray.air.RunConfig(local_dir)``)
    and 2.40+ (``ray.tune.report``, ``ray.tune.get_context()``, ``ray.tune.RunConfig(storage_path)``).
    :func:`tune_report`, :func:`tune_trial_dir` and :func:`tune_run_config` use whichever this Ray has.
+5. RecBole reads atomic files with pandas' default quoting: a field that begins with a double quote (real
+   Amazon titles and descriptions do) swallows tabs and lines until the next quote, or fails with
+   ``ParserError: '\t' expected after '"'``. Atomic files have no quoting (tab-separated, one line per row):
+   :func:`install_atomic_reader` makes RecBole's reader read them so (``quoting=QUOTE_NONE``) and turns its
+   decoding and number errors into one line naming the file, the line and the fix.
 """
 
 import os
@@ -38,6 +43,74 @@ def import_recbole_models():
     # RecBole 1.2.1 on pandas 2.2 / torch 2.13 warns about its own chained fillna and GradScaler calls at
     # every run; they are harmless and drown the training log
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+    install_atomic_reader()
+
+
+class _AtomicPandas:
+    """Stands for ``pandas`` inside ``recbole.data.dataset.dataset``: ``read_csv`` reads atomic files as they
+    are written (no quoting) and reports a bad file in one line; everything else is pandas itself."""
+
+    def __init__(self, pandas):
+        self._pandas = pandas
+
+    def __getattr__(self, name):
+        return getattr(self._pandas, name)
+
+    def read_csv(self, filepath, *args, **kwargs):
+        import csv
+
+        kwargs.setdefault("quoting", csv.QUOTE_NONE)
+        try:
+            frame = self._pandas.read_csv(filepath, *args, **kwargs)
+        except UnicodeDecodeError as err:
+            raise atomic_file_error(filepath, f"is not {kwargs.get('encoding') or 'utf-8'} text", _line_of_byte(filepath, err.start),
+                                    "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8), or set encoding in the config") from None
+        except ValueError as err:  # a float column with a word in it
+            line = _first_bad_number(self._pandas, filepath, kwargs)
+            raise atomic_file_error(filepath, f"cannot be read ({str(err).splitlines()[0][:120]})", line,
+                                    "fix that value (float columns hold numbers only)") from None
+        if len(frame) == 0:
+            raise atomic_file_error(filepath, "has a header but no rows", None, "write at least one row per interaction/item")
+        return frame
+
+
+def atomic_file_error(path, problem, line, fix):
+    from recbole_llm.errors import DataFileError
+
+    where = f" on line {line}" if line else ""
+    return DataFileError(f"atomic file '{path}' {problem}{where}: {fix}")
+
+
+def _line_of_byte(path, offset):
+    with open(path, "rb") as handle:
+        return handle.read(offset).count(b"\n") + 1
+
+
+def _first_bad_number(pandas, path, kwargs):
+    """Line number (1 = header) of the first value of a float column that is not a number, or None."""
+    dtype = kwargs.get("dtype") or {}
+    floats = [c for c, t in dtype.items() if t is not str]
+    if not floats:
+        return None
+    try:
+        raw = pandas.read_csv(path, sep=kwargs.get("delimiter") or kwargs.get("sep") or "\t", usecols=floats, dtype=str,
+                              quoting=kwargs.get("quoting", 3), encoding=kwargs.get("encoding"), keep_default_na=False)
+    except Exception:
+        return None
+    for column in floats:
+        numbers = pandas.to_numeric(raw[column].replace("", "nan"), errors="coerce")
+        bad = numbers.isna() & (raw[column] != "")
+        if bad.any():
+            return int(bad.to_numpy().argmax()) + 2
+    return None
+
+
+def install_atomic_reader():
+    """Route RecBole's atomic-file reading through :class:`_AtomicPandas` (idempotent)."""
+    import recbole.data.dataset.dataset as recbole_dataset
+
+    if not isinstance(recbole_dataset.pd, _AtomicPandas):
+        recbole_dataset.pd = _AtomicPandas(recbole_dataset.pd)
 
 
 def load_checkpoint(path, map_location="cpu"):

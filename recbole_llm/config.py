@@ -20,6 +20,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType
 
+from recbole_llm.data.atomic import check_item_attributes, has_dataset_yaml, no_yaml_defaults
 from recbole_llm.utils import PROJECT_ROOT, UnknownNameError, get_model, properties_dir
 
 
@@ -141,6 +142,18 @@ class Config(RecBoleConfig):
             # the official LLMEmb loss: one positive and one sampled negative per row, like BPR's input
             self.final_config_dict["MODEL_INPUT_TYPE"] = InputType.PAIRWISE
         self.final_config_dict["data_path"] = resolve_dataset_dir(self.dataset, data_path)
+        ratio = self.final_config_dict.get("cold_item_ratio")
+        if isinstance(ratio, (int, float)) and ratio > 0 and "metrics" not in self.external_config_dict:
+            cold_metrics = ["Hit_cold", "Hit_warm", "NDCG_cold", "NDCG_warm", "Recall_cold", "Recall_warm"]
+            self.final_config_dict["metrics"] = list(self.final_config_dict["metrics"]) + cold_metrics
+        if not has_dataset_yaml(self.dataset, os.path.join(properties_dir(), "dataset")):
+            # a user's own files: every column, FDSA/S3Rec attributes from .item (recbole_llm/data/atomic.py)
+            from recbole.utils import ModelType
+
+            sequential = self.final_config_dict.get("MODEL_TYPE") == ModelType.SEQUENTIAL
+            self.final_config_dict.update(
+                no_yaml_defaults(self.final_config_dict, self.dataset, self.final_config_dict["data_path"], self.external_config_dict, sequential)
+            )
 
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
         from recbole_llm.errors import UserError
@@ -236,6 +249,7 @@ def validate_config(config):
         raise _config_error(f"config key 'train_mode' must be 'prefix' or 'all_positions', got {train_mode!r}")
     _validate_metrics(config)
     _validate_device(config, external)
+    check_item_attributes(config)
 
 
 def _validate_metrics(config):
@@ -248,13 +262,13 @@ def _validate_metrics(config):
     valid_metric = str(config["valid_metric"] or "")
     name, _, k = valid_metric.partition("@")
     lowered = [str(m).lower() for m in metrics]
+    if name.lower().endswith(("_cold", "_warm")) and not float(config["cold_item_ratio"] or 0) > 0:
+        raise _config_error(f"config key 'valid_metric' is '{valid_metric}', a cold/warm metric, but cold_item_ratio is 0: set cold_item_ratio > 0")
     if name.lower() not in lowered:
         raise _config_error(f"config key 'valid_metric' is '{valid_metric}' but '{name}' is not in metrics {metrics}: add it to metrics")
     if k:
         if not k.isdigit() or int(k) not in topk:
             raise _config_error(f"config key 'valid_metric' is '{valid_metric}' but topk is {topk}: add {k} to topk or pick a k in it")
-    if name.lower().endswith(("_cold", "_warm")) and not float(config["cold_item_ratio"] or 0) > 0:
-        raise _config_error(f"config key 'valid_metric' is '{valid_metric}', a cold/warm metric, but cold_item_ratio is 0: set cold_item_ratio > 0")
 
 
 def _validate_device(config, external):

@@ -84,21 +84,20 @@ def get_trainer(model_type, model_name):
 
 def create_dataset(config):
     """Dataset: ``recbole_llm.data.dataset.<Model>Dataset`` if it exists; ``LLMFeatureDataset`` when
-    ``llm_features`` is set; else RecBole's choice. With ``cold_item_ratio`` > 0 the class gets the cold-start
-    protocol in front (recbole_llm.data.cold)."""
-    from recbole_llm.data.cold import cold_item_settings, with_cold_items
+    ``llm_features`` is set; else the class RecBole would pick. In front of it: a warning about interactions
+    RecBole drops (recbole_llm.data.atomic) and, with ``cold_item_ratio`` > 0, the cold-start protocol
+    (recbole_llm.data.cold)."""
+    from recbole_llm.data.cold import cold_item_settings
 
     dataset_module = importlib.import_module("recbole_llm.data.dataset")
     dataset_class = getattr(dataset_module, config["model"] + "Dataset", None)
     if dataset_class is None and config["llm_features"]:
         dataset_class = dataset_module.LLMFeatureDataset
-    if cold_item_settings(config)[0] > 0:
-        if dataset_class is None:
-            dataset_class = getattr(importlib.import_module("recbole.data.dataset"), recbole_dataset_class_name(config))
-        return with_cold_items(dataset_class)(config)
     if dataset_class is None:
-        return recbole_create_dataset(config)
-    return dataset_class(config)
+        if config["dataset_save_path"]:  # RecBole's saved-dataset loading
+            return recbole_create_dataset(config)
+        dataset_class = getattr(importlib.import_module("recbole.data.dataset"), recbole_dataset_class_name(config))
+    return dataset_module.plugin_dataset_class(dataset_class, cold=cold_item_settings(config)[0] > 0)(config)
 
 
 def recbole_dataset_class_name(config):

@@ -99,3 +99,81 @@ def test_export_bert4rec(tiny_data, tmp_path):
     n_users, n_items = export_embeddings(result["model_file"], str(tmp_path / "out"))
     users = np.load(tmp_path / "out" / "users.npy")
     assert users.shape == (n_users, 16) and np.isfinite(users).all() and n_items == 30
+
+
+# ---- a user's own files ------------------------------------------------------------------------------------
+def write_own(folder, name="own", inter_rows=None, item_header="item_id:token\ttitle:token\tcategories:token_seq\tprice:float",
+              item_rows=None, encoding="utf-8", inter_header="user_id:token\titem_id:token\ttimestamp:float"):
+    os.makedirs(os.path.join(folder, name), exist_ok=True)
+    if inter_rows is None:
+        inter_rows = [f"u{u}\ti{(u * 3 + t) % 20}\t{t}" for u in range(30) for t in range(6)]
+    if item_rows is None:
+        item_rows = [f'i{i}\t"Quoted" item {i} – ü\tCat{i % 3} Sub{i % 5}\t{i}.5' for i in range(20)]
+    with open(os.path.join(folder, name, f"{name}.inter"), "w", encoding="utf-8") as f:
+        f.write("\n".join([inter_header] + inter_rows) + "\n")
+    with open(os.path.join(folder, name, f"{name}.item"), "w", encoding=encoding) as f:
+        f.write("\n".join([item_header] + item_rows) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("model", ["SASRec", "LLMEmbSASRec", "FDSA"])
+def test_own_files_without_yaml_run(tmp_path, capsys, model):
+    """The README's "your own data": two files, no YAML, one epoch."""
+    data = write_own(str(tmp_path / "data"))
+    run = load_cli("run_recbole_llm")
+    extra = ["--teacher_epochs=1", f"--feature_dir={tmp_path / 'f'}"] if model == "LLMEmbSASRec" else []
+    code = run.main([f"--model={model}", "--dataset=own", f"--data_path={data}", "--epochs=1", f"--checkpoint_dir={tmp_path / 's'}",
+                     "--state=WARNING", "--show_progress=False", *extra])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-2000:]
+    assert "'ndcg@10': " in out.out
+
+
+def test_own_files_get_every_column_and_attributes(tmp_path):
+    from recbole_llm import Config, create_dataset
+
+    data = write_own(str(tmp_path / "data"))
+    config = Config(model="FDSA", dataset="own", config_dict={"data_path": data, "checkpoint_dir": str(tmp_path / "s"), "state": "WARNING"})
+    assert config["load_col"] == {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "title", "categories", "price"]}
+    assert config["selected_features"] == ["categories"] and config["item_attribute"] == "categories"
+    dataset = create_dataset(config)
+    row = dataset.token2id("item_id", "i3")
+    assert dataset.field2id_token["title"][int(dataset.item_feat["title"][row])] == '"Quoted" item 3 – ü'
+    # the user's keys win
+    config = Config(model="FDSA", dataset="own", config_dict={"data_path": data, "state": "WARNING",
+                                                              "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "title"]},
+                                                              "selected_features": ["title"]})
+    assert config["selected_features"] == ["title"] and config["load_col"]["item"] == ["item_id", "title"]
+
+
+def test_items_missing_from_item_file_are_reported(tmp_path, caplog):
+    from recbole_llm import Config, create_dataset
+
+    rows = [f'i{i}\tname {i}\tCat{i % 3}\t1.0' for i in range(15)]  # i15..i19 have no row
+    data = write_own(str(tmp_path / "data"), item_rows=rows)
+    config = Config(model="SASRec", dataset="own", config_dict={"data_path": data, "state": "WARNING"})
+    with caplog.at_level("WARNING"):
+        dataset = create_dataset(config)
+    message = [r.getMessage() for r in caplog.records if "were dropped" in r.getMessage()]
+    n_missing = sum(1 for u in range(30) for t in range(6) if (u * 3 + t) % 20 >= 15)
+    assert message and f"{n_missing} of 180 interactions" in message[0] and "filter_inter_by_user_or_item: False" in message[0]
+    assert dataset.inter_num == 180 - n_missing
+
+
+DATA_CASES = {
+    "latin-1 .item": (dict(encoding="latin-1", item_rows=[f"i{i}\tcrème {i}\tCat\t1.0" for i in range(20)]), "own.item' is not utf-8 text on line 2"),
+    "word in a float column": (dict(inter_rows=["u1\ti1\t1", "u1\ti2\tyesterday", "u1\ti3\t3"]), "own.inter' cannot be read"),
+    "empty .inter": (dict(inter_rows=[]), "own.inter' has a header but no rows"),
+    "bad header": (dict(inter_header="user_id\titem_id:token\ttimestamp:float"), "header cell 'user_id' is not <name>:<type>"),
+    "no timestamp": (dict(inter_header="user_id:token\titem_id:token\tclicks:float"), "has no 'timestamp' column"),
+}
+
+
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_bad_data_files_are_one_line_and_exit_2(tmp_path, capsys, case):
+    kwargs, fragment = DATA_CASES[case]
+    data = write_own(str(tmp_path / "data"), **kwargs)
+    run = load_cli("run_recbole_llm")
+    code = run.main(["--model=SASRec", "--dataset=own", f"--data_path={data}", "--epochs=1", f"--checkpoint_dir={tmp_path / 's'}", "--state=WARNING"])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and err.count("\n") == 1, err[-1500:]

@@ -87,7 +87,7 @@ def select_cold_items(item_ids, tokens, ratio, selection, seed, first_times=None
 
 
 class ColdItemsMixin:
-    """Put in front of a ``SequentialDataset`` class (see :func:`with_cold_items`)."""
+    """Put in front of a ``SequentialDataset`` class (recbole_llm.data.dataset.plugin_dataset_class does)."""
 
     cold_items = None  # (item_num,) bool tensor, True for cold items; set in data_augmentation
 
@@ -165,20 +165,11 @@ class ColdItemsMixin:
         return datasets
 
 
-_CACHE = {}
-
-
-def with_cold_items(dataset_class):
-    """``dataset_class`` (a SequentialDataset) with the cold-start protocol in front (cached)."""
-    if issubclass(dataset_class, ColdItemsMixin):
-        return dataset_class
+def check_sequential(dataset_class):
     if not issubclass(dataset_class, SequentialDataset):
         raise ColdItemError(
             f"config key 'cold_item_ratio' needs a sequential model; this model's dataset is {dataset_class.__name__}"
         )
-    if dataset_class not in _CACHE:
-        _CACHE[dataset_class] = type(dataset_class.__name__, (ColdItemsMixin, dataset_class), {"__module__": __name__})
-    return _CACHE[dataset_class]
 
 
 def cold_items_of(dataset):

@@ -48,3 +48,36 @@ class LLMFeatureDataset(SequentialDataset):
         if name not in self.llm_features:
             raise FeatureFileError(f"feature '{name}' is not attached; attached: {list(self.llm_features)}")
         return self.llm_features[name]
+
+
+# ---- the classes create_dataset builds: a RecBole or plugin dataset class with the plugin's mixins in front ----
+def plugin_dataset_class(base, cold=False):
+    """``base`` with :class:`~recbole_llm.data.atomic.AtomicFilesMixin` (and, with ``cold``, the
+    cold-start protocol) in front. The class lives in this module under a name that rebuilds it, so datasets
+    pickle and unpickle (RecBole's FDSA and ``save_dataset`` pickle them)."""
+    name = f"{'ColdReported' if cold else 'Reported'}{base.__name__}"
+    cached = globals().get(name)
+    if cached is not None:
+        return cached
+    from recbole_llm.data.atomic import AtomicFilesMixin
+    from recbole_llm.data.cold import ColdItemsMixin, check_sequential
+
+    bases = (AtomicFilesMixin,)
+    if cold:
+        check_sequential(base)
+        bases += (ColdItemsMixin,)
+    cls = type(name, bases + (base,), {"__module__": __name__, "__qualname__": name})
+    globals()[name] = cls
+    return cls
+
+
+def __getattr__(name):  # unpickling in a fresh process: rebuild the class from its name
+    import recbole.data.dataset as recbole_datasets
+
+    for prefix in ("ColdReported", "Reported"):
+        if name.startswith(prefix):
+            base_name = name[len(prefix):]
+            base = globals().get(base_name) or getattr(recbole_datasets, base_name, None)
+            if base is not None:
+                return plugin_dataset_class(base, cold=prefix == "ColdReported")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
