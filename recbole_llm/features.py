@@ -1,9 +1,11 @@
 """Build (or reuse) the LLM feature file of a dataset.
 
     python -m recbole_llm.features --dataset=ml-100k [--data_path=...] [--llm_path=minilm] [--pooling=mean]
-        [--prompt=llmemb|learn] [--name=...] [--pca_dim=N] [--max_length=256] [--batch_size=64] [--normalize]
+        [--prompt=llmemb|learn] [--name=...] [--pca_dim=N] [--max_length=256] [--batch_size=64] [--normalize] [--force]
 
-Prints where it wrote and how many items/s, or that an up-to-date file was reused.
+Prints where it wrote and how many items/s, or that an up-to-date file was reused: "up to date" means the
+cache key matches AND the file opens as a sound one (rows and dims agree with its metadata, float, finite);
+a broken file is rebuilt. ``--force`` rebuilds it anyway.
 """
 
 import argparse
@@ -26,6 +28,7 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
     parser.add_argument("--feature_dir", default=None, help="where to write (default: dataset folder if writable)")
+    parser.add_argument("--force", action="store_true", help="rebuild even when an up-to-date file exists")
     args = parser.parse_args(argv)
 
     sys.argv = sys.argv[:1]  # RecBole's Config would read our flags as config keys
@@ -46,7 +49,7 @@ def main(argv=None):
             config_dict[key] = value
     try:
         config = Config(model="SASRec", dataset=args.dataset, config_dict=config_dict)
-        name = ensure_features(config, name=args.name, pca_dim=args.pca_dim, normalize=args.normalize or None)
+        name = ensure_features(config, name=args.name, pca_dim=args.pca_dim, normalize=args.normalize or None, force=args.force)
     except (UnknownNameError, LLMPathError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from conftest import tiny_config, write_tiny_dataset
 from recbole_llm import Config, create_dataset
 from recbole_llm.llm import extract
 from recbole_llm.llm.extract import LLMPathError, embed_texts, ensure_features, load_llm, pca_reduce, pool, resolve_llm_path
-from recbole_llm.llm.features import FeatureFileError, align_features, feature_base, load_features, save_features
+from recbole_llm.llm.features import FeatureFileError, align_features, feature_base, find_feature_file, load_features, save_features
 from recbole_llm.llm.prompts import build_prompts, learn_prompt, llmemb_prompt, read_item_text
 
 
@@ -256,3 +256,41 @@ def test_build_lock_serialises_builders(tmp_path):
     assert order == ["first released", "second acquired"]
     with build_lock(target):  # free again once released
         pass
+
+
+@pytest.mark.parametrize("breakage", ["truncated", "metadata disagrees", "nan"])
+def test_broken_file_with_a_current_key_is_rebuilt(tiny_data, tmp_path, tiny_llama_dir, capsys, breakage):
+    """"Up to date" means the file was opened and checked, not only that its cache key matches."""
+    import json
+
+    import numpy as np
+
+    config = config_for(tiny_data, tmp_path, llm_path=tiny_llama_dir, llm_pooling="last")
+    name = ensure_features(config, show_progress=False)
+    base = find_feature_file(config, name)
+    if breakage == "truncated":
+        with open(base + ".npy", "r+b") as handle:
+            handle.truncate(os.path.getsize(base + ".npy") // 2)
+    elif breakage == "metadata disagrees":
+        meta = json.load(open(base + ".json"))
+        meta["tokens"] = meta["tokens"][:-1]
+        json.dump(meta, open(base + ".json", "w"))
+    else:
+        matrix = np.load(base + ".npy")
+        matrix[3, 0] = np.nan
+        np.save(base + ".npy", matrix)
+    capsys.readouterr()
+    ensure_features(config, show_progress=False)
+    out = capsys.readouterr().out
+    assert "is broken" in out and "wrote 30 x 32" in out
+    ensure_features(config, show_progress=False)
+    assert "reusing up-to-date features" in capsys.readouterr().out
+
+
+def test_features_cli_force_rebuilds(tiny_data, tmp_path, tiny_llama_dir, capsys):
+    from recbole_llm.features import main
+
+    args = ["--dataset=tiny", f"--data_path={tiny_data}", f"--llm_path={tiny_llama_dir}", "--pooling=last", f"--feature_dir={tmp_path / 'f'}"]
+    assert main(args) == 0 and "wrote 30 x 32" in capsys.readouterr().out
+    assert main(args) == 0 and "reusing up-to-date" in capsys.readouterr().out
+    assert main(args + ["--force"]) == 0 and "wrote 30 x 32" in capsys.readouterr().out

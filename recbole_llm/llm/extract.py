@@ -299,20 +299,29 @@ def default_feature_name(settings, pca_dim=None):
 
 
 def is_current(base, key):
+    """True when the feature file ``base`` has cache key ``key`` AND opens as a sound file: the matrix matches
+    its metadata (rows, dims), is a float array and holds no NaN/inf. A broken file is logged and rebuilt."""
     if base is None:
         return False
     try:
-        return feature_io.load_meta(base).get("cache_key") == key
-    except feature_io.FeatureFileError:
+        if feature_io.load_meta(base).get("cache_key") != key:
+            return False
+        feature_io.check_feature_file(base)
+    except feature_io.FeatureFileError as err:
+        logger.warning(f"feature file {base}: {err}; rebuilding it")
+        print(f"feature file {base} is broken ({err}); rebuilding it")
         return False
+    return True
 
 
-def ensure_features(config, name=None, llm_path=None, pooling=None, prompt_style=None, pca_dim=None, normalize=None, show_progress=True):
+def ensure_features(config, name=None, llm_path=None, pooling=None, prompt_style=None, pca_dim=None, normalize=None, show_progress=True,
+                    force=False):
     """Name of an up-to-date feature file for ``config``'s dataset; builds it if missing or stale.
 
     ``config`` is a recbole_llm Config (or a dict with ``dataset`` and ``data_path`` = the dataset
     folder). Reads ``llm_path``, ``llm_pooling``, ``prompt_style``, ``pca_dim``, ``llm_max_length``,
-    ``llm_batch_size``, ``llm_normalize`` and the prompt keys when the arguments are None.
+    ``llm_batch_size``, ``llm_normalize`` and the prompt keys when the arguments are None. ``force`` rebuilds
+    the file (and its PCA companion) even when it is up to date.
     """
     settings = feature_settings(config, llm_path, pooling, prompt_style, normalize)
     pca_dim = pca_dim if pca_dim is not None else _get(config, "pca_dim", None)
@@ -324,10 +333,21 @@ def ensure_features(config, name=None, llm_path=None, pooling=None, prompt_style
         base_name = name + "-full"
     target_dir = feature_io.feature_dirs(config)[0]
 
+    forced = [force]  # the first check of build_once says "stale" once; the re-check under the lock too
+
+    def current():
+        if forced[0]:
+            return False
+        return is_current(feature_io.find_feature_file(config, base_name), key)
+
+    def build():
+        _build_features(config, settings, key, base_name, target_dir, show_progress)
+        forced[0] = False
+
     built = build_once(
         feature_io.feature_base(target_dir, dataset, base_name),
-        lambda: is_current(feature_io.find_feature_file(config, base_name), key),
-        lambda: _build_features(config, settings, key, base_name, target_dir, show_progress),
+        current,
+        build,
         f"features '{base_name}'",
     )
     existing = feature_io.find_feature_file(config, base_name)
@@ -340,7 +360,7 @@ def ensure_features(config, name=None, llm_path=None, pooling=None, prompt_style
     pca_name = name or default_feature_name(settings, pca_dim)
     pca_key = hashlib.sha1(f"{key}-pca{pca_dim}".encode()).hexdigest()[:16]
     pca_existing = feature_io.find_feature_file(config, pca_name)
-    if is_current(pca_existing, pca_key):
+    if not force and is_current(pca_existing, pca_key):
         logger.info(f"PCA features '{pca_name}' are up to date: reusing them")
         print(f"reusing up-to-date features {pca_existing}.npy (cache key {pca_key})")
         return pca_name

@@ -103,6 +103,9 @@ def save_features(base, tokens, matrix, meta=None):
     return meta
 
 
+REBUILD = "delete it (the next run rebuilds it) or run python -m recbole_llm.features --dataset=<name> --force"
+
+
 def load_meta(base):
     path = base + SUFFIX_META
     if not os.path.isfile(path):
@@ -111,9 +114,9 @@ def load_meta(base):
         with open(path, encoding="utf-8") as handle:
             meta = json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise FeatureFileError(f"feature metadata '{path}' is corrupt ({err}): delete it and rebuild the features")
+        raise FeatureFileError(f"feature metadata '{path}' is corrupt ({err}): {REBUILD}")
     if not isinstance(meta, dict) or "tokens" not in meta:
-        raise FeatureFileError(f"feature metadata '{path}' has no 'tokens' list: delete it and rebuild the features")
+        raise FeatureFileError(f"feature metadata '{path}' has no 'tokens' list: {REBUILD}")
     return meta
 
 
@@ -124,18 +127,29 @@ def load_features(base, mmap=True):
     try:
         matrix = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise FeatureFileError(f"feature matrix '{path}' cannot be read ({err}): delete it and rebuild the features")
+        raise FeatureFileError(f"feature matrix '{path}' cannot be read ({err}): {REBUILD}")
     tokens = [str(t) for t in meta["tokens"]]
     if matrix.ndim != 2 or matrix.shape[0] != len(tokens):
         raise FeatureFileError(
             f"feature matrix '{path}' has shape {matrix.shape} but its metadata lists {len(tokens)} tokens: "
-            "the pair is out of sync; delete both files and rebuild"
+            f"the pair is out of sync; {REBUILD}"
         )
     if "dims" in meta and int(meta["dims"]) != matrix.shape[1]:
         raise FeatureFileError(
-            f"feature matrix '{path}' has {matrix.shape[1]} dims but its metadata says {meta['dims']}: rebuild it"
+            f"feature matrix '{path}' has {matrix.shape[1]} dims but its metadata says {meta['dims']}: {REBUILD}"
         )
     return tokens, matrix, meta
+
+
+def check_feature_file(base):
+    """Open ``base`` and check it: matrix vs metadata (load_features), a float matrix, every value finite."""
+    tokens, matrix, _ = load_features(base, mmap=True)
+    if not np.issubdtype(matrix.dtype, np.floating):
+        raise FeatureFileError(f"feature matrix '{base}{SUFFIX_MATRIX}' has dtype {matrix.dtype}, not float: {REBUILD}")
+    for start in range(0, matrix.shape[0], 65536):  # in blocks: a memory-mapped file is never loaded whole
+        if not np.isfinite(matrix[start : start + 65536]).all():
+            raise FeatureFileError(f"feature matrix '{base}{SUFFIX_MATRIX}' holds NaN/inf values: {REBUILD}")
+    return tokens, matrix
 
 
 def align_features(tokens, matrix, id2token, source, expected_dims=None):
@@ -152,7 +166,7 @@ def align_features(tokens, matrix, id2token, source, expected_dims=None):
         index[token] = row
     if duplicates:
         raise FeatureFileError(
-            f"feature file '{source}' lists {len(duplicates)} duplicated item tokens (first: {duplicates[:5]}): rebuild it"
+            f"feature file '{source}' lists {len(duplicates)} duplicated item tokens (first: {duplicates[:5]}): {REBUILD}"
         )
     if expected_dims is not None and matrix.shape[1] != int(expected_dims):
         raise FeatureFileError(
@@ -164,7 +178,7 @@ def align_features(tokens, matrix, id2token, source, expected_dims=None):
     if missing:
         raise FeatureFileError(
             f"{len(missing)} items of the dataset are missing from feature file '{source}' "
-            f"(first: {missing[:5]}): rebuild the features for this dataset (python -m recbole_llm.features)"
+            f"(first: {missing[:5]}): rebuild the features for this dataset (python -m recbole_llm.features --dataset=<name> --force)"
         )
     rows = np.asarray([index[t] for t in id2token[1:]], dtype=np.int64)
     table = np.zeros((len(id2token), matrix.shape[1]), dtype=np.float32)
@@ -173,6 +187,6 @@ def align_features(tokens, matrix, id2token, source, expected_dims=None):
     if bad.any():
         examples = [id2token[i] for i in np.flatnonzero(bad)[:5]]
         raise FeatureFileError(
-            f"feature file '{source}' has NaN/inf rows for {int(bad.sum())} items (first: {examples}): rebuild it"
+            f"feature file '{source}' has NaN/inf rows for {int(bad.sum())} items (first: {examples}): {REBUILD}"
         )
     return torch.from_numpy(table)
