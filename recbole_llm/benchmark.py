@@ -37,6 +37,7 @@ import time
 import traceback
 import uuid
 
+from recbole_llm.errors import cli_entry
 from recbole_llm.fileio import atomic_open, atomic_savefig, atomic_write_text
 
 REPORTED = [
@@ -476,6 +477,7 @@ def parse_args(argv=None):
     return args
 
 
+@cli_entry
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--worker"]:

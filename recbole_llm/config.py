@@ -25,10 +25,12 @@ from recbole_llm.utils import PROJECT_ROOT, UnknownNameError, get_model, propert
 
 
 def parse_overrides(items):
-    """Config overrides from ``--key=value`` / ``key=value`` strings: Python literals (``False``, ``0.5``,
+    """Config overrides from ``--key=value`` (or ``key=value``) strings; anything else is a ConfigError. Python literals (``False``, ``0.5``,
     ``{'mode': 'uni100'}``) become values, anything else stays a string (``gelu``)."""
     overrides = {}
     for item in items:
+        if "=" not in item or item.startswith("="):
+            raise _config_error(f"argument '{item}' is not --key=value: write config keys as --key=value (e.g. --epochs=1)")
         key, _, value = item.lstrip("-").partition("=")
         try:
             overrides[key.strip()] = ast.literal_eval(value)

@@ -177,3 +177,13 @@ def test_bad_data_files_are_one_line_and_exit_2(tmp_path, capsys, case):
     code = run.main(["--model=SASRec", "--dataset=own", f"--data_path={data}", "--epochs=1", f"--checkpoint_dir={tmp_path / 's'}", "--state=WARNING"])
     err = capsys.readouterr().err
     assert code == 2 and fragment in err and err.count("\n") == 1, err[-1500:]
+
+
+def test_benchmark_and_hyper_refuse_what_is_not_key_value(tiny_data, tmp_path, capsys):
+    from recbole_llm import benchmark
+
+    assert benchmark.main(["--dataset=tiny", f"--data_path={tiny_data}", "--models=SASRec", f"--out={tmp_path / 'b'}", "--hidden_size", "8"]) == 2
+    assert "argument '--hidden_size' is not --key=value" in capsys.readouterr().err
+    assert benchmark.main(["--dataset=tiny", f"--data_path={tiny_data}", "--models=SASRec", f"--out={tmp_path / 'b'}", "--hiden_size=8"]) == 1
+    run = __import__("json").load(open(tmp_path / "b" / "runs" / "SASRec-42.json"))
+    assert "unknown config key 'hiden_size' (did you mean 'hidden_size'?)" in run["error"]
