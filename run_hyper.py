@@ -38,7 +38,6 @@ def parse_args(argv=None):
 @cli_entry
 def main(argv=None):
     args = parse_args(argv)
-    sys.argv = sys.argv[:1]
     from recbole_llm import UnknownNameError
     from recbole_llm.tune import HyperFileError, run_search
 

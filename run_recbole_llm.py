@@ -32,10 +32,9 @@ def main(argv=None):
     from recbole_llm import run_recbole_llm
     from recbole_llm.config import parse_overrides
 
-    # the keys go in as this run's config dict, and sys.argv is cleared: RecBole's Config reads the command line
-    # itself, so every nested run (the LLMEmb teacher, a tune trial) would otherwise inherit them, e.g. --epochs=1
+    # the keys go in as this run's config dict only: the plugin's Config never reads sys.argv, so nested runs (the
+    # LLMEmb teacher, a tune trial) do not inherit them (with RecBole's, the teacher got --epochs=1)
     overrides = parse_overrides(rest)
-    sys.argv = sys.argv[:1]
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
     result = run_recbole_llm(model=args.model, dataset=args.dataset, config_file_list=config_file_list, config_dict=overrides)
     print(f"best valid: {plain(result['best_valid_result'])}")

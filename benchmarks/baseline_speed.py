@@ -88,7 +88,6 @@ def run_variant(model_name, variant, args, workdir):
     from recbole_llm import Config, create_dataset, get_model
     from recbole_llm.utils import data_preparation, get_trainer
 
-    sys.argv = sys.argv[:1]
     config_dict = base_config(args, os.path.join(workdir, f"{model_name}-{variant}"))
     if variant == "recbole":
         model_class = recbole_class(model_name)

@@ -39,7 +39,6 @@ def main():
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    sys.argv = sys.argv[:1]
     from recbole_llm.quick_start import run_recbole_llm
 
     rows = []

@@ -32,7 +32,6 @@ def main():
     parser.add_argument("--steps", type=int, default=35)
     parser.add_argument("--profile_steps", type=int, default=10)
     args = parser.parse_args()
-    sys.argv = sys.argv[:1]
 
     from recbole.utils import init_seed
 

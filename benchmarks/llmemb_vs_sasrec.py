@@ -271,7 +271,6 @@ def main():
     parser.add_argument("--json", default=None, help="raw results; an existing file is resumed (finished runs are kept)")
     parser.add_argument("--table_only", default=None, help="comma-separated result JSONs: merge them and print the table")
     args = parser.parse_args()
-    sys.argv = sys.argv[:1]
     parse_keys(args.llm_keys)  # a malformed value fails here, not after the baselines trained
     only = set(filter(None, args.only.split(",")))
     unknown = only - {m for pair in args.pairs.split(",") for m in pair.split(":")}

@@ -52,7 +52,6 @@ def run_variant(name, args, workdir):
     import torch
     from recbole.utils import init_seed
 
-    sys.argv = sys.argv[:1]
     config_dict = base_config(args, os.path.join(workdir, name))
     if name in ("stock", "anomaly_off"):
         from recbole.config import Config

@@ -228,7 +228,6 @@ def worker_main(job_file):
     import torch
 
     torch.set_num_threads(threads)
-    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv
     start = time.perf_counter()
     try:
         row = run_job(job["model"], job["dataset"], job["config"], job["config_file_list"], job["eval_mode"])
@@ -483,7 +482,6 @@ def main(argv=None):
     if argv[:1] == ["--worker"]:
         return worker_main(argv[1])
     args = parse_args(argv)
-    sys.argv = sys.argv[:1]
     from recbole_llm.config import parse_overrides
 
     base_config = parse_overrides(args.extra)

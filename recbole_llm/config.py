@@ -78,6 +78,13 @@ def resolve_dataset_dir(dataset, data_path):
 
 
 class Config(RecBoleConfig):
+    """RecBole's Config with the plugin's YAML, dataset rules and validation. It never reads ``sys.argv``
+    (RecBole's does, so every nested run used to inherit the command line): pass keys as ``config_dict`` or
+    files; the command-line tools parse ``--key=value`` themselves (:func:`parse_overrides`)."""
+
+    def _load_cmd_line(self):
+        return {}
+
     def compatibility_settings(self):
         """RecBole's numpy aliases without reading names numpy 2 removed (recbole_llm.compat)."""
         from recbole_llm.compat import numpy_compatibility_settings

@@ -87,7 +87,6 @@ def main(argv=None):
     parser.add_argument("--model_file", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    sys.argv = sys.argv[:1]
     try:
         n_users, n_items = export_embeddings(args.model_file, args.out)
     except (FileNotFoundError, TypeError, KeyError) as err:

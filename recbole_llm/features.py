@@ -31,7 +31,6 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true", help="rebuild even when an up-to-date file exists")
     args = parser.parse_args(argv)
 
-    sys.argv = sys.argv[:1]  # RecBole's Config would read our flags as config keys
     from recbole_llm import Config, UnknownNameError
     from recbole_llm.llm.extract import LLMPathError, ensure_features
 

@@ -38,7 +38,6 @@ def main(argv=None):
     parser.add_argument("--output_dir", default=None, help="feature folder (default: dataset folder if writable)")
     args = parser.parse_args(argv)
 
-    sys.argv = sys.argv[:1]
     from recbole_llm import Config, UnknownNameError
     from recbole_llm.llm.extract import LLMPathError
     from recbole_llm.llm.scft import NonFiniteLossError, ensure_scft_features

@@ -97,7 +97,6 @@ def make_trainable(model, dataset, config_file_list, base_config):
     def trainable(params):
         from recbole_llm.compat import tune_report, tune_trial_dir
 
-        sys.argv = sys.argv[:1]  # Ray's worker flags must not become RecBole config keys
         from recbole_llm.quick_start import run_recbole_llm
 
         config_dict = dict(base_config)

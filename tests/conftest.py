@@ -11,8 +11,6 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 SHARED_DATASETS = os.path.abspath(os.path.join(ROOT, "..", "shared", "datasets"))
 
-# RecBole's Config reads sys.argv for --key=value: keep pytest's own flags out of it
-sys.argv = sys.argv[:1]
 
 
 def write_tiny_dataset(folder, name="tiny", n_users=40, n_items=30, min_len=5, max_len=12, seed=0, empty_text_items=()):

@@ -187,3 +187,11 @@ def test_benchmark_and_hyper_refuse_what_is_not_key_value(tiny_data, tmp_path, c
     assert benchmark.main(["--dataset=tiny", f"--data_path={tiny_data}", "--models=SASRec", f"--out={tmp_path / 'b'}", "--hiden_size=8"]) == 1
     run = __import__("json").load(open(tmp_path / "b" / "runs" / "SASRec-42.json"))
     assert "unknown config key 'hiden_size' (did you mean 'hidden_size'?)" in run["error"]
+
+
+def test_config_never_reads_the_command_line(tiny_data, monkeypatch):
+    from recbole_llm import Config
+
+    monkeypatch.setattr(sys, "argv", ["prog", "--epochs=1", "--no_such_key=3", "stray"])
+    config = Config(model="SASRec", dataset="tiny", config_dict={"data_path": tiny_data})
+    assert config["epochs"] != 1 and config["no_such_key"] is None
