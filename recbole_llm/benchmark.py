@@ -49,29 +49,14 @@ COLD_SHOWN = ["ndcg_warm@10", "ndcg_cold@10", "recall_warm@10", "recall_cold@10"
 POP_EDGES = (0, 2, 5, 10, 20, 50)  # popularity buckets: [0,2), [2,5), ..., [50, inf)
 CI_METRICS = ["ndcg@10", "ndcg_tail@10"]  # 95% CI bounds in results.md and .csv (.csv: half-width of every metric)
 
-# two-sided 95% Student t quantiles t(0.975, df) for df = 1..30; larger df: Cornish-Fisher expansion (error < 1e-7)
-T975 = (
-    12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,
-    2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963,
-    2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272,
-)
-
-
 def t_quantile_975(df):
-    """t(0.975, df): the multiplier of a two-sided 95% interval with ``df`` degrees of freedom."""
+    """t(0.975, df): the multiplier of a two-sided 95% interval with ``df`` degrees of freedom (scipy.stats)."""
+    from scipy.stats import t
+
     df = int(df)
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df <= len(T975):
-        return T975[df - 1]
-    z = 1.959963984540054
-    return (
-        z
-        + (z**3 + z) / (4 * df)
-        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
-        + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * df**4)
-    )
+    return float(t.ppf(0.975, df))
 
 
 def mean_ci(values):

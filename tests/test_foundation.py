@@ -1,6 +1,7 @@
 """The plugin runner: config layering, dataset resolution, name errors, checkpoints, eval modes."""
 
 import os
+import pickle
 import subprocess
 import sys
 
@@ -151,6 +152,6 @@ def test_foreign_checkpoint_uses_safe_loader(tmp_path):
 
     path = tmp_path / "other.pth"
     torch.save({"config": PickledThing(), "state_dict": {}}, path)  # a pickled object, like RecBole's Config
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_own_checkpoint(path, own_files=[])
     assert "config" in load_own_checkpoint(path, own_files=[str(path)])
