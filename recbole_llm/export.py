@@ -42,8 +42,11 @@ def full_histories(test_dataset, max_len):
 
 
 def item_embeddings(model):
+    """The item vectors the model scores with: its item table (item tower), through ``output_table`` when the
+    model normalises it for scoring (UniSRec), without BERT4Rec's mask token."""
     if hasattr(model, "item_table"):
-        return model.item_table()
+        table = model.item_table()
+        return model.output_table(table) if hasattr(model, "output_table") else table
     if hasattr(model, "item_embedding"):
         return model.item_embedding.weight[: model.n_items]
     raise TypeError(f"{type(model).__name__} has no item_table() or item_embedding: it cannot be exported")
@@ -51,20 +54,11 @@ def item_embeddings(model):
 
 @torch.no_grad()
 def export_embeddings(model_file, out_dir, batch_size=1024):
-    from recbole_llm.compat import load_checkpoint
     from recbole_llm.llm.features import save_features
-    from recbole_llm.utils import create_dataset, data_preparation, get_model
+    from recbole_llm.quick_start import load_model_file
 
-    checkpoint = load_checkpoint(model_file)
-    if not isinstance(checkpoint, dict) or "config" not in checkpoint or "state_dict" not in checkpoint:
-        raise CheckpointError(f"'{model_file}' is not a RecBole checkpoint (no config and state_dict): pass the .pth a run wrote")
-    config = checkpoint["config"]
-    config["state"] = "WARNING"
-    dataset = create_dataset(config)
-    train, _, test = data_preparation(config, dataset)
-    model = get_model(config["model"])(config, train.dataset)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.load_other_parameter(checkpoint.get("other_parameter"))
+    config, model, train, _, test = load_model_file(model_file, {"state": "WARNING"})
+    dataset = train.dataset
     model.eval()
 
     items = item_embeddings(model).float().cpu().numpy()

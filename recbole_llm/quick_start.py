@@ -113,6 +113,10 @@ def load_model_file(model_file, config_overrides=None):
     from recbole_llm.compat import load_checkpoint
 
     checkpoint = load_checkpoint(model_file)
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint or "state_dict" not in checkpoint:
+        from recbole_llm.errors import DataFileError
+
+        raise DataFileError(f"'{model_file}' is not a RecBole checkpoint (no config and state_dict): pass the .pth a run wrote")
     config = checkpoint["config"]
     for key, value in (config_overrides or {}).items():
         if key == "eval_args" and isinstance(value, dict):

@@ -84,3 +84,22 @@ def test_fdsa_uses_text_attributes(tiny_data, tmp_path):
     config = tiny_config(tiny_data, tmp_path, load_col=ITEM_COLS, selected_features=["categories"])
     result = run_recbole_llm(model="FDSA", dataset="tiny", config_dict=config)
     assert "ndcg_tail@10" in result["test_result"]
+
+
+def test_unisrec_export_reproduces_its_scores(tiny_data, tmp_path):
+    """Exported users and items give the model's own scores (normalised items next to scaled users)."""
+    from recbole_llm.export import export_embeddings, full_histories
+    from recbole_llm.llm.features import load_features
+    from recbole_llm.quick_start import load_model_file
+
+    result = run_recbole_llm(model="UniSRec", dataset="tiny", config_dict=uni_config(tiny_data, tmp_path, load_col=ITEM_COLS))
+    export_embeddings(result["model_file"], str(tmp_path / "out"))
+    _, users, _ = load_features(str(tmp_path / "out" / "users"))
+    _, items, _ = load_features(str(tmp_path / "out" / "items"))
+    assert np.allclose(np.linalg.norm(items, axis=1), 1.0, atol=1e-5)
+    config, model, _, _, test = load_model_file(result["model_file"])
+    model.eval()
+    seq, seq_len = full_histories(test.dataset, config["MAX_ITEM_LIST_LENGTH"])
+    with torch.no_grad():
+        scores = model.full_sort_predict({"item_id_list": seq[:3], "item_length": seq_len[:3]})[:, 1:]
+    np.testing.assert_allclose(users[:3] @ items.T, scores.numpy(), rtol=1e-4, atol=1e-4)
