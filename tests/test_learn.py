@@ -154,3 +154,30 @@ def test_export_round_trip(tiny_data, tmp_path):
         scores = model.forward(seq[:1], seq_len[:1]) @ model.item_table()[1:].t()
     np.testing.assert_allclose(scores.numpy()[0], items @ users[0], rtol=1e-4, atol=1e-5)
     assert main(["--model_file=/nowhere.pth", f"--out={out}"]) == 2
+
+
+@pytest.mark.parametrize("sampler", ["recency", "uniform"])
+def test_batched_two_stage_sampler_has_the_distribution_of_the_formula(sampler):
+    """The vectorised sampler picks each position as often as the per-row reference (two_stage_sample)."""
+    from recbole_llm.model.sequential_recommender.learn import two_stage_sample_batch
+
+    n, k, draws = 20, 3, 20000
+    rng, gen = random.Random(1), torch.Generator().manual_seed(1)
+    reference = np.zeros(n)
+    for _ in range(draws):
+        reference[two_stage_sample(n, k, sampler, rng=rng, generator=gen)] += 1
+    index, mask = two_stage_sample_batch(torch.full((draws,), n), k, sampler, generator=torch.Generator().manual_seed(2))
+    assert mask.all() and (index.diff(dim=1) > 0).all()  # k distinct positions, sorted
+    batched = np.bincount(index.view(-1).numpy(), minlength=n)
+    np.testing.assert_allclose(batched / draws, reference / draws, atol=0.02)
+    if sampler == "recency":
+        assert batched[-5:].sum() > 1.5 * batched[:5].sum()  # recent positions preferred
+
+
+def test_batched_sampler_short_rows_and_masks():
+    from recbole_llm.model.sequential_recommender.learn import two_stage_sample_batch
+
+    index, mask = two_stage_sample_batch(torch.tensor([2, 5, 1]), 3, generator=torch.Generator().manual_seed(0))
+    assert mask.tolist() == [[True, True, False], [True, True, True], [True, False, False]]
+    assert index[0, :2].tolist() == [0, 1] and index[2, 0].item() == 0
+    assert set(index[1].tolist()) <= set(range(5)) and len(set(index[1].tolist())) == 3

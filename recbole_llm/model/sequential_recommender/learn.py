@@ -62,6 +62,48 @@ def two_stage_sample(n, k, sampler="recency", alpha=10.0, beta=10000.0, rng=None
     return sorted(pool[i] for i in picked)
 
 
+def two_stage_sample_batch(lengths, k, sampler="recency", alpha=10.0, beta=10000.0, generator=None):
+    """:func:`two_stage_sample` for every row at once: (index (B, k), mask (B, k)), indices sorted per row.
+
+    Row i samples ``min(n_i, k)`` of ``range(n_i)``; the slots past that are masked (index 0). Stage 1 keeps
+    the ``min(n_i, 2k)`` positions with the smallest uniform keys (a uniform subsample, order restored);
+    stage 2 takes ``k`` of them without replacement by Gumbel-top-k over log recency weights (the same
+    distribution as successive weighted draws, ``torch.multinomial(replacement=False)``) or uniformly.
+    """
+    lengths = lengths.long()
+    batch, device = lengths.numel(), lengths.device
+    width = int(lengths.max()) if batch else 0
+    if batch == 0 or width == 0:
+        return torch.zeros(batch, k, dtype=torch.long, device=device), torch.zeros(batch, k, dtype=torch.bool, device=device)
+    positions = torch.arange(width, device=device).unsqueeze(0)
+    valid = positions < lengths.unsqueeze(1)
+    keys = torch.rand(batch, width, generator=generator).to(device).masked_fill(~valid, float("inf"))
+    m = min(width, 2 * k)
+    pool = keys.topk(m, dim=1, largest=False).indices.sort(dim=1).values  # (B, m) the subsample, in order
+    pool_size = torch.clamp(lengths, max=2 * k)  # real entries of each row's pool (the first pool_size)
+    slot = torch.arange(m, device=device).unsqueeze(0)
+    in_pool = slot < pool_size.unsqueeze(1)
+    if sampler == "uniform":
+        scores = torch.rand(batch, m, generator=generator).to(device)
+    else:
+        denom = (pool_size - 1).clamp(min=1).unsqueeze(1).double()
+        weights = torch.log(alpha + slot.double() * (beta - alpha) / denom)  # w_j over the pool (max-normalising cancels)
+        weights = torch.where(pool_size.unsqueeze(1) > 1, weights, torch.ones_like(weights))
+        uniform = torch.rand(batch, m, generator=generator, dtype=torch.float64).to(device).clamp(min=1e-12)
+        scores = (torch.log(weights) - torch.log(-torch.log(uniform))).float()  # log w + Gumbel
+    scores = scores.masked_fill(~in_pool, float("-inf"))
+    take = min(k, m)
+    chosen = scores.topk(take, dim=1).indices  # slots of the pool
+    index = pool.gather(1, chosen).sort(dim=1).values
+    mask = torch.arange(take, device=device).unsqueeze(0) < torch.clamp(lengths, max=k).unsqueeze(1)
+    # rows with n <= k keep every position, in order; the masked slots sort last (inf keys): fix them to 0
+    index = torch.where(mask, index, torch.zeros_like(index))
+    if take < k:
+        pad = torch.zeros(batch, k - take, dtype=torch.long, device=device)
+        index, mask = torch.cat([index, pad], 1), torch.cat([mask, pad.bool()], 1)
+    return index, mask
+
+
 def dense_all_action_loss(user_states, user_mask, target_embs, target_items, target_mask, tau, extra_embs=None, extra_items=None):
     """PinnerFormer-style dense all-action loss.
 
@@ -147,7 +189,6 @@ class LEARN(SequentialRecommender):
             self.content_projection = None
         self.TARGET_SEQ = self.ITEM_ID + TARGET_LIST_SUFFIX
         self._item_cache = None
-        self._rng = random.Random(int(config["seed"] or 0))
         self._generator = torch.Generator().manual_seed(int(config["seed"] or 0))
 
     @classmethod
@@ -202,55 +243,42 @@ class LEARN(SequentialRecommender):
         n_target = int(self.target_len) if self.target_len else max(1, int(round(self.target_ratio * n)))
         return min(max(n - n_target, 1), n - 1)
 
+    def split_points(self, n):
+        """:meth:`split_point` of a tensor of sequence lengths."""
+        if self.target_len:
+            n_target = torch.full_like(n, int(self.target_len))
+        else:
+            n_target = torch.round(self.target_ratio * n.double()).long().clamp(min=1)
+        return torch.minimum((n - n_target).clamp(min=1), n - 1)
+
     def build_batch(self, interaction):
-        """Per user: full sequence -> history / target, sampled positions. Tensors on the model's device."""
+        """Per user: full sequence -> history / target, sampled positions, in tensor operations (no per-row loop)."""
         item_seq, seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         if self.TARGET_SEQ not in interaction:
             raise KeyError(f"LEARN trains on whole user sequences: set train_mode: all_positions (missing '{self.TARGET_SEQ}')")
         targets = interaction[self.TARGET_SEQ]
-        n_h = 1 if self.learn_loss == "next_item" else self.n_history
-        n_t = 1 if self.learn_loss == "next_item" else self.n_target
-        histories, hist_pos, target_items = [], [], []
-        for row in range(item_seq.size(0)):
-            n = int(seq_len[row])
-            full = [int(item_seq[row, 0])] + targets[row, :n].tolist()
-            cut = self.split_point(len(full))
-            history, target = full[:cut], full[cut:]
-            if self.learn_loss == "next_item":
-                positions, picked = [cut - 1], [0]
-            else:
-                positions = two_stage_sample(cut, n_h, self.sampler, self.sample_alpha, self.sample_beta, self._rng, self._generator)
-                picked = two_stage_sample(len(target), n_t, self.sampler, self.sample_alpha, self.sample_beta, self._rng, self._generator)
-            histories.append(history)
-            hist_pos.append(positions)
-            target_items.append(([target[i] for i in picked], target if self.item_tower == "a" else None, picked))
-        device = item_seq.device
-        batch = len(histories)
-        max_hist = max(len(h) for h in histories)
-        hist_tensor = torch.zeros(batch, max_hist, dtype=torch.long, device=device)
-        for row, history in enumerate(histories):
-            hist_tensor[row, : len(history)] = torch.tensor(history, device=device)
-        pos_tensor = torch.zeros(batch, n_h, dtype=torch.long, device=device)
-        pos_mask = torch.zeros(batch, n_h, dtype=torch.bool, device=device)
-        tgt_tensor = torch.zeros(batch, n_t, dtype=torch.long, device=device)
-        tgt_index = torch.zeros(batch, n_t, dtype=torch.long, device=device)
-        tgt_mask = torch.zeros(batch, n_t, dtype=torch.bool, device=device)
-        for row in range(batch):
-            positions = hist_pos[row]
-            pos_tensor[row, : len(positions)] = torch.tensor(positions, device=device)
-            pos_mask[row, : len(positions)] = True
-            items, _, picked = target_items[row]
-            tgt_tensor[row, : len(items)] = torch.tensor(items, device=device)
-            tgt_index[row, : len(picked)] = torch.tensor(picked, device=device)
-            tgt_mask[row, : len(items)] = True
-        hist_len = torch.tensor([len(h) for h in histories], device=device)
-        full_targets = None
-        if self.item_tower == "a":
-            max_t = max(len(t[1]) for t in target_items)
-            full_targets = torch.zeros(batch, max_t, dtype=torch.long, device=device)
-            for row, (_, target, _) in enumerate(target_items):
-                full_targets[row, : len(target)] = torch.tensor(target, device=device)
-        return hist_tensor, hist_len, pos_tensor, pos_mask, tgt_tensor, tgt_index, tgt_mask, full_targets
+        device, batch = item_seq.device, item_seq.size(0)
+        full = torch.cat([item_seq[:, :1], targets], dim=1)  # the whole sequence: first input, then every target
+        length = seq_len.long() + 1
+        cut = self.split_points(length)
+        cols = torch.arange(full.size(1), device=device).unsqueeze(0)
+        max_hist = int(cut.max())
+        hist_tensor = full[:, :max_hist].masked_fill(cols[:, :max_hist] >= cut.unsqueeze(1), 0)
+        n_target = length - cut
+        max_t = int(n_target.max())
+        t_cols = torch.arange(max_t, device=device).unsqueeze(0)
+        target_seq = full.gather(1, (cut.unsqueeze(1) + t_cols).clamp(max=full.size(1) - 1))
+        target_seq = target_seq.masked_fill(t_cols >= n_target.unsqueeze(1), 0)  # each row's targets, left-aligned
+        if self.learn_loss == "next_item":
+            pos_tensor, pos_mask = (cut - 1).unsqueeze(1), torch.ones(batch, 1, dtype=torch.bool, device=device)
+            tgt_index, tgt_mask = torch.zeros(batch, 1, dtype=torch.long, device=device), torch.ones(batch, 1, dtype=torch.bool, device=device)
+        else:
+            args = (self.sampler, self.sample_alpha, self.sample_beta, self._generator)
+            pos_tensor, pos_mask = two_stage_sample_batch(cut, self.n_history, *args)
+            tgt_index, tgt_mask = two_stage_sample_batch(n_target, self.n_target, *args)
+        tgt_tensor = target_seq.gather(1, tgt_index).masked_fill(~tgt_mask, 0)
+        full_targets = target_seq if self.item_tower == "a" else None
+        return hist_tensor, cut, pos_tensor, pos_mask, tgt_tensor, tgt_index, tgt_mask, full_targets
 
     def target_embeddings(self, tgt_items, tgt_index, full_targets):
         if self.item_tower == "a":  # PAL over each user's target sequence, causal
