@@ -29,7 +29,10 @@ class LongTailCollector(Collector):
             self.data_struct.set(COLD_KEY, cold)
 
     def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
-        super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
+        if hasattr(scores_tensor, "indices") and hasattr(scores_tensor, "n_items"):  # chunked top-k (trainer)
+            self._collect_topk(scores_tensor, positive_u, positive_i)
+        else:
+            super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
         if self.register.need(TARGET_KEY) or self.register.need(USER_KEY):
             n_rows = scores_tensor.shape[0]
             target = torch.zeros(n_rows, dtype=torch.long, device=scores_tensor.device)
@@ -42,6 +45,25 @@ class LongTailCollector(Collector):
                 )
             self.data_struct.update_tensor(TARGET_KEY, target)
             self.data_struct.update_tensor(USER_KEY, users.to(target.device).long())
+
+    def _collect_topk(self, topk, positive_u, positive_i):
+        """rec.topk / rec.items from the top-k alone (what RecBole's Collector computes from the full scores)."""
+        unsupported = [k for k in ("rec.meanrank", "rec.score", "data.label") if self.register.need(k)]
+        if unsupported:
+            from recbole_llm.errors import ConfigError
+
+            raise ConfigError(f"config key eval_item_chunk keeps only the top-k, but the metrics need {unsupported}: drop eval_item_chunk")
+        k = max(self.config["topk"])
+        index = topk.indices[:, :k]
+        if self.register.need("rec.items"):
+            self.data_struct.update_tensor("rec.items", index)
+        if self.register.need("rec.topk"):
+            rows = torch.as_tensor(positive_u, device=index.device).long()
+            keys = rows * topk.n_items + torch.as_tensor(positive_i, device=index.device).long()
+            grid = torch.arange(index.size(0), device=index.device).unsqueeze(1) * topk.n_items + index
+            pos_idx = torch.isin(grid, keys).int()
+            pos_len = torch.bincount(rows, minlength=index.size(0)).int().unsqueeze(1)
+            self.data_struct.update_tensor("rec.topk", torch.cat((pos_idx, pos_len), dim=1))
 
     def get_data_struct(self):
         returned = super().get_data_struct()

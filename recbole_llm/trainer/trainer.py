@@ -6,7 +6,10 @@
   * names checkpoints uniquely (model, time, process id, random suffix), so that two runs started in
     the same second (parallel trials, benchmarks) never overwrite each other;
   * collects what the long-tail metrics need (LongTailCollector), one interaction row per score row
-    also in sampled (uni100) evaluation.
+    also in sampled (uni100) evaluation;
+  * ``eval_item_chunk: N`` scores full-sort evaluation N items at a time and keeps only the running top-k
+    (:func:`chunked_topk`), for models with ``full_sort_factors`` (the SASRec family, LEARN): memory is
+    eval_batch_size x (N + k) scores instead of eval_batch_size x n_items.
 """
 
 import os
@@ -47,6 +50,15 @@ class PluginTrainerMixin:
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
+    def _full_sort_batch_eval(self, batched_data):
+        chunk = self.config["eval_item_chunk"]
+        if not chunk or not hasattr(self.model, "full_sort_factors"):
+            return super()._full_sort_batch_eval(batched_data)
+        interaction, history_index, positive_u, positive_i = batched_data
+        users, items = self.model.full_sort_factors(interaction.to(self.device))
+        topk = chunked_topk(users, items, max(self.config["topk"]), int(chunk), history_index)
+        return interaction, topk, positive_u, positive_i
+
     def _neg_sample_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._neg_sample_batch_eval(batched_data)
         row_idx = batched_data[1]
@@ -58,6 +70,43 @@ class PluginTrainerMixin:
             first = first.scatter_reduce(0, row_idx, order, reduce="amin")
             interaction = interaction[first]
         return interaction, scores, positive_u, positive_i
+
+
+class TopKScores:
+    """The top-k of each row of a (B, n_items) score matrix that was never built whole (chunked evaluation)."""
+
+    def __init__(self, values, indices, n_items):
+        self.values, self.indices, self.n_items = values, indices, n_items
+        self.shape = (values.shape[0], n_items)
+        self.device = values.device
+
+    def dim(self):
+        return 2
+
+
+def chunked_topk(users, items, k, chunk, history_index=None):
+    """TopKScores of ``users @ items.T`` computed ``chunk`` items at a time (at most B x (chunk + k) scores held);
+    item 0 (padding) and ``history_index`` (rows, items) are excluded as in RecBole's full-sort evaluation.
+    Equal scores are ranked by item id (lower first), whatever the chunk size; ``torch.topk`` over the whole row
+    leaves the order of ties unspecified, so with exactly tied scores (e.g. items with identical text) the two can
+    differ in NDCG, never in Hit/Recall unless the tie straddles the k-th place."""
+    n_items = items.size(0)
+    best_values = torch.full((users.size(0), 0), float("-inf"), device=users.device, dtype=users.dtype)
+    best_index = torch.zeros((users.size(0), 0), dtype=torch.long, device=users.device)
+    for start in range(0, n_items, chunk):
+        scores = users @ items[start : start + chunk].t()
+        if start == 0:
+            scores[:, 0] = float("-inf")
+        if history_index is not None:
+            rows, cols = history_index
+            inside = (cols >= start) & (cols < start + scores.size(1))
+            scores[rows[inside], cols[inside] - start] = float("-inf")
+        index = torch.arange(start, start + scores.size(1), device=users.device).expand_as(scores)
+        values = torch.cat([best_values, scores], dim=1)
+        indices = torch.cat([best_index, index], dim=1)  # increasing item ids among equal values
+        order = values.sort(dim=1, descending=True, stable=True).indices[:, :k]  # ties: the lower item id first
+        best_values, best_index = values.gather(1, order), indices.gather(1, order)
+    return TopKScores(best_values, best_index, n_items)
 
 
 _CACHE = {}

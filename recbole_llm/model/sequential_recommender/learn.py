@@ -314,6 +314,9 @@ class LEARN(SequentialRecommender):
         user = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         return (user * self.item_table()[interaction[self.ITEM_ID]]).sum(-1)
 
+    def full_sort_factors(self, interaction):
+        return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]), self.item_table()
+
     def full_sort_predict(self, interaction):
-        user = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        return user @ self.item_table().t()
+        users, items = self.full_sort_factors(interaction)
+        return users @ items.t()

@@ -124,7 +124,12 @@ class SASRec(RecBoleSASRec):
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], table)
         return (seq_output * self.output_table(table)[interaction[self.ITEM_ID]]).sum(dim=1)
 
-    def full_sort_predict(self, interaction):
+    def full_sort_factors(self, interaction):
+        """(users (B, H), items (n_items, H)) with ``full_sort_predict = users @ items.T`` (chunked evaluation)."""
         table = self.item_table()
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], table)
-        return seq_output @ self.output_table(table).t()
+        return seq_output, self.output_table(table)
+
+    def full_sort_predict(self, interaction):
+        users, items = self.full_sort_factors(interaction)
+        return users @ items.t()
