@@ -371,6 +371,28 @@ def write_tables(rows, out_dir, header):
     return table
 
 
+def grouped_bars(rows, groups, title, path):
+    """Two bars per model (mean over seeds, std as error bar) for the (metric, label) pairs in ``groups``."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
+    x = np.arange(len(rows))
+    for offset, (metric, label) in zip((-0.2, 0.2), groups):
+        means = [r[f"{metric}_mean"] or 0 for r in rows]
+        stds = [r[f"{metric}_std"] or 0 for r in rows]
+        ax.bar(x + offset, means, 0.4, yerr=stds, label=label, capsize=3)
+    ax.set_xticks(x)
+    ax.set_xticklabels([r["model"] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_plots(rows, runs, out_dir, title):
     import matplotlib
 
@@ -382,37 +404,13 @@ def write_plots(rows, runs, out_dir, title):
     if not ok:
         return []
     paths = []
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(ok)), 4))
-    x = np.arange(len(ok))
-    for offset, (metric, label) in zip((-0.2, 0.2), (("ndcg_head@10", "head items"), ("ndcg_tail@10", "tail items"))):
-        means = [r[f"{metric}_mean"] or 0 for r in ok]
-        stds = [r[f"{metric}_std"] or 0 for r in ok]
-        ax.bar(x + offset, means, 0.4, yerr=stds, label=label, capsize=3)
-    ax.set_xticks(x)
-    ax.set_xticklabels([r["model"] for r in ok], rotation=30, ha="right")
-    ax.set_ylabel("NDCG@10")
-    ax.set_title(f"{title}: NDCG@10 by target item group")
-    ax.legend()
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "ndcg_head_tail.png"))
-    atomic_savefig(fig, paths[-1], dpi=120)
-    plt.close(fig)
-
+    paths.append(grouped_bars(ok, (("ndcg_head@10", "head items"), ("ndcg_tail@10", "tail items")),
+                              f"{title}: NDCG@10 by target item group", os.path.join(out_dir, "ndcg_head_tail.png")))
     cold = [r for r in ok if r.get("ndcg_cold@10_mean") is not None]
     if cold:  # the cold-start protocol: warm vs cold target items per model
-        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(cold)), 4))
-        x = np.arange(len(cold))
-        for offset, (metric, label) in zip((-0.2, 0.2), (("ndcg_warm@10", "warm items"), ("ndcg_cold@10", "cold items"))):
-            ax.bar(x + offset, [r[f"{metric}_mean"] or 0 for r in cold], 0.4, yerr=[r[f"{metric}_std"] or 0 for r in cold], label=label, capsize=3)
-        ax.set_xticks(x)
-        ax.set_xticklabels([r["model"] for r in cold], rotation=30, ha="right")
-        ax.set_ylabel("NDCG@10")
-        ax.set_title(f"{title}: NDCG@10 of warm and cold (never trained on) target items")
-        ax.legend()
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, "ndcg_warm_cold.png"))
-        atomic_savefig(fig, paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(grouped_bars(cold, (("ndcg_warm@10", "warm items"), ("ndcg_cold@10", "cold items")),
+                                  f"{title}: NDCG@10 of warm and cold (never trained on) target items",
+                                  os.path.join(out_dir, "ndcg_warm_cold.png")))
 
     labels = bucket_labels()
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -64,6 +64,15 @@ def tiny_args(tiny_data, out, models, seeds="1", *extra):
     return ["--dataset=tiny", f"--data_path={tiny_data}", f"--models={models}", f"--seeds={seeds}", "--epochs=1", f"--out={out}", *TINY, *extra]
 
 
+def llmemb_args(features):
+    """Small, fast LLMEmb runs on the tiny data: MiniLM features in ``features``, a one-epoch teacher."""
+    return [
+        f"--feature_dir={features}", "--llm_path=minilm", "--align_alpha=0.5", "--teacher_epochs=1", "--train_batch_size=64",
+        "--n_layers=1", "--n_heads=1", "--inner_size=32",
+        "--text_fields=['title','brand','categories']", "--prompt_instruction=The item has the following attributes:",
+    ]
+
+
 def result_files(out):
     """Relative paths of what the benchmark writes for the table (checkpoints and worker logs aside)."""
     return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] not in ("checkpoints", "logs"))
@@ -170,12 +179,7 @@ def test_failing_worker_is_recorded_and_others_go_on(tiny_data, tmp_path, monkey
 def test_shared_teacher_built_once_before_the_workers(tiny_data, tmp_path, capsys):
     """LLMEmbSASRec and LLMEmbGRU4Rec with the same width: one feature file and one teacher, built in the driver."""
     out, features = tmp_path / "bench", tmp_path / "features"
-    args = tiny_args(
-        tiny_data, out, "LLMEmbSASRec,LLMEmbGRU4Rec", "1,2", "--workers=2",
-        f"--feature_dir={features}", "--llm_path=minilm", "--align_alpha=0.5", "--teacher_epochs=1", "--train_batch_size=64",
-        "--n_layers=1", "--n_heads=1", "--inner_size=32",
-        "--text_fields=['title','brand','categories']", "--prompt_instruction=The item has the following attributes:",
-    )
+    args = tiny_args(tiny_data, out, "LLMEmbSASRec,LLMEmbGRU4Rec", "1,2", "--workers=2", *llmemb_args(features))
     assert benchmark.main(args) == 0
     out_text = capsys.readouterr().out
     teachers = sorted(features.glob("tiny.teacher-*.pth"))
@@ -332,12 +336,7 @@ def test_benchmark_with_cold_items_reports_warm_and_cold(tiny_data, tmp_path):
 def test_cold_protocol_gets_a_teacher_per_seed(tiny_data, tmp_path, capsys):
     """Under the cold-start protocol each seed has its own cold items, so its own teacher (none saw them)."""
     out, features = tmp_path / "bench", tmp_path / "features"
-    args = tiny_args(
-        tiny_data, out, "LLMEmbSASRec", "1,2", "--cold_item_ratio=0.2",
-        f"--feature_dir={features}", "--llm_path=minilm", "--align_alpha=0.5", "--teacher_epochs=1", "--train_batch_size=64",
-        "--n_layers=1", "--n_heads=1", "--inner_size=32",
-        "--text_fields=['title','brand','categories']", "--prompt_instruction=The item has the following attributes:",
-    )
+    args = tiny_args(tiny_data, out, "LLMEmbSASRec", "1,2", "--cold_item_ratio=0.2", *llmemb_args(features))
     assert benchmark.main(args) == 0
     teachers = {json.load(open(out / "runs" / f"LLMEmbSASRec-{seed}.json"))["config"]["teacher_checkpoint"] for seed in (1, 2)}
     assert len(teachers) == 2 and all(os.path.isfile(t) for t in teachers)
