@@ -36,6 +36,8 @@ from recbole.evaluator.metrics import NDCG, Hit, Recall
 from recbole.evaluator.register import metric_information, metric_types, metrics_dict
 from recbole.utils import EvaluatorType
 
+from recbole_llm.errors import ConfigError
+
 # keys of the DataStruct that LongTailCollector fills
 TARGET_KEY = "rec.lt_target_item"  # (n_rows,) target item id of each eval row
 USER_KEY = "rec.lt_user"  # (n_rows,) user id of each eval row
@@ -84,7 +86,7 @@ def tail_mask(item_pop, config):
         ratio = config["tail_ratio"]
         ratio = 0.8 if ratio is None else float(ratio)
         if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"config key 'tail_ratio' must be in [0, 1], got {ratio}")
+            raise ConfigError(f"config key 'tail_ratio' must be in [0, 1], got {ratio}")
         pop = item_pop[1:].numpy()
         order = np.lexsort((np.arange(len(pop)), pop))  # by popularity, then id
         n_tail = int(round(ratio * len(pop)))

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recbole_llm.errors import UserError
+from recbole_llm.errors import ConfigError, UserError
 from recbole_llm.fileio import atomic_open, build_once, file_fingerprint
 from recbole_llm.llm import features as feature_io
 from recbole_llm.llm.prompts import build_prompts, prompt_config, read_item_text, template_hash
@@ -114,7 +114,7 @@ def pool(hidden, attention_mask, mode="mean"):
     elif mode == "cls":
         index = attention_mask.long().argmax(1)  # the first real token
     else:
-        raise ValueError(f"unknown pooling '{mode}': use one of {POOLINGS}")
+        raise ConfigError(f"unknown pooling '{mode}': use one of {POOLINGS}")
     return hidden[torch.arange(hidden.size(0), device=hidden.device), index]
 
 
@@ -149,11 +149,11 @@ def embed_texts(
     from tqdm.auto import tqdm
 
     if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling '{pooling}': use one of {POOLINGS}")
+        raise ConfigError(f"unknown pooling '{pooling}': use one of {POOLINGS}")
     texts = list(texts)
     empty = [i for i, t in enumerate(texts) if not str(t).strip()]
     if empty:
-        raise ValueError(f"{len(empty)} empty texts (first at positions {empty[:5]}): give every item a prompt")
+        raise ConfigError(f"{len(empty)} empty texts (first at positions {empty[:5]}): give every item a prompt")
     device = device or next(model.parameters()).device
     encoded = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
@@ -195,7 +195,7 @@ def pca_reduce(matrix, dim):
     """Project on the top ``dim`` principal components (plain centring, SVD); float32."""
     x = torch.from_numpy(np.asarray(matrix, dtype=np.float64))
     if dim > min(x.shape):
-        raise ValueError(f"pca_dim {dim} is larger than min(items, dims) = {min(x.shape)} of the features")
+        raise ConfigError(f"pca_dim {dim} is larger than min(items, dims) = {min(x.shape)} of the features")
     x = x - x.mean(0, keepdim=True)
     _, _, vh = torch.linalg.svd(x, full_matrices=False)
     return (x @ vh[:dim].T).numpy().astype(np.float32)
@@ -213,7 +213,7 @@ def whiten(matrix, mode="zca", eps=1e-5):
     returns the input unchanged. Text embeddings are strongly anisotropic (WhitenRec, arXiv 2402.10602).
     """
     if mode not in WHITENINGS:
-        raise ValueError(f"feature_whitening must be one of {list(WHITENINGS)}, got '{mode}'")
+        raise ConfigError(f"feature_whitening must be one of {list(WHITENINGS)}, got '{mode}'")
     if mode == "none":
         return np.asarray(matrix, dtype=np.float32)
     x = torch.from_numpy(np.asarray(matrix, dtype=np.float64))
@@ -233,7 +233,7 @@ def ensure_whitened(config, name, mode, eps=1e-5):
     if mode in (None, "none"):
         return name
     if mode not in WHITENINGS:
-        raise ValueError(f"feature_whitening must be one of {list(WHITENINGS)}, got '{mode}'")
+        raise ConfigError(f"feature_whitening must be one of {list(WHITENINGS)}, got '{mode}'")
     source = feature_io.find_feature_file(config, name)
     if source is None:
         raise feature_io.FeatureFileError(f"feature file '{config['dataset']}.{name}' not found: build it first")

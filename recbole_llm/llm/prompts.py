@@ -15,6 +15,8 @@ import os
 
 import pandas as pd
 
+from recbole_llm.errors import DataFileError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_LIST_FIELDS = ("categories", "class", "genres", "tags")
@@ -56,14 +58,14 @@ def read_item_text(dataset_dir, dataset, text_fields=None, field_names=None, lis
     """Read the text fields of ``<dataset_dir>/<dataset>.item`` into an :class:`ItemText`."""
     path = item_file(dataset_dir, dataset)
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"item text file '{path}' not found: LLM features need <dataset>.item with text columns "
             f"(e.g. title:token) next to {dataset}.inter"
         )
     frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3, encoding="utf-8")
     columns = _column_map(frame.columns)
     if item_field not in columns:
-        raise ValueError(f"'{path}' has no '{item_field}' column (columns: {list(columns)})")
+        raise DataFileError(f"'{path}' has no '{item_field}' column (columns: {list(columns)})")
     if text_fields is None:
         text_fields = [f for f in columns if f != item_field]
     missing = [f for f in text_fields if f not in columns]

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_llm.errors import ConfigError
 from recbole_llm.model.losses import soft_contrastive_loss
 
 ACTIVATIONS = {None: None, "none": None, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -30,9 +31,9 @@ def build_adapter(in_dim, out_dim, layers=2, activation=None, dropout=0.0):
     time. ``activation`` (relu|gelu|tanh) and ``dropout`` go between layers.
     """
     if activation not in ACTIVATIONS:
-        raise ValueError(f"adapter_activation must be one of {list(ACTIVATIONS)[1:]}, got '{activation}'")
+        raise ConfigError(f"adapter_activation must be one of {list(ACTIVATIONS)[1:]}, got '{activation}'")
     if int(layers) < 1:
-        raise ValueError(f"adapter_layers must be >= 1, got {layers}")
+        raise ConfigError(f"adapter_layers must be >= 1, got {layers}")
     dims = [in_dim] + [max(in_dim // (2**i), out_dim) for i in range(1, int(layers))] + [out_dim]
     modules = []
     for i in range(len(dims) - 1):
@@ -212,7 +213,7 @@ def prepare_llm_features(config, pca_dim=None):
     pca_dim = pca_dim if pca_dim is not None else config["pca_dim"]
     whitening = config["feature_whitening"] or "none"
     if whitening not in WHITENINGS:
-        raise ValueError(f"config key 'feature_whitening' must be one of {list(WHITENINGS)}, got '{whitening}'")
+        raise ConfigError(f"config key 'feature_whitening' must be one of {list(WHITENINGS)}, got '{whitening}'")
     name = config["llm_feature"]
     if name is not None and config["llm_feature_base"] is not None:
         name = config["llm_feature_base"]  # resolved by an earlier call (e.g. before the trials of a search)

@@ -2,6 +2,7 @@
 
 import torch
 
+from recbole_llm.errors import ConfigError
 from recbole_llm.model.adapters import prepare_llm_features
 
 
@@ -26,7 +27,7 @@ class LLM2XMixin:
         features = dataset.llm_feature(config["llm_feature"])
         width = self.item_embedding.weight.size(1)
         if features.size(1) != width:
-            raise ValueError(
+            raise ConfigError(
                 f"LLM2X needs features as wide as the item table ({width}); '{config['llm_feature']}' has "
                 f"{features.size(1)}: set pca_dim: {width} (prepare_artifacts builds it)"
             )

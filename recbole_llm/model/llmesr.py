@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_llm.errors import ConfigError
 from recbole_llm.data.utils import user_sequences
 from recbole_llm.llm.extract import pca_reduce
 from recbole_llm.model.adapters import AdaptedEmbedding, prepare_llm_features
@@ -61,12 +62,12 @@ class DualViewEmbedding(nn.Module):
         self.llm_embedding = llm_embedding
         width = id_embedding.weight.size(1)
         if llm_embedding.embedding_dim != width:
-            raise ValueError(f"LLM-ESR views must be equally wide: ID {width}, LLM {llm_embedding.embedding_dim}")
+            raise ConfigError(f"LLM-ESR views must be equally wide: ID {width}, LLM {llm_embedding.embedding_dim}")
         self.causal = causal
         self.cross_heads = int(cross_heads)
         if self.cross_heads:
             if width % self.cross_heads:
-                raise ValueError(f"llmesr_cross_heads ({self.cross_heads}) must divide the item table width ({width})")
+                raise ConfigError(f"llmesr_cross_heads ({self.cross_heads}) must divide the item table width ({width})")
             self.llm_to_id = nn.MultiheadAttention(width, self.cross_heads, dropout=dropout, batch_first=True)
             self.id_to_llm = nn.MultiheadAttention(width, self.cross_heads, dropout=dropout, batch_first=True)
         self.embedding_dim = 2 * width
@@ -159,10 +160,10 @@ class LLMESRMixin:
         id_embedding = self.item_embedding  # RecBole's table (n_items [+ mask token], width), random init
         id_init = config["id_init"]
         if id_init not in ID_INITS:
-            raise ValueError(f"config key 'id_init' must be one of {list(ID_INITS)}, got '{id_init}'")
+            raise ConfigError(f"config key 'id_init' must be one of {list(ID_INITS)}, got '{id_init}'")
         if id_init == "pca":
             if width > min(base.size(0) - 1, base.size(1)):
-                raise ValueError(f"id_init pca: the item table width {width} exceeds the {tuple(base.shape)} LLM features")
+                raise ConfigError(f"id_init pca: the item table width {width} exceeds the {tuple(base.shape)} LLM features")
             reduced = torch.zeros(base.size(0), width)
             reduced[1:] = torch.from_numpy(pca_reduce(base[1:].numpy(), width))
             copy_rows(id_embedding.weight, reduced, resolve_scale(config["llmesr_id_scale"], config))
@@ -179,12 +180,12 @@ class LLMESRMixin:
         self.llmesr_alpha = float(config["llmesr_alpha"])
         self.distill = config["llmesr_distill"]
         if self.distill not in DISTILLS:
-            raise ValueError(f"config key 'llmesr_distill' must be one of {list(DISTILLS)}, got '{self.distill}'")
+            raise ConfigError(f"config key 'llmesr_distill' must be one of {list(DISTILLS)}, got '{self.distill}'")
         self.distill_tau = float(config["llmesr_distill_tau"])
         self.sim_sample = int(config["llmesr_sim_sample"])
         self.distill_targets = config["llmesr_distill_targets"] or "encode"
         if self.distill_targets not in DISTILL_TARGETS:
-            raise ValueError(
+            raise ConfigError(
                 f"config key 'llmesr_distill_targets' must be one of {list(DISTILL_TARGETS)}, got '{self.distill_targets}'"
             )
         self.item_reg_beta = float(config["llmesr_beta"]) if config["llmesr_item_reg"] else 0.0
@@ -194,7 +195,7 @@ class LLMESRMixin:
 
             k = int(config["llmesr_sim_users"])
             if k < 1 or self.sim_sample < 0:
-                raise ValueError(f"llmesr_sim_users must be >= 1 and llmesr_sim_sample >= 0, got {k} and {self.sim_sample}")
+                raise ConfigError(f"llmesr_sim_users must be >= 1 and llmesr_sim_sample >= 0, got {k} and {self.sim_sample}")
             seqs, lens = user_sequences(dataset)
             sims = ensure_similar_users(config, dataset, base, base_name, seqs, lens, k)
             self.register_buffer("user_seqs", seqs, persistent=False)

@@ -7,6 +7,7 @@ every position.
 
 import torch
 
+from recbole_llm.errors import ConfigError
 from recbole_llm.data.utils import TARGET_LIST_SUFFIX
 
 TRAIN_MODES = ("prefix", "all_positions")
@@ -15,7 +16,7 @@ TRAIN_MODES = ("prefix", "all_positions")
 def check_train_mode(config):
     mode = config["train_mode"] or "prefix"
     if mode not in TRAIN_MODES:
-        raise ValueError(f"config key 'train_mode' must be 'prefix' or 'all_positions', got '{mode}'")
+        raise ConfigError(f"config key 'train_mode' must be 'prefix' or 'all_positions', got '{mode}'")
     return mode
 
 

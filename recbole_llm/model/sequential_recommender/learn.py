@@ -29,6 +29,7 @@ from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_llm.errors import ConfigError
 from recbole_llm.model.adapters import prepare_llm_features
 from recbole_llm.model.layers import bucketed_encode
 
@@ -147,24 +148,24 @@ class LEARN(SequentialRecommender):
         self.embedding_dim = int(config["embedding_dim"])
         self.item_tower = str(config["item_tower"])
         if self.item_tower not in ("a", "b", "c"):
-            raise ValueError(f"config key 'item_tower' must be a, b or c, got '{self.item_tower}'")
+            raise ConfigError(f"config key 'item_tower' must be a, b or c, got '{self.item_tower}'")
         self.use_position = bool(config["position_embedding"])
         self.tau = float(config["learn_tau"])
         self.n_history = int(config["n_history_samples"])
         self.n_target = int(config["n_target_samples"])
         self.sampler = config["sampler"]
         if self.sampler not in ("recency", "uniform"):
-            raise ValueError(f"config key 'sampler' must be recency or uniform, got '{self.sampler}'")
+            raise ConfigError(f"config key 'sampler' must be recency or uniform, got '{self.sampler}'")
         self.sample_alpha, self.sample_beta = float(config["sample_alpha"]), float(config["sample_beta"])
         self.target_ratio = float(config["target_ratio"])
         self.target_len = config["target_len"]
         self.learn_loss = config["learn_loss"] or "dense"
         if self.learn_loss not in ("dense", "next_item"):
-            raise ValueError(f"config key 'learn_loss' must be dense or next_item, got '{self.learn_loss}'")
+            raise ConfigError(f"config key 'learn_loss' must be dense or next_item, got '{self.learn_loss}'")
         self.length_bucketing = config["length_bucketing"] is not False
         self.random_negatives = int(config["learn_random_negatives"] or 0)
         if self.random_negatives < 0:
-            raise ValueError(f"config key 'learn_random_negatives' must be >= 0, got {self.random_negatives}")
+            raise ConfigError(f"config key 'learn_random_negatives' must be >= 0, got {self.random_negatives}")
 
         self.in_proj = nn.Linear(features.size(1), self.d_model)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.d_model) if self.use_position else None

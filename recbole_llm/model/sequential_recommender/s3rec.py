@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from recbole.model.sequential_recommender.s3rec import S3Rec as RecBoleS3Rec
 
+from recbole_llm.errors import ConfigError
 from recbole_llm.model.layers import bucketed_encode, length_groups
 from recbole_llm.model.train_modes import require_target_list, target_list_field
 
@@ -62,7 +63,7 @@ class S3Rec(RecBoleS3Rec):
         self.length_bucketing = config["length_bucketing"] is not False
         self.pretrain_rows = config["pretrain_rows"] or "user"
         if self.pretrain_rows not in PRETRAIN_ROWS:
-            raise ValueError(f"config key 'pretrain_rows' must be 'user' or 'prefix', got '{self.pretrain_rows}'")
+            raise ConfigError(f"config key 'pretrain_rows' must be 'user' or 'prefix', got '{self.pretrain_rows}'")
         self.TARGET_SEQ = target_list_field(self.ITEM_ID)
         # attribute ids of every item id (the mask token has none); not saved: rebuilt from the dataset
         attributes = self.item_feat[self.FEATURE_FIELD]

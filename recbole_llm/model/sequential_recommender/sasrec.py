@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 from torch import nn
 
+from recbole_llm.errors import ConfigError
 from recbole_llm.model.layers import bucketed_encode
 
 TARGET_LIST_SUFFIX = "_target_list"
@@ -42,7 +43,7 @@ class SASRec(RecBoleSASRec):
         self.bidirectional_attention = bool(config["bidirectional_attention"])
         self.train_mode = config["train_mode"] or "prefix"
         if self.train_mode not in ("prefix", "all_positions"):
-            raise ValueError(f"config key 'train_mode' must be 'prefix' or 'all_positions', got '{self.train_mode}'")
+            raise ConfigError(f"config key 'train_mode' must be 'prefix' or 'all_positions', got '{self.train_mode}'")
         self.TARGET_SEQ = self.ITEM_ID + TARGET_LIST_SUFFIX
 
     # ---- hooks ------------------------------------------------------------------------------------

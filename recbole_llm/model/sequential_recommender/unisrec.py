@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_llm.errors import ConfigError
 from recbole_llm.compat import load_checkpoint
 from recbole_llm.model.adapters import prepare_llm_features
 from recbole_llm.model.sequential_recommender.sasrec import SASRec
@@ -61,7 +62,7 @@ class UniSRec(SASRec):
         super().__init__(config, dataset)
         self.train_stage = config["train_stage"] or "inductive_ft"
         if self.train_stage not in ("inductive_ft", "transductive_ft"):
-            raise ValueError(f"config key 'train_stage' must be inductive_ft or transductive_ft, got '{self.train_stage}'")
+            raise ConfigError(f"config key 'train_stage' must be inductive_ft or transductive_ft, got '{self.train_stage}'")
         self.temperature = float(config["temperature"] or 0.07)
         features = dataset.llm_feature(config["llm_feature"])
         self.register_buffer("plm_embedding", features.float())
@@ -85,7 +86,7 @@ class UniSRec(SASRec):
         missing, unexpected = self.load_state_dict(transferable, strict=False)
         wrong = [k for k in unexpected]
         if wrong:
-            raise ValueError(f"pretrained checkpoint '{path}' has parameters this UniSRec lacks: {wrong[:5]}")
+            raise ConfigError(f"pretrained checkpoint '{path}' has parameters this UniSRec lacks: {wrong[:5]}")
 
     def item_table(self):
         table = self.moe_adaptor(self.plm_embedding)
