@@ -1,21 +1,18 @@
 """Bad input: each case is one line on stderr naming the key or file and the fix, with exit code 2."""
 
-import importlib.util
+import importlib
 import os
 import sys
 
 import pytest
 import torch
-from conftest import ROOT
+
 
 TINY = ["--dataset=tiny", "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--state=WARNING"]
 
 
 def load_cli(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(name)  # the checkout's root is on sys.path (conftest)
 
 
 @pytest.fixture
