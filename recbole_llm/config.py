@@ -144,7 +144,7 @@ class Config(RecBoleConfig):
         data_path = self.final_config_dict.get("data_path")
         # RecBole's overall.yaml samples one negative per row, which its own check then rejects for CE
         # losses: with CE, no training negatives unless the user asked for them explicitly.
-        if self.final_config_dict.get("loss_type") == "CE" and "train_neg_sample_args" not in self.external_config_dict:
+        if self.final_config_dict.get("loss_type") in ("CE", "SSM") and "train_neg_sample_args" not in self.external_config_dict:
             self.final_config_dict["train_neg_sample_args"] = None
         super()._set_default_parameters()
         if self.final_config_dict.get("loss_type") == "BCE" and "MODEL_INPUT_TYPE" not in self.final_config_dict:
@@ -243,7 +243,7 @@ def validate_config(config):
             raise _config_error(f"config key '{key}' must be an integer >= {minimum}, got {value!r}")
 
     for key in ("epochs", "train_batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH", "hidden_size", "embedding_size",
-                "inner_size", "n_layers", "n_heads", "stopping_step", "eval_step"):
+                "inner_size", "n_layers", "n_heads", "stopping_step", "eval_step", "ssm_negatives", "eval_item_chunk"):
         if key in external or key in ("epochs", "MAX_ITEM_LIST_LENGTH"):
             positive_int(key)
     learning_rate = config["learning_rate"]

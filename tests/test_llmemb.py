@@ -301,3 +301,49 @@ def test_bert4rec_output_bias_can_be_switched_off(tiny_data, tmp_path, model_nam
         states = model.gather_indexes(model.forward(seq), batch["item_length"] - 1)
         expected = states @ model.item_embedding.weight[: model.n_items].t()
         torch.testing.assert_close(model.full_sort_predict(batch), expected)
+
+
+# ---- sampled softmax (loss_type: SSM) ----------------------------------------------------------------------
+def test_sampled_softmax_hand_example_with_logq_and_accidental_hits():
+    from recbole_llm.model.losses import sampled_softmax_loss
+
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    states = torch.tensor([[2.0, 1.0]])
+    pos = torch.tensor([1])
+    negs = torch.tensor([2, 3, 1])  # item 1 is the positive: an accidental hit, removed
+    log_q = torch.log(torch.tensor([0.5, 2.0, 1.0]))
+    loss = sampled_softmax_loss(states, pos, table, negs, log_q)
+    s_pos, s2, s3 = 2.0, 1.0 - math.log(0.5), 3.0 - math.log(2.0)
+    expected = -(s_pos - math.log(math.exp(s_pos) + math.exp(s2) + math.exp(s3)))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # in-batch negatives: the other row's positive, corrected by its expected count
+    states2, pos2 = torch.tensor([[2.0, 1.0], [0.0, 1.0]]), torch.tensor([1, 2])
+    log_qb = torch.log(torch.tensor([0.4, 0.8]))
+    loss2 = sampled_softmax_loss(states2, pos2, table, negs[:2], log_q[:2], in_batch=True, log_q_batch=log_qb)
+    row0 = -(2.0 - math.log(math.exp(2.0) + math.exp(s2) + math.exp(s3) + math.exp(1.0 - math.log(0.8))))
+    # row 1 (positive 2, score 1): sampled 2 is its own positive (removed), sampled 3 scores 1; in-batch item 1 scores 0
+    row1 = -(1.0 - math.log(math.exp(1.0) + math.exp(1.0 - math.log(2.0)) + math.exp(0.0 - math.log(0.4))))
+    assert loss2.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+
+
+def test_negative_sampler_distributions_and_exclusions():
+    from recbole_llm.model.losses import NegativeSampler
+
+    uniform = NegativeSampler(5)
+    assert uniform.q.tolist() == pytest.approx([0, 0.25, 0.25, 0.25, 0.25])
+    pop = NegativeSampler(5, "popularity", counts=torch.tensor([0, 1, 4, 9, 16]), power=0.5)
+    assert pop.q.tolist() == pytest.approx([0, 0.1, 0.2, 0.3, 0.4])
+    pop.exclude(torch.tensor([False, False, False, False, True]))
+    items, log_count = pop.sample(2000, "cpu", torch.Generator().manual_seed(0))
+    assert not (items == 4).any() and not (items == 0).any()
+    assert log_count[items == 3][0].item() == pytest.approx(math.log(2000 * 0.5), rel=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["SASRec", "LLMEmbSASRec"])
+def test_sampled_softmax_trains(tiny_data, tmp_path, model_name):
+    write_features(str(tmp_path / "features"), dim=16)
+    overrides = {"loss_type": "SSM", "ssm_negatives": 8, "ssm_in_batch": True, "train_mode": "all_positions"}
+    config, dataset, train, model = build(model_name, llm_config(tiny_data, tmp_path, **overrides))
+    assert config["train_neg_sample_args"]["distribution"] == "none"
+    changed = train_steps(model, train)
+    assert any("item_embedding" in n for n in changed)

@@ -206,6 +206,9 @@ def exclude_cold_items_from_loss(model, dataset):
     cold = cold_items_of(dataset)
     if cold is None or not bool(cold.any()):
         return False
+    sampler = getattr(model, "ssm_sampler", None)
+    if sampler is not None:  # sampled softmax never draws a cold item
+        sampler.exclude(cold)
     hook = getattr(model, "exclude_cold_items", None)
     if hook is not None:  # a model with its own negatives (LEARN) says how it skips cold items
         hook(cold)

@@ -26,3 +26,57 @@ def info_nce_loss(x, y, tau):
     logits = x @ y.t() / tau
     labels = torch.arange(x.size(0), device=x.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+class NegativeSampler:
+    """Shared negatives for sampled softmax: ``uniform`` over the items, or ``popularity`` (training counts ** power).
+
+    ``sample(m)`` -> (items (m,), log_expected_count (m,)): drawn with replacement, so item j is expected
+    ``m * q_j`` times; item 0 (padding) and ``excluded`` items (cold-start items) have q = 0.
+    """
+
+    def __init__(self, n_items, kind="uniform", counts=None, power=0.75, excluded=None):
+        if kind not in ("uniform", "popularity"):
+            raise ValueError(f"config key 'ssm_sampler' must be uniform or popularity, got {kind!r}")
+        weights = torch.ones(n_items, dtype=torch.float64)
+        if kind == "popularity":
+            weights = torch.as_tensor(counts, dtype=torch.float64).clamp(min=0) ** power
+        weights[0] = 0
+        if excluded is not None:
+            weights[torch.as_tensor(excluded, dtype=torch.bool)[:n_items]] = 0
+        if weights.sum() <= 0:
+            raise ValueError("sampled softmax: no item can be drawn as a negative")
+        self.q = (weights / weights.sum()).float()
+        self.kind = kind
+
+    def exclude(self, mask):
+        q = self.q.clone()
+        q[torch.as_tensor(mask, dtype=torch.bool)[: len(q)]] = 0
+        self.q = q / q.sum()
+
+    def sample(self, m, device, generator=None):
+        items = torch.multinomial(self.q, m, replacement=True, generator=generator).to(device)
+        return items, torch.log(m * self.q.to(device)[items])
+
+
+def sampled_softmax_loss(states, pos_items, table, neg_items, log_q_neg, log_q_pos=None, in_batch=False, log_q_batch=None):
+    """Sampled softmax with the logQ correction (Bengio & Senecal 2008; Jean et al. 2015), mean over rows.
+
+    Row i scores its positive and the shared negatives ``neg_items`` (M,): logits ``s - log Q`` where Q is the
+    expected number of draws of that item (``log_q_neg``; ``log_q_pos`` for the positives, default: no
+    correction of the positive); negatives equal to the row's positive (accidental hits) are removed. With
+    ``in_batch`` the other rows' positives are negatives too, corrected by ``log_q_batch`` (N,) (their expected
+    count among the batch's targets). Returns -mean_i log softmax(pos).
+    """
+    pos_logit = (states * table[pos_items]).sum(-1)
+    if log_q_pos is not None:
+        pos_logit = pos_logit - log_q_pos
+    neg_logit = states @ table[neg_items].t() - log_q_neg.unsqueeze(0)
+    neg_logit = neg_logit.masked_fill(neg_items.unsqueeze(0) == pos_items.unsqueeze(1), float("-inf"))
+    parts = [pos_logit.unsqueeze(1), neg_logit]
+    if in_batch:
+        batch_logit = states @ table[pos_items].t() - log_q_batch.unsqueeze(0)
+        batch_logit = batch_logit.masked_fill(pos_items.unsqueeze(0) == pos_items.unsqueeze(1), float("-inf"))  # self and duplicates
+        parts.append(batch_logit)
+    logits = torch.cat(parts, dim=1)
+    return -(logits[:, 0] - torch.logsumexp(logits, dim=1)).mean()

@@ -10,7 +10,10 @@ Same name as RecBole's, so ``--model=SASRec`` resolves here (plugin first). Diff
 - ``train_mode``: ``prefix`` (RecBole: one row per prefix, loss at the last position) or ``all_positions``
   (one row per user, loss at every position: the original SASRec and the official LLMEmb code).
 - ``loss_type``: ``CE`` (all items), ``BPR`` (RecBole), ``BCE`` (one sampled negative per position, the
-  official LLMEmb loss; needs ``train_neg_sample_args`` in prefix mode, samples uniformly in all_positions).
+  official LLMEmb loss; needs ``train_neg_sample_args`` in prefix mode, samples uniformly in all_positions),
+  ``SSM`` (sampled softmax: ``ssm_negatives`` shared negatives per batch from ``ssm_sampler`` uniform or
+  popularity ** ``ssm_power``, logQ-corrected, accidental hits removed; ``ssm_in_batch`` adds the batch's other
+  targets as negatives, corrected by their training frequency).
 
 Hooks for subclasses (LLMEmb, LLM2X): :meth:`item_table` is the (n_items, hidden) table used for the input
 sequence AND for scoring; :meth:`embed_item_seq` embeds the input sequence from it.
@@ -30,8 +33,8 @@ TARGET_LIST_SUFFIX = "_target_list"
 class SASRec(RecBoleSASRec):
     def __init__(self, config, dataset):
         loss_type = config["loss_type"]
-        if loss_type == "BCE":  # RecBole's SASRec only accepts BPR/CE; it builds the BPR pieces we reuse
-            config["loss_type"] = "BPR"
+        if loss_type in ("BCE", "SSM"):  # RecBole's SASRec only accepts BPR/CE; it builds the pieces we reuse
+            config["loss_type"] = "BPR" if loss_type == "BCE" else "CE"
         try:
             super().__init__(config, dataset)
         finally:
@@ -45,6 +48,21 @@ class SASRec(RecBoleSASRec):
         if self.train_mode not in ("prefix", "all_positions"):
             raise ConfigError(f"config key 'train_mode' must be 'prefix' or 'all_positions', got '{self.train_mode}'")
         self.TARGET_SEQ = self.ITEM_ID + TARGET_LIST_SUFFIX
+        self.ssm_sampler = None
+        if loss_type == "SSM":
+            self._init_sampled_softmax(config, dataset)
+
+    def _init_sampled_softmax(self, config, dataset):
+        from recbole_llm.evaluator.longtail import training_statistics
+        from recbole_llm.model.losses import NegativeSampler
+
+        self.ssm_negatives = int(config["ssm_negatives"])
+        self.ssm_in_batch = bool(config["ssm_in_batch"])
+        counts, _ = training_statistics(dataset)
+        self.ssm_sampler = NegativeSampler(self.n_items, config["ssm_sampler"], counts, float(config["ssm_power"]))
+        pop = counts.double().clamp(min=0)
+        pop[0] = 0
+        self.register_buffer("ssm_target_q", (pop / pop.sum().clamp(min=1)).float(), persistent=False)
 
     # ---- hooks ------------------------------------------------------------------------------------
     def item_table(self):
@@ -109,6 +127,14 @@ class SASRec(RecBoleSASRec):
         table = self.output_table(table)
         if self.loss_type == "CE":
             return self.loss_fct(states @ table.t(), pos_items)
+        if self.loss_type == "SSM":
+            from recbole_llm.model.losses import sampled_softmax_loss
+
+            negs, log_q = self.ssm_sampler.sample(self.ssm_negatives, states.device)
+            log_q_batch = None
+            if self.ssm_in_batch:  # expected count of each target among the batch's N targets
+                log_q_batch = torch.log((len(pos_items) * self.ssm_target_q[pos_items]).clamp(min=1e-12))
+            return sampled_softmax_loss(states, pos_items, table, negs, log_q, in_batch=self.ssm_in_batch, log_q_batch=log_q_batch)
         if neg_items is None:  # all_positions: one uniformly sampled negative per position
             neg_items = torch.randint(1, table.size(0), pos_items.shape, device=pos_items.device)
         pos_score = (states * table[pos_items]).sum(-1)
