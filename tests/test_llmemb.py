@@ -347,3 +347,28 @@ def test_sampled_softmax_trains(tiny_data, tmp_path, model_name):
     assert config["train_neg_sample_args"]["distribution"] == "none"
     changed = train_steps(model, train)
     assert any("item_embedding" in n for n in changed)
+
+
+def test_partial_adapted_table_equals_rows_of_the_full_one(tiny_data, tmp_path):
+    write_features(str(tmp_path / "features"), dim=16)
+    config, dataset, train, model = build("LLMEmbSASRec", llm_config(tiny_data, tmp_path, embedding_size=16, hidden_size=16))
+    ids = torch.tensor([0, 3, 3, 17, 1, 30])
+    torch.testing.assert_close(model.item_embedding.rows(ids), model.item_embedding.weight[ids])
+    assert torch.equal(model.item_embedding.rows(torch.tensor([0]))[0], torch.zeros(16))
+
+
+@pytest.mark.parametrize("model_name, train_mode", [("LLMEmbSASRec", "all_positions"), ("LLMEmbSASRec", "prefix"), ("SASRec", "all_positions")])
+def test_sampled_softmax_on_needed_rows_equals_the_full_table(tiny_data, tmp_path, model_name, train_mode):
+    """Same negatives, same loss: the compact table of the step's rows gives what the whole table gives."""
+    write_features(str(tmp_path / "features"), dim=16)
+    overrides = {"loss_type": "SSM", "ssm_negatives": 6, "ssm_in_batch": True, "train_mode": train_mode,
+                 "embedding_size": 16, "hidden_size": 16}
+    config, dataset, train, model = build(model_name, llm_config(tiny_data, tmp_path, **overrides))
+    model.eval()  # no dropout: both computations see the same random stream
+    batch = next(iter(train))
+    losses = []
+    for partial in (True, False):
+        model.ssm_partial_table = partial
+        torch.manual_seed(0)
+        losses.append(model.calculate_loss(batch))
+    torch.testing.assert_close(losses[0], losses[1])

@@ -106,6 +106,21 @@ class AdaptedEmbedding(nn.Module):
     def forward(self, ids):
         return F.embedding(ids, self.weight)
 
+    def rows(self, ids):
+        """``weight[ids]`` computed for those rows only (the adapter is row-wise): sampled softmax needs the
+        batch's items and its negatives, not the whole table."""
+        if self._cache is not None:
+            return self._cache[ids]
+        n_features = self.features.size(0)
+        out = self.adapt(self.features[ids.clamp(max=n_features - 1)])
+        out = out.masked_fill((ids == 0).unsqueeze(-1), 0.0)  # padding id 0 stays zero
+        if self.extra is not None:
+            extra = ids >= n_features
+            if extra.any():
+                out = out.clone()
+                out[extra] = self.extra[ids[extra] - n_features]
+        return out
+
     @contextlib.contextmanager
     def cached(self):
         """Compute the table at most once inside the block (one training step)."""
@@ -175,9 +190,12 @@ class LLMEmbMixin:
 
     def alignment_loss(self, interaction):
         items = self.alignment_items(interaction)
-        student = self.item_embedding.weight[items]
+        student = self.item_embedding.rows(items)
         teacher = self.teacher_table[items]
         return soft_contrastive_loss(teacher, student, self.align_tau)
+
+    def item_rows(self, ids):
+        return self.item_embedding.rows(ids)
 
     def calculate_loss(self, interaction):
         with self.item_embedding.cached():

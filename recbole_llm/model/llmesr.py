@@ -141,6 +141,8 @@ def unstack(out):
 class LLMESRMixin:
     """Turn a plugin backbone (SASRec, GRU4Rec, BERT4Rec) into its LLM-ESR version; keys in properties/model/LLMESRMixin.yaml."""
 
+    ssm_partial_table = False  # the two views run as one stacked batch over the whole [ID | LLM] tables
+
     llm_extra_rows = 0  # BERT4Rec: 1 (its mask token has a row in both tables)
     cross_attention_causal = True  # BERT4Rec: False (bidirectional)
 

@@ -69,6 +69,10 @@ class SASRec(RecBoleSASRec):
         """(n_items, hidden) item embeddings used for the input sequence and for scoring."""
         return self.item_embedding.weight
 
+    def item_rows(self, ids):
+        """``item_table()[ids]``; subclasses whose table is a row-wise function compute only those rows (LLMEmb)."""
+        return self.item_table()[ids]
+
     def embed_item_seq(self, item_seq, table=None):
         return F.embedding(item_seq, self.item_table() if table is None else table)
 
@@ -104,7 +108,44 @@ class SASRec(RecBoleSASRec):
         return self.output_states(states)
 
     # ---- losses ---------------------------------------------------------------------------------------
+    ssm_partial_table = True  # SSM computes only the rows a step needs (LLM-ESR's stacked views turn it off)
+
+    def sampled_softmax_step(self, interaction):
+        """The SSM loss on the rows this step needs: the batch's inputs and targets and the sampled negatives,
+        renumbered into a compact table (``item_rows``), never the whole catalogue."""
+        from recbole_llm.model.losses import sampled_softmax_loss
+
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        if self.train_mode == "all_positions":
+            positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
+            valid = positions < item_seq_len.unsqueeze(1)
+            pos_items = interaction[self.TARGET_SEQ][valid]
+        else:
+            pos_items = interaction[self.POS_ITEM_ID]
+        negs, log_q = self.ssm_sampler.sample(self.ssm_negatives, item_seq.device)
+        zero = torch.zeros(1, dtype=item_seq.dtype, device=item_seq.device)
+        needed = torch.unique(torch.cat([zero, item_seq.flatten(), pos_items, negs]))  # sorted; 0 stays local 0
+        rows = self.item_rows(needed)
+
+        def local(ids):
+            return torch.searchsorted(needed, ids)
+
+        seq = local(item_seq)
+        if self.train_mode == "all_positions":
+            states = self.output_states(self.encode_all(seq, item_seq_len, rows)[valid])
+        else:
+            states = self.forward(seq, item_seq_len, rows)
+        log_q_batch = None
+        if self.ssm_in_batch:
+            log_q_batch = torch.log((len(pos_items) * self.ssm_target_q[pos_items]).clamp(min=1e-12))
+        return sampled_softmax_loss(states, local(pos_items), self.output_table(rows), local(negs), log_q,
+                                    in_batch=self.ssm_in_batch, log_q_batch=log_q_batch)
+
     def calculate_loss(self, interaction):
+        if self.loss_type == "SSM" and self.ssm_partial_table:
+            if self.train_mode == "all_positions" and self.TARGET_SEQ not in interaction:
+                raise KeyError(f"train_mode all_positions needs '{self.TARGET_SEQ}' in the training batch")
+            return self.sampled_softmax_step(interaction)
         table = self.item_table()
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
