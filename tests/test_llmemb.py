@@ -339,10 +339,12 @@ def test_negative_sampler_distributions_and_exclusions():
     assert log_count[items == 3][0].item() == pytest.approx(math.log(2000 * 0.5), rel=1e-5)
 
 
-@pytest.mark.parametrize("model_name", ["SASRec", "LLMEmbSASRec"])
-def test_sampled_softmax_trains(tiny_data, tmp_path, model_name):
+@pytest.mark.parametrize("model_name, train_mode", [("SASRec", "all_positions"), ("LLMEmbSASRec", "all_positions"),
+                                                    ("GRU4Rec", "all_positions"), ("LLMEmbGRU4Rec", "prefix")])
+def test_sampled_softmax_trains(tiny_data, tmp_path, model_name, train_mode):
     write_features(str(tmp_path / "features"), dim=16)
-    overrides = {"loss_type": "SSM", "ssm_negatives": 8, "ssm_in_batch": True, "train_mode": "all_positions"}
+    overrides = {"loss_type": "SSM", "ssm_negatives": 8, "ssm_in_batch": True, "train_mode": train_mode,
+                 "embedding_size": 16, "hidden_size": 16}
     config, dataset, train, model = build(model_name, llm_config(tiny_data, tmp_path, **overrides))
     assert config["train_neg_sample_args"]["distribution"] == "none"
     changed = train_steps(model, train)

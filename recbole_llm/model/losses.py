@@ -80,3 +80,37 @@ def sampled_softmax_loss(states, pos_items, table, neg_items, log_q_neg, log_q_p
         parts.append(batch_logit)
     logits = torch.cat(parts, dim=1)
     return -(logits[:, 0] - torch.logsumexp(logits, dim=1)).mean()
+
+
+class SampledSoftmaxMixin:
+    """``loss_type: SSM`` for a sequential backbone: the sampler built from the training split and the loss.
+
+    Keys (properties/model/SASRec.yaml, GRU4Rec.yaml): ``ssm_negatives``, ``ssm_sampler``, ``ssm_power``,
+    ``ssm_in_batch``. ``ssm_sampler`` stays None for the other loss types.
+    """
+
+    ssm_sampler = None
+
+    def init_sampled_softmax(self, config, dataset):
+        from recbole_llm.evaluator.longtail import training_statistics
+
+        self.ssm_negatives = int(config["ssm_negatives"])
+        self.ssm_in_batch = bool(config["ssm_in_batch"])
+        counts, _ = training_statistics(dataset)
+        self.ssm_sampler = NegativeSampler(self.n_items, config["ssm_sampler"], counts, float(config["ssm_power"]))
+        pop = counts.double().clamp(min=0)
+        pop[0] = 0
+        self.register_buffer("ssm_target_q", (pop / pop.sum().clamp(min=1)).float(), persistent=False)
+
+    def sample_negatives(self, device):
+        return self.ssm_sampler.sample(self.ssm_negatives, device)
+
+    def ssm_loss(self, states, pos_items, table, negs, log_q, local=None):
+        """The SSM loss of ``states`` for ``pos_items`` (global ids) against ``table``; ``local`` renumbers global
+        ids into the rows of a compact ``table`` (None: ``table`` is the whole item table)."""
+        log_q_batch = None
+        if self.ssm_in_batch:  # expected count of each target among the batch's N targets
+            log_q_batch = torch.log((len(pos_items) * self.ssm_target_q[pos_items]).clamp(min=1e-12))
+        to_row = local or (lambda ids: ids)
+        return sampled_softmax_loss(states, to_row(pos_items), table, to_row(negs), log_q, in_batch=self.ssm_in_batch,
+                                    log_q_batch=log_q_batch)

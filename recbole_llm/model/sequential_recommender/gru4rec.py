@@ -8,19 +8,30 @@ Same name as RecBole's, so ``--model=GRU4Rec`` resolves here (plugin first). Dif
   identical outputs in eval mode, far fewer recurrent steps (the GRU runs step by step over time).
 - ``train_mode``: ``prefix`` (RecBole: one row per prefix, loss at the last position) or ``all_positions``
   (one row per user, the GRU output at every real position scored against all items, like the plugin's
-  SASRec). ``loss_type`` CE: cross-entropy over all items; BPR: one uniformly sampled negative per position.
+  SASRec). ``loss_type`` CE: cross-entropy over all items; BPR: one uniformly sampled negative per position;
+  SSM: sampled softmax (recbole_llm.model.losses; the whole table, shared sampled negatives).
 """
 
 import torch
 from recbole.model.sequential_recommender.gru4rec import GRU4Rec as RecBoleGRU4Rec
 
 from recbole_llm.model.layers import bucketed_encode, bucketed_forward
+from recbole_llm.model.losses import SampledSoftmaxMixin
 from recbole_llm.model.train_modes import check_train_mode, require_target_list, target_list_field, valid_positions
 
 
-class GRU4Rec(RecBoleGRU4Rec):
+class GRU4Rec(SampledSoftmaxMixin, RecBoleGRU4Rec):
     def __init__(self, config, dataset):
-        super().__init__(config, dataset)
+        loss_type = config["loss_type"]
+        if loss_type == "SSM":  # RecBole's GRU4Rec accepts BPR/CE only
+            config["loss_type"] = "CE"
+        try:
+            super().__init__(config, dataset)
+        finally:
+            config["loss_type"] = loss_type
+        self.loss_type = loss_type
+        if loss_type == "SSM":
+            self.init_sampled_softmax(config, dataset)
         self.length_bucketing = config["length_bucketing"] is not False
         self.train_mode = check_train_mode(config)
         self.TARGET_SEQ = target_list_field(self.ITEM_ID)
@@ -42,6 +53,14 @@ class GRU4Rec(RecBoleGRU4Rec):
         return self.encode_sequence(item_seq)
 
     def calculate_loss(self, interaction):
+        if self.loss_type == "SSM":  # the whole (ID or adapted) table, sampled negatives
+            item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+            if self.train_mode == "all_positions":
+                valid = valid_positions(item_seq_len, item_seq.size(1))
+                states, pos_items = self.encode_all(item_seq, item_seq_len)[valid], require_target_list(interaction, self.TARGET_SEQ)[valid]
+            else:
+                states, pos_items = self.forward(item_seq, item_seq_len), interaction[self.POS_ITEM_ID]
+            return self.ssm_loss(states, pos_items, self.item_embedding.weight, *self.sample_negatives(states.device))
         if self.train_mode != "all_positions":
             return super().calculate_loss(interaction)
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]

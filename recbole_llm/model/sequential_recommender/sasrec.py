@@ -26,11 +26,12 @@ from torch import nn
 
 from recbole_llm.errors import ConfigError
 from recbole_llm.model.layers import bucketed_encode
+from recbole_llm.model.losses import SampledSoftmaxMixin
 
 TARGET_LIST_SUFFIX = "_target_list"
 
 
-class SASRec(RecBoleSASRec):
+class SASRec(SampledSoftmaxMixin, RecBoleSASRec):
     def __init__(self, config, dataset):
         loss_type = config["loss_type"]
         if loss_type in ("BCE", "SSM"):  # RecBole's SASRec only accepts BPR/CE; it builds the pieces we reuse
@@ -48,21 +49,8 @@ class SASRec(RecBoleSASRec):
         if self.train_mode not in ("prefix", "all_positions"):
             raise ConfigError(f"config key 'train_mode' must be 'prefix' or 'all_positions', got '{self.train_mode}'")
         self.TARGET_SEQ = self.ITEM_ID + TARGET_LIST_SUFFIX
-        self.ssm_sampler = None
         if loss_type == "SSM":
-            self._init_sampled_softmax(config, dataset)
-
-    def _init_sampled_softmax(self, config, dataset):
-        from recbole_llm.evaluator.longtail import training_statistics
-        from recbole_llm.model.losses import NegativeSampler
-
-        self.ssm_negatives = int(config["ssm_negatives"])
-        self.ssm_in_batch = bool(config["ssm_in_batch"])
-        counts, _ = training_statistics(dataset)
-        self.ssm_sampler = NegativeSampler(self.n_items, config["ssm_sampler"], counts, float(config["ssm_power"]))
-        pop = counts.double().clamp(min=0)
-        pop[0] = 0
-        self.register_buffer("ssm_target_q", (pop / pop.sum().clamp(min=1)).float(), persistent=False)
+            self.init_sampled_softmax(config, dataset)
 
     # ---- hooks ------------------------------------------------------------------------------------
     def item_table(self):
@@ -113,8 +101,6 @@ class SASRec(RecBoleSASRec):
     def sampled_softmax_step(self, interaction):
         """The SSM loss on the rows this step needs: the batch's inputs and targets and the sampled negatives,
         renumbered into a compact table (``item_rows``), never the whole catalogue."""
-        from recbole_llm.model.losses import sampled_softmax_loss
-
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         if self.train_mode == "all_positions":
             positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
@@ -122,7 +108,7 @@ class SASRec(RecBoleSASRec):
             pos_items = interaction[self.TARGET_SEQ][valid]
         else:
             pos_items = interaction[self.POS_ITEM_ID]
-        negs, log_q = self.ssm_sampler.sample(self.ssm_negatives, item_seq.device)
+        negs, log_q = self.sample_negatives(item_seq.device)
         zero = torch.zeros(1, dtype=item_seq.dtype, device=item_seq.device)
         needed = torch.unique(torch.cat([zero, item_seq.flatten(), pos_items, negs]))  # sorted; 0 stays local 0
         rows = self.item_rows(needed)
@@ -135,11 +121,7 @@ class SASRec(RecBoleSASRec):
             states = self.output_states(self.encode_all(seq, item_seq_len, rows)[valid])
         else:
             states = self.forward(seq, item_seq_len, rows)
-        log_q_batch = None
-        if self.ssm_in_batch:
-            log_q_batch = torch.log((len(pos_items) * self.ssm_target_q[pos_items]).clamp(min=1e-12))
-        return sampled_softmax_loss(states, local(pos_items), self.output_table(rows), local(negs), log_q,
-                                    in_batch=self.ssm_in_batch, log_q_batch=log_q_batch)
+        return self.ssm_loss(states, pos_items, self.output_table(rows), negs, log_q, local=local)
 
     def calculate_loss(self, interaction):
         if self.loss_type == "SSM" and self.ssm_partial_table:
@@ -169,13 +151,7 @@ class SASRec(RecBoleSASRec):
         if self.loss_type == "CE":
             return self.loss_fct(states @ table.t(), pos_items)
         if self.loss_type == "SSM":
-            from recbole_llm.model.losses import sampled_softmax_loss
-
-            negs, log_q = self.ssm_sampler.sample(self.ssm_negatives, states.device)
-            log_q_batch = None
-            if self.ssm_in_batch:  # expected count of each target among the batch's N targets
-                log_q_batch = torch.log((len(pos_items) * self.ssm_target_q[pos_items]).clamp(min=1e-12))
-            return sampled_softmax_loss(states, pos_items, table, negs, log_q, in_batch=self.ssm_in_batch, log_q_batch=log_q_batch)
+            return self.ssm_loss(states, pos_items, table, *self.sample_negatives(states.device))
         if neg_items is None:  # all_positions: one uniformly sampled negative per position
             neg_items = torch.randint(1, table.size(0), pos_items.shape, device=pos_items.device)
         pos_score = (states * table[pos_items]).sum(-1)
