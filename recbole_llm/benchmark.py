@@ -409,7 +409,7 @@ def write_plots(rows, runs, out_dir, title):
     cold = [r for r in ok if r.get("ndcg_cold@10_mean") is not None]
     if cold:  # the cold-start protocol: warm vs cold target items per model
         paths.append(grouped_bars(cold, (("ndcg_warm@10", "warm items"), ("ndcg_cold@10", "cold items")),
-                                  f"{title}: NDCG@10 of warm and cold (never trained on) target items",
+                                  f"{title}: warm and cold (never trained on) items",
                                   os.path.join(out_dir, "ndcg_warm_cold.png")))
 
     labels = bucket_labels()
