@@ -20,7 +20,8 @@
    Amazon titles and descriptions do) swallows tabs and lines until the next quote, or fails with
    ``ParserError: '\t' expected after '"'``. Atomic files have no quoting (tab-separated, one line per row):
    :func:`install_atomic_reader` makes RecBole's reader read them so (``quoting=QUOTE_NONE``) and turns its
-   decoding and number errors into one line naming the file, the line and the fix.
+   number errors and empty files into one line naming the file, the line and the fix (the encoding is
+   checked before, by recbole_llm.data.atomic.AtomicFilesMixin).
 """
 
 import os
@@ -62,9 +63,6 @@ class _AtomicPandas:
         kwargs.setdefault("quoting", csv.QUOTE_NONE)
         try:
             frame = self._pandas.read_csv(filepath, *args, **kwargs)
-        except UnicodeDecodeError as err:
-            raise atomic_file_error(filepath, f"is not {kwargs.get('encoding') or 'utf-8'} text", _line_of_byte(filepath, err.start),
-                                    "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8), or set encoding in the config") from None
         except ValueError as err:  # a float column with a word in it
             line = _first_bad_number(self._pandas, filepath, kwargs)
             raise atomic_file_error(filepath, f"cannot be read ({str(err).splitlines()[0][:120]})", line,
@@ -79,11 +77,6 @@ def atomic_file_error(path, problem, line, fix):
 
     where = f" on line {line}" if line else ""
     return DataFileError(f"atomic file '{path}' {problem}{where}: {fix}")
-
-
-def _line_of_byte(path, offset):
-    with open(path, "rb") as handle:
-        return handle.read(offset).count(b"\n") + 1
 
 
 def _first_bad_number(pandas, path, kwargs):

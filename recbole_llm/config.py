@@ -82,6 +82,17 @@ class Config(RecBoleConfig):
     (RecBole's does, so every nested run used to inherit the command line): pass keys as ``config_dict`` or
     files; the command-line tools parse ``--key=value`` themselves (:func:`parse_overrides`)."""
 
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
+        from recbole_llm.errors import UserError
+
+        try:
+            super().__init__(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+        except UserError:
+            raise
+        except (ValueError, NotImplementedError) as err:  # RecBole's own config checks (topk, metrics, eval_args, ...)
+            raise _config_error(f"config: {err}") from err
+        validate_config(self)
+
     def _load_cmd_line(self):
         return {}
 
@@ -163,17 +174,6 @@ class Config(RecBoleConfig):
             self.final_config_dict.update(
                 no_yaml_defaults(self.final_config_dict, self.dataset, self.final_config_dict["data_path"], self.external_config_dict, sequential)
             )
-
-    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
-        from recbole_llm.errors import UserError
-
-        try:
-            super().__init__(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
-        except UserError:
-            raise
-        except (ValueError, NotImplementedError) as err:  # RecBole's own config checks (topk, metrics, eval_args, ...)
-            raise _config_error(f"config: {err}") from err
-        validate_config(self)
 
 
 # ---- validation: before any work starts, one line that names the key and the fix --------------------------

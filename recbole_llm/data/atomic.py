@@ -11,6 +11,7 @@ interactions whose item is missing from a loaded ``.item`` file; the plugin's da
 and the share of interactions dropped, and how to keep them.
 """
 
+import codecs
 import os
 from logging import getLogger
 
@@ -39,20 +40,27 @@ def atomic_header(path):
     return columns
 
 
-def check_encoding(path, encoding="utf-8"):
-    """Raise DataFileError naming the line when ``path`` is not ``encoding`` text."""
-    with open(path, "rb") as handle:
-        data = handle.read()
+def check_encoding(path, encoding="utf-8", block=1 << 24):
+    """Raise DataFileError naming the line when ``path`` is not ``encoding`` text (read in blocks, never whole)."""
     try:
-        data.decode(encoding)
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise DataFileError(
-            f"atomic file '{path}' is not {encoding} text on line {line}: save it as UTF-8 "
-            "(e.g. iconv -f latin1 -t utf-8), or set encoding in the config"
-        ) from None
+        decoder = codecs.getincrementaldecoder(encoding)()
     except LookupError:
         raise ConfigError(f"config key 'encoding' is '{encoding}', not a codec Python knows: use e.g. utf-8") from None
+    line = 1
+    with open(path, "rb") as handle:
+        while True:
+            data = handle.read(block)
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as err:
+                line += data[: max(err.start, 0)].count(b"\n")
+                raise DataFileError(
+                    f"atomic file '{path}' is not {encoding} text on line {line}: save it as UTF-8 "
+                    "(e.g. iconv -f latin1 -t utf-8), or set encoding in the config"
+                ) from None
+            if not data:
+                return
+            line += data.count(b"\n")
 
 
 def has_dataset_yaml(dataset, plugin_props):

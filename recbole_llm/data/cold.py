@@ -173,11 +173,8 @@ def check_sequential(dataset_class):
 
 
 def cold_items_of(dataset):
-    """The (item_num,) bool cold mask of a dataset, or None when the protocol is off."""
-    cold = getattr(dataset, "cold_items", None)
-    if cold is None:
-        cold = getattr(getattr(dataset, "statistics_source", None), "cold_items", None)
-    return cold
+    """The (item_num,) bool cold mask of a dataset (its copies, the splits, keep it), or None when the protocol is off."""
+    return getattr(dataset, "cold_items", None)
 
 
 class ColdMaskedCrossEntropyLoss(nn.CrossEntropyLoss):
@@ -186,37 +183,38 @@ class ColdMaskedCrossEntropyLoss(nn.CrossEntropyLoss):
     def __init__(self, cold_items, base):
         super().__init__(weight=base.weight, ignore_index=base.ignore_index, reduction=base.reduction,
                          label_smoothing=base.label_smoothing)
-        self.register_buffer("cold_items", cold_items.clone(), persistent=False)
+        self.register_buffer("cold_items", cold_items.clone(), persistent=False)  # moves with the model
 
     def forward(self, input, target):
         n = self.cold_items.numel()
         if input.dim() >= 2 and input.size(-1) >= n:
-            mask = torch.zeros(input.size(-1), dtype=torch.bool, device=input.device)
-            mask[:n] = self.cold_items.to(input.device)
+            mask = self.cold_items
+            if input.size(-1) > n:  # extra columns (a mask token) are never cold
+                mask = torch.nn.functional.pad(mask, (0, input.size(-1) - n))
             input = input.masked_fill(mask, torch.finfo(input.dtype).min)
         return super().forward(input, target)
 
 
 def exclude_cold_items_from_loss(model, dataset):
-    """Make ``model.loss_fct`` (a full-softmax CE) skip the cold items of ``dataset``; no-op when the protocol is off.
+    """Keep the cold items of ``dataset`` out of ``model``'s training loss; no-op when the protocol is off.
 
-    A model with its own negatives defines ``exclude_cold_items(cold_items)`` instead (LEARN). Sampled losses
-    (BPR, BCE) may still draw a cold item as a negative (logged).
+    A model's ``negative_sampler`` (sampled softmax, LEARN's random negatives) never draws them, and a full-softmax
+    ``loss_fct`` (CE) never scores them. Other sampled losses (BPR, BCE) may still draw a cold item (logged).
     """
     cold = cold_items_of(dataset)
     if cold is None or not bool(cold.any()):
         return False
-    sampler = getattr(model, "ssm_sampler", None)
-    if sampler is not None:  # sampled softmax never draws a cold item
+    handled = False
+    sampler = getattr(model, "negative_sampler", None)
+    if sampler is not None:
         sampler.exclude(cold)
-    hook = getattr(model, "exclude_cold_items", None)
-    if hook is not None:  # a model with its own negatives (LEARN) says how it skips cold items
-        hook(cold)
-        return True
+        handled = True
     loss_fct = getattr(model, "loss_fct", None)
     if isinstance(loss_fct, nn.CrossEntropyLoss):
         if not isinstance(loss_fct, ColdMaskedCrossEntropyLoss):
             model.loss_fct = ColdMaskedCrossEntropyLoss(cold, loss_fct).to(next(model.parameters()).device)
+        handled = True
+    if handled:
         return True
     getLogger().warning(
         f"cold items: {type(model).__name__} has no full-softmax CE loss_fct; sampled training negatives may be cold items"

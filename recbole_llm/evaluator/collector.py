@@ -15,6 +15,15 @@ from recbole_llm.evaluator.longtail import (
 )
 
 
+class TopKScores:
+    """The top-k of each row of a (B, n_items) score matrix that was never built whole (chunked evaluation)."""
+
+    def __init__(self, values, indices, n_items):
+        self.values, self.indices, self.n_items = values, indices, n_items
+        self.shape = (values.shape[0], n_items)
+        self.device = values.device
+
+
 class LongTailCollector(Collector):
     """Adds per-row target item and user, and training popularity / history length."""
 
@@ -29,7 +38,7 @@ class LongTailCollector(Collector):
             self.data_struct.set(COLD_KEY, cold)
 
     def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
-        if hasattr(scores_tensor, "indices") and hasattr(scores_tensor, "n_items"):  # chunked top-k (trainer)
+        if isinstance(scores_tensor, TopKScores):  # chunked evaluation (recbole_llm.trainer.trainer.chunked_topk)
             self._collect_topk(scores_tensor, positive_u, positive_i)
         else:
             super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)

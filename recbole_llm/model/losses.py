@@ -1,7 +1,11 @@
-"""Contrastive losses shared by SCFT (LLM side) and the LLMEmb collaborative alignment (RAT)."""
+"""Contrastive losses shared by SCFT (LLM side) and the LLMEmb collaborative alignment (RAT); sampled softmax."""
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
+
+from recbole_llm.errors import ConfigError
 
 
 def soft_contrastive_loss(x, y, tau):
@@ -28,49 +32,56 @@ def info_nce_loss(x, y, tau):
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
 
-class NegativeSampler:
-    """Shared negatives for sampled softmax: ``uniform`` over the items, or ``popularity`` (training counts ** power).
+@contextlib.contextmanager
+def stand_in_loss_type(config, stand_ins):
+    """RecBole's sequential models accept only BPR and CE: build one with the stand-in of the plugin's loss type
+    (``{"SSM": "CE", "BCE": "BPR"}``), then restore the real one. Yields the real loss type."""
+    loss_type = config["loss_type"]
+    if loss_type in stand_ins:
+        config["loss_type"] = stand_ins[loss_type]
+    try:
+        yield loss_type
+    finally:
+        config["loss_type"] = loss_type
 
-    ``sample(m)`` -> (items (m,), log_expected_count (m,)): drawn with replacement, so item j is expected
-    ``m * q_j`` times; item 0 (padding) and ``excluded`` items (cold-start items) have q = 0.
+
+class NegativeSampler:
+    """Shared negatives drawn from the catalogue: ``uniform`` over the items, or ``popularity`` (training counts **
+    power). ``sample(m)`` -> (items (m,), log expected count (m,)): drawn with replacement, so item j is expected
+    ``m * q_j`` times; item 0 (padding) and the items given to :meth:`exclude` (cold-start items) have q = 0.
     """
 
-    def __init__(self, n_items, kind="uniform", counts=None, power=0.75, excluded=None):
+    def __init__(self, n_items, kind="uniform", counts=None, power=0.75):
         if kind not in ("uniform", "popularity"):
-            raise ValueError(f"config key 'ssm_sampler' must be uniform or popularity, got {kind!r}")
+            raise ConfigError(f"config key 'ssm_sampler' must be uniform or popularity, got {kind!r}")
         weights = torch.ones(n_items, dtype=torch.float64)
         if kind == "popularity":
             weights = torch.as_tensor(counts, dtype=torch.float64).clamp(min=0) ** power
         weights[0] = 0
-        if excluded is not None:
-            weights[torch.as_tensor(excluded, dtype=torch.bool)[:n_items]] = 0
         if weights.sum() <= 0:
-            raise ValueError("sampled softmax: no item can be drawn as a negative")
+            raise ConfigError("sampled softmax: no item can be drawn as a negative")
         self.q = (weights / weights.sum()).float()
-        self.kind = kind
 
     def exclude(self, mask):
         q = self.q.clone()
-        q[torch.as_tensor(mask, dtype=torch.bool)[: len(q)]] = 0
+        q[torch.as_tensor(mask, dtype=torch.bool).cpu()[: len(q)]] = 0
         self.q = q / q.sum()
 
     def sample(self, m, device, generator=None):
-        items = torch.multinomial(self.q, m, replacement=True, generator=generator).to(device)
-        return items, torch.log(m * self.q.to(device)[items])
+        items = torch.multinomial(self.q, m, replacement=True, generator=generator)
+        return items.to(device), torch.log(m * self.q[items]).to(device)
 
 
-def sampled_softmax_loss(states, pos_items, table, neg_items, log_q_neg, log_q_pos=None, in_batch=False, log_q_batch=None):
+def sampled_softmax_loss(states, pos_items, table, neg_items, log_q_neg, in_batch=False, log_q_batch=None):
     """Sampled softmax with the logQ correction (Bengio & Senecal 2008; Jean et al. 2015), mean over rows.
 
-    Row i scores its positive and the shared negatives ``neg_items`` (M,): logits ``s - log Q`` where Q is the
-    expected number of draws of that item (``log_q_neg``; ``log_q_pos`` for the positives, default: no
-    correction of the positive); negatives equal to the row's positive (accidental hits) are removed. With
+    Row i scores its positive (uncorrected) and the shared negatives ``neg_items`` (M,): logits ``s - log Q``
+    where Q is the expected number of draws of that item (``log_q_neg``); negatives equal to the row's positive
+    (accidental hits) are removed. With
     ``in_batch`` the other rows' positives are negatives too, corrected by ``log_q_batch`` (N,) (their expected
     count among the batch's targets). Returns -mean_i log softmax(pos).
     """
     pos_logit = (states * table[pos_items]).sum(-1)
-    if log_q_pos is not None:
-        pos_logit = pos_logit - log_q_pos
     neg_logit = states @ table[neg_items].t() - log_q_neg.unsqueeze(0)
     neg_logit = neg_logit.masked_fill(neg_items.unsqueeze(0) == pos_items.unsqueeze(1), float("-inf"))
     parts = [pos_logit.unsqueeze(1), neg_logit]
@@ -86,10 +97,10 @@ class SampledSoftmaxMixin:
     """``loss_type: SSM`` for a sequential backbone: the sampler built from the training split and the loss.
 
     Keys (properties/model/SASRec.yaml, GRU4Rec.yaml): ``ssm_negatives``, ``ssm_sampler``, ``ssm_power``,
-    ``ssm_in_batch``. ``ssm_sampler`` stays None for the other loss types.
+    ``ssm_in_batch``. ``negative_sampler`` stays None for the other loss types.
     """
 
-    ssm_sampler = None
+    negative_sampler = None  # the cold-start protocol excludes its cold items from any model's sampler
 
     def init_sampled_softmax(self, config, dataset):
         from recbole_llm.evaluator.longtail import training_statistics
@@ -97,13 +108,13 @@ class SampledSoftmaxMixin:
         self.ssm_negatives = int(config["ssm_negatives"])
         self.ssm_in_batch = bool(config["ssm_in_batch"])
         counts, _ = training_statistics(dataset)
-        self.ssm_sampler = NegativeSampler(self.n_items, config["ssm_sampler"], counts, float(config["ssm_power"]))
+        self.negative_sampler = NegativeSampler(self.n_items, config["ssm_sampler"], counts, float(config["ssm_power"]))
         pop = counts.double().clamp(min=0)
         pop[0] = 0
         self.register_buffer("ssm_target_q", (pop / pop.sum().clamp(min=1)).float(), persistent=False)
 
     def sample_negatives(self, device):
-        return self.ssm_sampler.sample(self.ssm_negatives, device)
+        return self.negative_sampler.sample(self.ssm_negatives, device)
 
     def ssm_loss(self, states, pos_items, table, negs, log_q, local=None):
         """The SSM loss of ``states`` for ``pos_items`` (global ids) against ``table``; ``local`` renumbers global

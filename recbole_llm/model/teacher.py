@@ -15,9 +15,9 @@ from logging import getLogger
 
 import torch
 
-from recbole_llm.errors import UserError
 from recbole_llm.compat import load_checkpoint
 from recbole_llm.data.cold import cold_items_of, cold_settings_key
+from recbole_llm.errors import UserError
 from recbole_llm.fileio import atomic_torch_save, build_once, file_fingerprint
 from recbole_llm.llm.features import feature_dirs
 

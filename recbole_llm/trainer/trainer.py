@@ -19,7 +19,7 @@ import torch
 from recbole.utils import get_local_time
 
 from recbole_llm.compat import load_own_checkpoint
-from recbole_llm.evaluator.collector import LongTailCollector
+from recbole_llm.evaluator.collector import LongTailCollector, TopKScores
 
 
 class PluginTrainerMixin:
@@ -70,18 +70,6 @@ class PluginTrainerMixin:
             first = first.scatter_reduce(0, row_idx, order, reduce="amin")
             interaction = interaction[first]
         return interaction, scores, positive_u, positive_i
-
-
-class TopKScores:
-    """The top-k of each row of a (B, n_items) score matrix that was never built whole (chunked evaluation)."""
-
-    def __init__(self, values, indices, n_items):
-        self.values, self.indices, self.n_items = values, indices, n_items
-        self.shape = (values.shape[0], n_items)
-        self.device = values.device
-
-    def dim(self):
-        return 2
 
 
 def chunked_topk(users, items, k, chunk, history_index=None):

@@ -16,19 +16,14 @@ import torch
 from recbole.model.sequential_recommender.gru4rec import GRU4Rec as RecBoleGRU4Rec
 
 from recbole_llm.model.layers import bucketed_encode, bucketed_forward
-from recbole_llm.model.losses import SampledSoftmaxMixin
+from recbole_llm.model.losses import SampledSoftmaxMixin, stand_in_loss_type
 from recbole_llm.model.train_modes import check_train_mode, require_target_list, target_list_field, valid_positions
 
 
 class GRU4Rec(SampledSoftmaxMixin, RecBoleGRU4Rec):
     def __init__(self, config, dataset):
-        loss_type = config["loss_type"]
-        if loss_type == "SSM":  # RecBole's GRU4Rec accepts BPR/CE only
-            config["loss_type"] = "CE"
-        try:
+        with stand_in_loss_type(config, {"SSM": "CE"}) as loss_type:
             super().__init__(config, dataset)
-        finally:
-            config["loss_type"] = loss_type
         self.loss_type = loss_type
         if loss_type == "SSM":
             self.init_sampled_softmax(config, dataset)
@@ -53,22 +48,19 @@ class GRU4Rec(SampledSoftmaxMixin, RecBoleGRU4Rec):
         return self.encode_sequence(item_seq)
 
     def calculate_loss(self, interaction):
-        if self.loss_type == "SSM":  # the whole (ID or adapted) table, sampled negatives
-            item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
-            if self.train_mode == "all_positions":
-                valid = valid_positions(item_seq_len, item_seq.size(1))
-                states, pos_items = self.encode_all(item_seq, item_seq_len)[valid], require_target_list(interaction, self.TARGET_SEQ)[valid]
-            else:
-                states, pos_items = self.forward(item_seq, item_seq_len), interaction[self.POS_ITEM_ID]
-            return self.ssm_loss(states, pos_items, self.item_embedding.weight, *self.sample_negatives(states.device))
-        if self.train_mode != "all_positions":
+        if self.train_mode != "all_positions" and self.loss_type != "SSM":
             return super().calculate_loss(interaction)
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
-        targets = require_target_list(interaction, self.TARGET_SEQ)
-        valid = valid_positions(item_seq_len, item_seq.size(1))
-        states = self.encode_all(item_seq, item_seq_len)[valid]  # (N, H): every real position of every row
-        pos_items = targets[valid]
+        if self.train_mode == "all_positions":
+            targets = require_target_list(interaction, self.TARGET_SEQ)
+            valid = valid_positions(item_seq_len, item_seq.size(1))
+            states = self.encode_all(item_seq, item_seq_len)[valid]  # (N, H): every real position of every row
+            pos_items = targets[valid]
+        else:  # SSM on prefix rows: the state at the last position
+            states, pos_items = self.forward(item_seq, item_seq_len), interaction[self.POS_ITEM_ID]
         table = self.item_embedding.weight
+        if self.loss_type == "SSM":  # the whole (ID or adapted) table, sampled negatives
+            return self.ssm_loss(states, pos_items, table, *self.sample_negatives(states.device))
         if self.loss_type == "CE":
             return self.loss_fct(states @ table.t(), pos_items)
         neg_items = torch.randint(1, self.n_items, pos_items.shape, device=pos_items.device)

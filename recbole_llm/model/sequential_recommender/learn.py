@@ -32,6 +32,7 @@ from torch import nn
 from recbole_llm.errors import ConfigError
 from recbole_llm.model.adapters import prepare_llm_features
 from recbole_llm.model.layers import bucketed_encode
+from recbole_llm.model.losses import NegativeSampler
 
 TARGET_LIST_SUFFIX = "_target_list"
 
@@ -166,6 +167,8 @@ class LEARN(SequentialRecommender):
         self.random_negatives = int(config["learn_random_negatives"] or 0)
         if self.random_negatives < 0:
             raise ConfigError(f"config key 'learn_random_negatives' must be >= 0, got {self.random_negatives}")
+        # its random negatives (the others are the batch's training targets); the cold-start protocol excludes cold items
+        self.negative_sampler = NegativeSampler(self.n_items)
 
         self.in_proj = nn.Linear(features.size(1), self.d_model)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.d_model) if self.use_position else None
@@ -288,25 +291,14 @@ class LEARN(SequentialRecommender):
             return torch.gather(states, 1, tgt_index.unsqueeze(-1).expand(-1, -1, states.size(-1)))
         return self.single_item_embeddings(tgt_items)
 
-    warm_items = None  # the items random negatives come from under the cold-start protocol (None: all)
-
-    def exclude_cold_items(self, cold_items):
-        """Cold-start protocol: in-batch negatives are training targets (warm) already; random ones skip cold items."""
-        self.warm_items = torch.nonzero(~cold_items[: self.n_items].cpu()).view(-1)
-        self.warm_items = self.warm_items[self.warm_items > 0]
-
     def calculate_loss(self, interaction):
         hist, hist_len, pos, pos_mask, tgt_items, tgt_index, tgt_mask, full_targets = self.build_batch(interaction)
         states = self.user_states(hist, hist_len)
         user = torch.gather(states, 1, pos.unsqueeze(-1).expand(-1, -1, states.size(-1)))
         items = self.target_embeddings(tgt_items, tgt_index, full_targets)
         extra_items = extra_embs = None
-        if self.random_negatives:  # uniform over the catalogue (its warm items), embedded by the inference item tower
-            if self.warm_items is None:
-                extra_items = torch.randint(1, self.n_items, (self.random_negatives,), device=hist.device)
-            else:
-                pick = torch.randint(0, len(self.warm_items), (self.random_negatives,), device=hist.device)
-                extra_items = self.warm_items.to(hist.device)[pick]
+        if self.random_negatives:  # uniform over the catalogue, embedded by the inference item tower
+            extra_items, _ = self.negative_sampler.sample(self.random_negatives, hist.device)
             extra_embs = self.single_item_embeddings(extra_items)
         return dense_all_action_loss(user, pos_mask, items, tgt_items, tgt_mask, self.tau, extra_embs, extra_items)
 

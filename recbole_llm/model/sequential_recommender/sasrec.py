@@ -26,20 +26,16 @@ from torch import nn
 
 from recbole_llm.errors import ConfigError
 from recbole_llm.model.layers import bucketed_encode
-from recbole_llm.model.losses import SampledSoftmaxMixin
+from recbole_llm.model.losses import SampledSoftmaxMixin, stand_in_loss_type
+from recbole_llm.model.train_modes import require_target_list, valid_positions
 
 TARGET_LIST_SUFFIX = "_target_list"
 
 
 class SASRec(SampledSoftmaxMixin, RecBoleSASRec):
     def __init__(self, config, dataset):
-        loss_type = config["loss_type"]
-        if loss_type in ("BCE", "SSM"):  # RecBole's SASRec only accepts BPR/CE; it builds the pieces we reuse
-            config["loss_type"] = "BPR" if loss_type == "BCE" else "CE"
-        try:
+        with stand_in_loss_type(config, {"BCE": "BPR", "SSM": "CE"}) as loss_type:  # RecBole builds the pieces we reuse
             super().__init__(config, dataset)
-        finally:
-            config["loss_type"] = loss_type
         self.loss_type = loss_type
         if loss_type == "BCE":
             self.loss_fct = nn.BCEWithLogitsLoss()
@@ -103,9 +99,8 @@ class SASRec(SampledSoftmaxMixin, RecBoleSASRec):
         renumbered into a compact table (``item_rows``), never the whole catalogue."""
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         if self.train_mode == "all_positions":
-            positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
-            valid = positions < item_seq_len.unsqueeze(1)
-            pos_items = interaction[self.TARGET_SEQ][valid]
+            valid = valid_positions(item_seq_len, item_seq.size(1))
+            pos_items = require_target_list(interaction, self.TARGET_SEQ)[valid]
         else:
             pos_items = interaction[self.POS_ITEM_ID]
         negs, log_q = self.sample_negatives(item_seq.device)
@@ -125,8 +120,6 @@ class SASRec(SampledSoftmaxMixin, RecBoleSASRec):
 
     def calculate_loss(self, interaction):
         if self.loss_type == "SSM" and self.ssm_partial_table:
-            if self.train_mode == "all_positions" and self.TARGET_SEQ not in interaction:
-                raise KeyError(f"train_mode all_positions needs '{self.TARGET_SEQ}' in the training batch")
             return self.sampled_softmax_step(interaction)
         table = self.item_table()
         item_seq = interaction[self.ITEM_SEQ]
