@@ -22,6 +22,10 @@
    :func:`install_atomic_reader` makes RecBole's reader read them so (``quoting=QUOTE_NONE``) and turns its
    number errors and empty files into one line naming the file, the line and the fix (the encoding is
    checked before, by recbole_llm.data.atomic.AtomicFilesMixin).
+6. RecBole's distributed training (``nproc`` > 1) hard-codes the ``nccl`` backend, CUDA devices and
+   ``DistributedDataParallel(device_ids=[local_rank])``, so it cannot run without GPUs.
+   :func:`init_distributed_device` starts the process group with ``gloo`` on CPU (``nccl`` on GPUs, as
+   RecBole) and :func:`install_ddp_wrapper` gives CPU modules ``device_ids=None``.
 """
 
 import os
@@ -104,6 +108,58 @@ def install_atomic_reader():
 
     if not isinstance(recbole_dataset.pd, _AtomicPandas):
         recbole_dataset.pd = _AtomicPandas(recbole_dataset.pd)
+
+
+def distributed_world():
+    """(rank, world size) of the running process group; (0, 1) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed_device(final, recbole_init_device):
+    """RecBole's ``Config._init_device`` for a DDP process (``local_rank`` set by the launcher) without CUDA: the
+    ``gloo`` backend on CPU. A single process, or GPUs, go through RecBole's own code (``nccl``)."""
+    use_cuda = torch.cuda.is_available() and final.get("use_gpu", True) and str(final.get("gpu_id", "")).strip() != ""
+    if "local_rank" not in final or use_cuda:
+        return recbole_init_device()
+    import torch.distributed as dist
+
+    final["gpu_id"] = str(final.get("gpu_id", ""))
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="gloo",
+            rank=int(final["local_rank"]) + int(final["offset"]),
+            world_size=int(final["world_size"]),
+            init_method=f"tcp://{final['ip']}:{final['port']}",
+        )
+    final["device"] = torch.device("cpu")
+    final["single_spec"] = False
+    if final["local_rank"] != 0:
+        final["state"] = "error"
+        final["show_progress"] = False
+        final["verbose"] = False
+    install_ddp_wrapper()
+
+
+def install_ddp_wrapper():
+    """RecBole wraps every model in ``DistributedDataParallel(model, device_ids=[local_rank])``; torch accepts
+    device ids for CUDA modules only: CPU modules get ``device_ids=None`` (idempotent)."""
+    import recbole.trainer.trainer as recbole_trainer
+    from torch.nn.parallel import DistributedDataParallel
+
+    if getattr(recbole_trainer.DistributedDataParallel, "_recbole_llm", False):
+        return
+
+    def ddp(module, device_ids=None, **kwargs):
+        if next(module.parameters()).device.type == "cpu":
+            device_ids = None
+        return DistributedDataParallel(module, device_ids=device_ids, **kwargs)
+
+    ddp._recbole_llm = True
+    recbole_trainer.DistributedDataParallel = ddp
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -96,6 +96,12 @@ class Config(RecBoleConfig):
     def _load_cmd_line(self):
         return {}
 
+    def _init_device(self):
+        """RecBole's, except that a DDP process without CUDA uses the gloo backend on CPU (recbole_llm.compat)."""
+        from recbole_llm.compat import init_distributed_device
+
+        init_distributed_device(self.final_config_dict, super()._init_device)
+
     def compatibility_settings(self):
         """RecBole's numpy aliases without reading names numpy 2 removed (recbole_llm.compat)."""
         from recbole_llm.compat import numpy_compatibility_settings

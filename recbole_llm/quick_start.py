@@ -36,9 +36,14 @@ def run_recbole_llm(
 ):
     """Train and evaluate ``model`` on ``dataset``; returns RecBole's result dict
     (best_valid_score, valid_score_bigger, best_valid_result, test_result) plus ``model_file``,
-    ``train_seconds`` (per epoch, mean) and ``num_params``."""
+    ``train_seconds`` (per epoch, mean) and ``num_params``.
+
+    With ``nproc`` > 1 (or ``world_size`` > 1) the artifacts are built here, once, and ``nproc`` processes train
+    with RecBole's DDP (:func:`run_distributed`); the result is global rank 0's (None on the other machines)."""
     if config is None:
         config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    if config["single_spec"] and (config["nproc"] > 1 or config["world_size"] > 1):
+        return run_distributed(config, model, dataset, config_file_list, config_dict, saved)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     set_anomaly_detection(config["detect_anomaly"])
@@ -46,8 +51,9 @@ def run_recbole_llm(
     logger.info(sys.argv)
     logger.info(config)
 
-    prepare_artifacts(config)
-    set_anomaly_detection(config["detect_anomaly"])
+    if config["single_spec"]:  # a DDP process: built before the processes started
+        prepare_artifacts(config)
+        set_anomaly_detection(config["detect_anomaly"])
 
     dataset = create_dataset(config)
     logger.info(dataset)
@@ -97,6 +103,46 @@ def run_recbole_llm(
     }
 
 
+def run_distributed(config, model, dataset, config_file_list, config_dict, saved=True):
+    """``nproc`` DDP processes on this machine (RecBole's ``run``: ``torch.multiprocessing.spawn``), each building
+    the dataset and model; the artifacts (features, SCFT, teacher, similar users) are built before, once."""
+    import copy
+
+    import torch.multiprocessing as mp
+
+    before = copy.deepcopy(config.final_config_dict)
+    prepare_artifacts(config)
+    # what the hooks resolved (llm_feature, llm_features, teacher_checkpoint, ...) goes to the processes as keys
+    resolved = {k: v for k, v in config.final_config_dict.items() if k not in before or before[k] != v}
+    nproc = int(config["nproc"])
+    world_size = int(config["world_size"]) if config["world_size"] > 0 else nproc
+    if config["offset"] + nproc > world_size:
+        from recbole_llm.errors import ConfigError
+
+        raise ConfigError(f"config keys offset ({config['offset']}) + nproc ({nproc}) exceed world_size ({world_size}): "
+                          "set world_size to the processes of all machines together")
+    rank_dict = {**(config_dict or {}), **resolved, "nproc": nproc, "world_size": world_size, "ip": config["ip"],
+                 "port": config["port"], "offset": config["offset"]}
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_run_rank, args=(model or config["model"], dataset or config["dataset"], config_file_list, rank_dict, saved, queue),
+             nprocs=nproc, join=True)
+    return None if queue.empty() else queue.get()
+
+
+def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, queue):
+    """One DDP process (module level: spawn pickles it by name); global rank 0 hands its result back."""
+    import torch.distributed as dist
+
+    try:
+        result = run_recbole_llm(model=model, dataset=dataset, config_file_list=config_file_list,
+                                 config_dict={**config_dict, "local_rank": local_rank}, saved=saved)
+        if dist.get_rank() == 0:
+            queue.put(result)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def quiet_logging():
     """Silence RecBole's per-epoch logging on stdout (log files are still written)."""
     for handler in logging.getLogger().handlers:
@@ -110,8 +156,9 @@ def load_model_file(model_file, config_overrides=None):
     ``config_overrides`` change evaluation-side keys (e.g. ``{"eval_args": {"mode": "uni100"}}``); keys
     that shape the model must stay as trained.
     """
-    from recbole_llm.compat import load_checkpoint
+    from recbole_llm.compat import load_checkpoint, numpy_compatibility_settings
 
+    numpy_compatibility_settings()  # a pickled Config does not run RecBole's start-up (its metrics read np.float)
     checkpoint = load_checkpoint(model_file)
     if not isinstance(checkpoint, dict) or "config" not in checkpoint or "state_dict" not in checkpoint:
         from recbole_llm.errors import DataFileError
@@ -127,6 +174,8 @@ def load_model_file(model_file, config_overrides=None):
     if "eval_args" in (config_overrides or {}):
         config._set_eval_neg_sample_args("valid")
         config._set_eval_neg_sample_args("test")
+    if "local_rank" in (config_overrides or {}):  # a DDP process (evaluate_model_file with nproc > 1)
+        config._init_device()
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
@@ -136,9 +185,34 @@ def load_model_file(model_file, config_overrides=None):
     return config, model, train_data, valid_data, test_data
 
 
-def evaluate_model_file(model_file, config_overrides=None):
-    """Test result of a saved checkpoint, e.g. under another eval mode than it was trained with."""
+def evaluate_model_file(model_file, config_overrides=None, nproc=1, port=5678):
+    """Test result of a saved checkpoint, e.g. under another eval mode than it was trained with; with ``nproc`` > 1
+    evaluated by that many DDP processes on this machine (the metrics are those of one process)."""
+    if nproc > 1:
+        import torch.multiprocessing as mp
+
+        queue = mp.get_context("spawn").SimpleQueue()
+        mp.spawn(_evaluate_rank, args=(model_file, config_overrides, nproc, port, queue), nprocs=nproc, join=True)
+        return queue.get()
     config, model, train_data, _, test_data = load_model_file(model_file, config_overrides)
+    return _evaluate_loaded(config, model, train_data, test_data)
+
+
+def _evaluate_loaded(config, model, train_data, test_data):
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     trainer.eval_collector.data_collect(train_data)
     return trainer.evaluate(test_data, load_best_model=False)
+
+
+def _evaluate_rank(local_rank, model_file, config_overrides, nproc, port, queue):
+    import torch.distributed as dist
+
+    rank_keys = {"local_rank": local_rank, "nproc": nproc, "world_size": nproc, "ip": "localhost", "port": port, "offset": 0}
+    try:
+        config, model, train_data, _, test_data = load_model_file(model_file, {**(config_overrides or {}), **rank_keys})
+        result = _evaluate_loaded(config, model, train_data, test_data)
+        if dist.get_rank() == 0:
+            queue.put(result)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,7 +1,9 @@
-"""A RecBole ``Collector`` that also collects what the long-tail metrics need."""
+"""A RecBole ``Collector`` that also collects what the long-tail metrics need, and gathers DDP ranks' rows."""
 
 import torch
 from recbole.evaluator.collector import Collector
+
+from recbole_llm.compat import distributed_world
 
 from recbole_llm.data.cold import cold_items_of
 from recbole_llm.evaluator.longtail import (
@@ -24,8 +26,24 @@ class TopKScores:
         self.device = values.device
 
 
+# DataStruct keys with one entry per evaluation row (RecBole's and the long-tail ones)
+_PER_ROW_KEYS = ("rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label") + ROW_KEYS
+
+
+def gather_rows(parts, n_rows):
+    """The rows of a ``DistributedSampler(shuffle=False)`` split, back in dataset order: rank r held rows
+    r, r + W, r + 2W, ... of the index list padded to W * ceil(n/W) by repeating its start; the padding is cut."""
+    size = max(len(p) for p in parts)
+    if any(len(p) != size for p in parts):
+        raise RuntimeError(f"DDP evaluation: ranks hold {[len(p) for p in parts]} rows; DistributedSampler gives each the same number")
+    rows = torch.stack(parts, dim=1).reshape(size * len(parts), *parts[0].shape[1:])
+    return rows[:n_rows] if n_rows is not None else rows
+
+
 class LongTailCollector(Collector):
     """Adds per-row target item and user, and training popularity / history length."""
+
+    eval_rows = None  # rows of the evaluation data (the trainer sets it): the padding DDP adds is cut at it
 
     def data_collect(self, train_data):
         super().data_collect(train_data)
@@ -74,7 +92,17 @@ class LongTailCollector(Collector):
             pos_len = torch.bincount(rows, minlength=index.size(0)).int().unsqueeze(1)
             self.data_struct.update_tensor("rec.topk", torch.cat((pos_idx, pos_len), dim=1))
 
+    def _gather_ranks(self):
+        """Every rank's per-row tensors, concatenated in dataset order on every rank (DDP evaluation)."""
+        for key in _PER_ROW_KEYS:
+            if key in self.data_struct:
+                parts = [None] * distributed_world()[1]
+                torch.distributed.all_gather_object(parts, self.data_struct[key].cpu())
+                self.data_struct.set(key, gather_rows(parts, self.eval_rows))
+
     def get_data_struct(self):
+        if distributed_world()[1] > 1:
+            self._gather_ranks()
         returned = super().get_data_struct()
         for key in ROW_KEYS:
             if key in self.data_struct:

@@ -9,7 +9,11 @@
     also in sampled (uni100) evaluation;
   * ``eval_item_chunk: N`` scores full-sort evaluation N items at a time and keeps only the running top-k
     (:func:`chunked_topk`), for models with ``full_sort_factors`` (the SASRec family, LEARN): memory is
-    eval_batch_size x (N + k) scores instead of eval_batch_size x n_items.
+    eval_batch_size x (N + k) scores instead of eval_batch_size x n_items;
+  * under DDP (``nproc`` > 1): the per-row evaluation data of all ranks is gathered before the metrics are
+    computed (LongTailCollector), so every rank gets the exact single-process metrics (RecBole averages the
+    ranks' metrics weighted by batch count, over a sampler that repeats rows to even the shards out); the best
+    checkpoint is loaded by global rank 0 and its weights broadcast.
 """
 
 import os
@@ -18,7 +22,7 @@ import uuid
 import torch
 from recbole.utils import get_local_time
 
-from recbole_llm.compat import load_own_checkpoint
+from recbole_llm.compat import distributed_world, load_own_checkpoint
 from recbole_llm.evaluator.collector import LongTailCollector, TopKScores
 
 
@@ -42,13 +46,22 @@ class PluginTrainerMixin:
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if not eval_data:
             return
-        if load_best_model:
+        rank, world = distributed_world()
+        if load_best_model and rank == 0:
             checkpoint_file = model_file or self.saved_model_file
             checkpoint = load_own_checkpoint(checkpoint_file, self._own_checkpoints, self.device)
             self.model.load_state_dict(checkpoint["state_dict"])
             self.model.load_other_parameter(checkpoint.get("other_parameter"))
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        if load_best_model and world > 1:  # the other ranks take rank 0's weights (no shared checkpoint folder needed)
+            for tensor in self.model.state_dict().values():
+                torch.distributed.broadcast(tensor, src=0)
+        self.eval_collector.eval_rows = getattr(eval_data, "sample_size", None)
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def _map_reduce(self, result, num_sample):
+        """DDP: the metrics are already global (LongTailCollector gathered every rank's rows first)."""
+        return result
 
     def _full_sort_batch_eval(self, batched_data):
         chunk = self.config["eval_item_chunk"]
