@@ -26,6 +26,9 @@
    ``DistributedDataParallel(device_ids=[local_rank])``, so it cannot run without GPUs.
    :func:`init_distributed_device` starts the process group with ``gloo`` on CPU (``nccl`` on GPUs, as
    RecBole) and :func:`install_ddp_wrapper` gives CPU modules ``device_ids=None``.
+7. Ray 2.6's Ray Data imports ``pkg_resources._vendor.packaging`` (gone in setuptools >= 70) and pandas
+   internals gone in pandas 2.1: with requirements.txt's set (ray 2.6.3, pandas 2.2, setuptools 80) it cannot be
+   imported. :func:`import_ray_data` says so in one line; requirements-modern.txt (ray 2.60) runs it.
 """
 
 import os
@@ -160,6 +163,26 @@ def install_ddp_wrapper():
 
     ddp._recbole_llm = True
     recbole_trainer.DistributedDataParallel = ddp
+
+
+def import_ray_data():
+    """``ray.data``, or one line saying why this Ray's Ray Data cannot run here."""
+    import ray
+    import ray.data
+    from packaging.version import Version
+
+    try:
+        if Version(ray.__version__) < Version("2.10"):  # what its map_batches imports (moved in later Rays)
+            import ray.air.util.tensor_extensions.arrow  # noqa: F401
+            import ray.air.util.tensor_extensions.pandas  # noqa: F401
+    except ImportError as err:
+        from recbole_llm.errors import ConfigError
+
+        raise ConfigError(
+            f"llm_ray: Ray Data of ray {ray.__version__} cannot be imported with this stack ({err}); ray 2.6's Ray Data "
+            "predates pandas 2.1 and setuptools 70: install requirements-modern.txt (ray 2.60), or extract without --ray"
+        ) from None
+    return ray.data
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -1,5 +1,6 @@
 """RecBole's DDP on CPU (gloo): training with nproc=2 and metrics gathered across ranks (issue 22)."""
 
+import os
 import socket
 
 import pytest
@@ -75,3 +76,62 @@ def test_cli_llmemb_with_two_processes(tmp_path, capsys):
     out = capsys.readouterr()
     assert code == 0, out.err[-2000:]
     assert out.out.count("'ndcg@10': ") == 2 and "'ndcg_tail@10': " in out.out
+
+
+# ---- LLM feature extraction on Ray ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    from recbole_llm.compat import import_ray_data
+    from recbole_llm.errors import ConfigError
+
+    try:
+        import_ray_data()
+    except ConfigError as err:  # requirements.txt's ray 2.6.3: .ci/run's second set (ray 2.60) runs these tests
+        pytest.skip(str(err))
+    yield
+    ray.shutdown()
+
+
+def test_features_cli_on_ray_equals_single_process(tiny_data, tmp_path, capsys, local_ray):
+    """The documented command with a local Ray of 2 actors: the same rows as one process, attached as usual."""
+    import numpy as np
+
+    from recbole_llm import Config, create_dataset
+    from recbole_llm.features import main
+    from recbole_llm.llm.features import load_features
+
+    base = ["--dataset=tiny", f"--data_path={tiny_data}"]
+    assert main(base + [f"--feature_dir={tmp_path / 'one'}"]) == 0
+    assert main(base + [f"--feature_dir={tmp_path / 'ray'}", "--ray", "--num_workers=2", "--llm_ray_block_size=8"]) == 0
+    out = capsys.readouterr().out
+    name = out.strip().splitlines()[-1].split()[2]
+    one_tokens, one, one_meta = load_features(str(tmp_path / "one" / f"tiny.{name}"), mmap=False)
+    ray_tokens, on_ray, ray_meta = load_features(str(tmp_path / "ray" / f"tiny.{name}"), mmap=False)
+    assert list(ray_tokens) == list(one_tokens) and on_ray.shape == one.shape == (30, 384)
+    assert np.abs(on_ray - one).max() < 1e-5 and ray_meta["cache_key"] == one_meta["cache_key"]
+    config = Config(model="SASRec", dataset="tiny", config_dict=tiny_config(tiny_data, tmp_path, llm_features=[name],
+                                                                          feature_dir=str(tmp_path / "ray")))
+    dataset = create_dataset(config)
+    row = dataset.token2id("item_id", "i3")
+    assert np.allclose(dataset.llm_feature(name)[row].numpy(), on_ray[list(ray_tokens).index("i3")])
+
+
+def test_ray_extraction_resumes_after_the_last_finished_chunk(tmp_path, local_ray, monkeypatch):
+    import numpy as np
+    import ray.data
+
+    from recbole_llm.llm.extract import resolve_llm_path
+    from recbole_llm.llm.ray_extract import embed_texts_ray
+
+    texts = [f"item number {i} " + "word " * (i % 7) for i in range(15)]
+    kwargs = {"num_workers": 1, "block_size": 4, "chunk_dir": str(tmp_path / "chunks"), "chunk_key": "k", "chunk_size": 10,
+              "show_progress": False}
+    first = embed_texts_ray(texts, resolve_llm_path("minilm"), 384, **kwargs)
+    assert sorted(os.listdir(tmp_path / "chunks")) == ["k-ray-0.npy", "k-ray-10.npy"]
+    os.remove(tmp_path / "chunks" / "k-ray-10.npy")
+    calls = []
+    original = ray.data.from_items
+    monkeypatch.setattr(ray.data, "from_items", lambda items, **kw: calls.append(len(items)) or original(items, **kw))
+    again = embed_texts_ray(texts, resolve_llm_path("minilm"), 384, **kwargs)
+    assert calls == [5] and np.array_equal(again, first)  # only the missing last chunk (rows 10-14) went to Ray

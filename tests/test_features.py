@@ -294,3 +294,18 @@ def test_features_cli_force_rebuilds(tiny_data, tmp_path, tiny_llama_dir, capsys
     assert main(args) == 0 and "wrote 30 x 32" in capsys.readouterr().out
     assert main(args) == 0 and "reusing up-to-date" in capsys.readouterr().out
     assert main(args + ["--force"]) == 0 and "wrote 30 x 32" in capsys.readouterr().out
+
+
+def test_features_cli_builds_what_the_models_run_reads(tiny_data, tmp_path, capsys):
+    """--model picks the model's YAML (LEARN: learn prompts, L2-normalised); --key=value sets any key; the run reuses it."""
+    from recbole_llm.features import main
+    from recbole_llm.model.adapters import prepare_llm_features
+
+    args = ["--dataset=tiny", f"--data_path={tiny_data}", f"--feature_dir={tmp_path / 'f'}"]
+    assert main(args + ["--model=LEARN", "--llm_pooling=cls"]) == 0
+    name = capsys.readouterr().out.strip().splitlines()[-1].split()[2]
+    assert name == "minilm-cls-learn-l2"
+    config = Config(model="LEARN", dataset="tiny", config_dict={"data_path": tiny_data, "feature_dir": str(tmp_path / "f"),
+                                                                "llm_pooling": "cls", "state": "WARNING"})
+    assert prepare_llm_features(config) == name and "reusing up-to-date features" in capsys.readouterr().out
+    assert main(args + ["--llm_ray_workers=2"]) == 2 and "need --ray" in capsys.readouterr().err

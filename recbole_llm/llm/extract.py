@@ -374,6 +374,22 @@ def ensure_features(config, name=None, llm_path=None, pooling=None, prompt_style
     return pca_name
 
 
+def _embed_with_ray(config, settings, texts, chunk_dir, show_progress):
+    """The feature matrix computed by Ray actors (recbole_llm.llm.ray_extract); same rows as embed_texts."""
+    from transformers import AutoConfig
+
+    from recbole_llm.llm.ray_extract import embed_texts_ray
+
+    path = resolve_llm_path(settings["llm_path"])
+    hidden_size = AutoConfig.from_pretrained(path, local_files_only=True).hidden_size
+    chunk_key = _text_key(texts, {k: settings[k] for k in ("pooling", "max_length", "normalize")} | {"model": path})
+    return embed_texts_ray(texts, path, hidden_size, pooling=settings["pooling"], max_length=settings["max_length"],
+                           normalize=settings["normalize"], batch_size=int(_get(config, "llm_batch_size", 64)),
+                           num_workers=int(_get(config, "llm_ray_workers", 2)), gpus_per_worker=float(_get(config, "llm_ray_gpus_per_worker", 0)),
+                           address=_get(config, "llm_ray_address", None), block_size=int(_get(config, "llm_ray_block_size", 256)),
+                           chunk_dir=chunk_dir, chunk_key=chunk_key, show_progress=show_progress)
+
+
 def _remove_chunks(chunk_dir):
     if os.path.isdir(chunk_dir):
         for file in os.listdir(chunk_dir):
@@ -390,21 +406,17 @@ def _build_features(config, settings, key, base_name, target_dir, show_progress)
     )
     tokens = dataset_item_tokens(data_dir, dataset, item_text, prompts_cfg["item_field"])
     prompts = build_prompts(item_text, settings["prompt_style"], prompts_cfg["instruction"], prompts_cfg["max_value_len"], tokens)
-    device = _get(config, "device", "cpu")
-    model, tokenizer = load_llm(settings["llm_path"], device=device)
     start = time.perf_counter()
-    matrix = embed_texts(
-        [prompts[t] for t in tokens],
-        model,
-        tokenizer,
-        pooling=settings["pooling"],
-        batch_size=int(_get(config, "llm_batch_size", 64)),
-        max_length=settings["max_length"],
-        device=device,
-        normalize=settings["normalize"],
-        show_progress=show_progress,
-        chunk_dir=os.path.join(target_dir, f".chunks-{base_name}"),
-    )
+    texts = [prompts[t] for t in tokens]
+    chunk_dir = os.path.join(target_dir, f".chunks-{base_name}")
+    if _get(config, "llm_ray", False):
+        matrix = _embed_with_ray(config, settings, texts, chunk_dir, show_progress)
+    else:
+        device = _get(config, "device", "cpu")
+        model, tokenizer = load_llm(settings["llm_path"], device=device)
+        matrix = embed_texts(texts, model, tokenizer, pooling=settings["pooling"], batch_size=int(_get(config, "llm_batch_size", 64)),
+                             max_length=settings["max_length"], device=device, normalize=settings["normalize"],
+                             show_progress=show_progress, chunk_dir=chunk_dir)
     seconds = time.perf_counter() - start
     meta = dict(settings, llm_path=resolve_llm_path(settings["llm_path"]), cache_key=key, seconds=round(seconds, 2))
     base = feature_io.feature_base(target_dir, dataset, base_name)

@@ -219,8 +219,9 @@ class LLMEmbMixin:
         return int(config["hidden_size"])
 
 
-def prepare_llm_features(config, pca_dim=None):
+def prepare_llm_features(config, pca_dim=None, force=False):
     """Make sure the model's feature file exists; sets ``llm_features``/``llm_feature`` in the config.
+    ``force`` rebuilds the extracted file (not SCFT) even when it is up to date.
 
     ``pca_dim`` (default: the config's) PCA-reduces the features first, SCFT ones included; ``feature_whitening``
     (none | pca | zca) then whitens them (:func:`recbole_llm.llm.extract.ensure_whitened`). With whitening on,
@@ -250,7 +251,7 @@ def prepare_llm_features(config, pca_dim=None):
         else:
             from recbole_llm.llm.extract import ensure_features
 
-            name = ensure_features(config, pca_dim=pca_dim)
+            name = ensure_features(config, pca_dim=pca_dim, force=force)
     names = list(config["llm_features"] or [])
     base = name
     if whitening != "none":
