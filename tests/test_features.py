@@ -309,3 +309,48 @@ def test_features_cli_builds_what_the_models_run_reads(tiny_data, tmp_path, caps
                                                                 "llm_pooling": "cls", "state": "WARNING"})
     assert prepare_llm_features(config) == name and "reusing up-to-date features" in capsys.readouterr().out
     assert main(args + ["--llm_ray_workers=2"]) == 2 and "need --ray" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype, stored, tolerance", [("float16", "float16", 1e-3), ("bfloat16", "uint16", 1e-2)])
+def test_feature_dtype_round_trip_memory_mapped(tmp_path, dtype, stored, tolerance):
+    from recbole_llm.llm.features import align_features, check_feature_file, load_features, save_features
+
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((50, 8)).astype(np.float32)
+    tokens = [f"i{i}" for i in range(50)]
+    base = str(tmp_path / "d.rand")
+    save_features(base, tokens, matrix, dtype=dtype)
+    assert np.load(base + ".npy").dtype == np.dtype(stored)  # half the bytes on disk
+    check_feature_file(base)
+    _, mapped, meta = load_features(base)
+    assert isinstance(mapped, np.memmap) and meta["dtype"] == dtype
+    id2token = ["[PAD]"] + tokens[::-1]
+    table = align_features(tokens, mapped, id2token, base, dtype=dtype, stored=dtype)
+    assert table.dtype == getattr(torch, dtype) and float(table[0].abs().sum()) == 0.0
+    assert np.allclose(table[1:].float().numpy(), matrix[::-1], rtol=tolerance, atol=tolerance)
+    _, as_float, _ = load_features(base, mmap=False, float32=True)
+    assert as_float.dtype == np.float32 and np.allclose(as_float, matrix, rtol=tolerance, atol=tolerance)
+    with pytest.raises(FeatureFileError, match="float16"):
+        save_features(str(tmp_path / "d.big"), tokens, matrix * 1e5, dtype="float16")
+
+
+def test_feature_dtype_halves_the_attached_table_and_the_adapter_computes_in_float32(tiny_data, tmp_path, capsys):
+    from recbole_llm import create_dataset, get_model
+    from recbole_llm.utils import data_preparation
+
+    overrides = tiny_config(tiny_data, tmp_path, feature_dir=str(tmp_path / "f"), feature_dtype="bfloat16", align_alpha=0.0)
+    config = Config(model="LLMEmbSASRec", dataset="tiny", config_dict=overrides)
+    get_model("LLMEmbSASRec").prepare_artifacts(config)
+    assert config["llm_feature"].endswith("-bf16") and "wrote 30 x 384" in capsys.readouterr().out
+    dataset = create_dataset(config)
+    assert dataset.llm_features[config["llm_feature"]].dtype == torch.bfloat16
+    assert dataset.llm_feature(config["llm_feature"]).dtype == torch.float32
+    train_data, _, _ = data_preparation(config, dataset)
+    model = get_model("LLMEmbSASRec")(config, train_data.dataset)
+    assert model.item_embedding.features.dtype == torch.bfloat16
+    ids = torch.tensor([0, 3, 7, 3])
+    full = model.item_embedding.compute_table()
+    assert full.dtype == torch.float32 and torch.allclose(model.item_embedding.rows(ids), full[ids], atol=1e-6)
+    loss = model.calculate_loss(next(iter(train_data)))
+    loss.backward()
+    assert torch.isfinite(loss) and model.item_embedding.adapter[0].weight.grad.abs().sum() > 0

@@ -324,6 +324,11 @@ def test_sampled_softmax_hand_example_with_logq_and_accidental_hits():
     # row 1 (positive 2, score 1): sampled 2 is its own positive (removed), sampled 3 scores 1; in-batch item 1 scores 0
     row1 = -(1.0 - math.log(math.exp(1.0) + math.exp(1.0 - math.log(2.0)) + math.exp(0.0 - math.log(0.4))))
     assert loss2.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    # a per-item bias (BERT4Rec's output_bias) joins every score, positives and negatives alike
+    bias = torch.tensor([0.0, 0.5, -1.0, 2.0])
+    loss3 = sampled_softmax_loss(states, pos, table, negs, log_q, bias=bias)
+    b_pos, b2, b3 = s_pos + 0.5, s2 - 1.0, s3 + 2.0
+    assert loss3.item() == pytest.approx(-(b_pos - math.log(math.exp(b_pos) + math.exp(b2) + math.exp(b3))), rel=1e-6)
 
 
 def test_negative_sampler_distributions_and_exclusions():
@@ -340,7 +345,8 @@ def test_negative_sampler_distributions_and_exclusions():
 
 
 @pytest.mark.parametrize("model_name, train_mode", [("SASRec", "all_positions"), ("LLMEmbSASRec", "all_positions"),
-                                                    ("GRU4Rec", "all_positions"), ("LLMEmbGRU4Rec", "prefix")])
+                                                    ("GRU4Rec", "all_positions"), ("LLMEmbGRU4Rec", "prefix"),
+                                                    ("BERT4Rec", "all_positions"), ("LLMEmbBERT4Rec", "prefix")])
 def test_sampled_softmax_trains(tiny_data, tmp_path, model_name, train_mode):
     write_features(str(tmp_path / "features"), dim=16)
     overrides = {"loss_type": "SSM", "ssm_negatives": 8, "ssm_in_batch": True, "train_mode": train_mode,

@@ -11,9 +11,11 @@ class LLMFeatureDataset(SequentialDataset):
     """A ``SequentialDataset`` with frozen LLM feature tables attached.
 
     ``llm_features: [name, ...]`` in the config names feature files (see ``recbole_llm.llm.features``);
-    each becomes a float32 tensor of shape ``(item_num, d)`` aligned to RecBole's internal item ids
-    through ``field2id_token`` (row 0, the padding id, is zeros). Models read them with
-    :meth:`llm_feature`. ``llm_feature_dims: {name: d}`` optionally checks the width.
+    each becomes a tensor of shape ``(item_num, d)`` aligned to RecBole's internal item ids
+    through ``field2id_token`` (row 0, the padding id, is zeros), held in ``feature_dtype`` (float32, or
+    float16 / bfloat16 for half the memory). Models read them with :meth:`llm_feature` (float32 unless they
+    ask for the stored dtype: the LLMEmb adapter computes in float32 from it). ``llm_feature_dims: {name: d}``
+    optionally checks the width.
     """
 
     def __init__(self, config):
@@ -36,18 +38,21 @@ class LLMFeatureDataset(SequentialDataset):
                     f"build it with python -m recbole_llm.features --dataset={self.dataset_name} --name={name}"
                 )
             tokens, matrix, meta = load_features(base)
-            self.llm_features[name] = align_features(tokens, matrix, id2token, base + ".npy", expected.get(name))
+            self.llm_features[name] = align_features(tokens, matrix, id2token, base + ".npy", expected.get(name),
+                                                     dtype=self.config["feature_dtype"], stored=meta.get("dtype", "float32"))
             getLogger().info(f"attached LLM features '{name}' {tuple(self.llm_features[name].shape)} from {base}.npy")
 
-    def llm_feature(self, name=None):
-        """The aligned feature table ``name`` (default: the first of ``llm_features``)."""
+    def llm_feature(self, name=None, keep_dtype=False):
+        """The aligned feature table ``name`` (default: the first of ``llm_features``), in float32 unless
+        ``keep_dtype`` (then in ``feature_dtype``)."""
         if not self.llm_features:
             raise FeatureFileError("this model needs LLM features: set llm_features: [<name>] in the config")
         if name is None:
             name = next(iter(self.llm_features))
         if name not in self.llm_features:
             raise FeatureFileError(f"feature '{name}' is not attached; attached: {list(self.llm_features)}")
-        return self.llm_features[name]
+        table = self.llm_features[name]
+        return table if keep_dtype else table.float()
 
 
 # ---- the classes create_dataset builds: a RecBole or plugin dataset class with the plugin's mixins in front ----

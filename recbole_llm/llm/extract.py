@@ -242,7 +242,7 @@ def ensure_whitened(config, name, mode, eps=1e-5):
     white_name = f"{name}-white{mode}"
     if is_current(feature_io.find_feature_file(config, white_name), key):
         return white_name
-    tokens, matrix, meta = feature_io.load_features(source, mmap=False)
+    tokens, matrix, meta = feature_io.load_features(source, mmap=False, float32=True)
     meta = {k: v for k, v in meta.items() if k not in ("tokens", "rows", "dims", "created_at", "created_by")}
     meta.update(cache_key=key, whitening=mode, whitening_eps=float(eps), whitening_of=name)
     base = feature_io.feature_base(feature_io.feature_dirs(config)[0], config["dataset"], white_name)
@@ -274,7 +274,7 @@ def feature_settings(config, llm_path=None, pooling=None, prompt_style=None, nor
     """The settings that define a feature file (its cache key is their hash)."""
     prompts = prompt_config(config)
     style = prompt_style or _get(config, "prompt_style", "llmemb")
-    return {
+    settings = {
         "dataset": config["dataset"],
         "llm_path": llm_path or _get(config, "llm_path", DEFAULT_LLM),
         "pooling": pooling or _get(config, "llm_pooling", "mean"),
@@ -283,6 +283,10 @@ def feature_settings(config, llm_path=None, pooling=None, prompt_style=None, nor
         "max_length": int(_get(config, "llm_max_length", 256)),
         "normalize": bool(normalize if normalize is not None else _get(config, "llm_normalize", False)),
     }
+    dtype = feature_io.check_dtype(_get(config, "feature_dtype", "float32"))
+    if dtype != "float32":  # float32 files keep the cache key they always had
+        settings["dtype"] = dtype
+    return settings
 
 
 def cache_key(settings, item_file):
@@ -295,6 +299,8 @@ def default_feature_name(settings, pca_dim=None):
     name = f"{llm_short_name(settings['llm_path'])}-{settings['pooling']}-{settings['prompt_style']}"
     if settings["normalize"]:
         name += "-l2"
+    if settings.get("dtype"):
+        name += {"float16": "-fp16", "bfloat16": "-bf16"}[settings["dtype"]]
     return name + (f"-pca{pca_dim}" if pca_dim else "")
 
 
@@ -364,7 +370,7 @@ def ensure_features(config, name=None, llm_path=None, pooling=None, prompt_style
         logger.info(f"PCA features '{pca_name}' are up to date: reusing them")
         print(f"reusing up-to-date features {pca_existing}.npy (cache key {pca_key})")
         return pca_name
-    tokens, matrix, meta = feature_io.load_features(existing, mmap=False)
+    tokens, matrix, meta = feature_io.load_features(existing, mmap=False, float32=True)
     reduced = pca_reduce(matrix, int(pca_dim))
     pca_meta = {k: v for k, v in meta.items() if k not in ("tokens", "rows", "dims", "created_at", "created_by")}
     pca_meta.update(cache_key=pca_key, pca_dim=int(pca_dim), pca_of=base_name)
@@ -420,7 +426,7 @@ def _build_features(config, settings, key, base_name, target_dir, show_progress)
     seconds = time.perf_counter() - start
     meta = dict(settings, llm_path=resolve_llm_path(settings["llm_path"]), cache_key=key, seconds=round(seconds, 2))
     base = feature_io.feature_base(target_dir, dataset, base_name)
-    feature_io.save_features(base, tokens, matrix, meta)
+    feature_io.save_features(base, tokens, matrix, meta, dtype=settings.get("dtype", "float32"))
     _remove_chunks(os.path.join(target_dir, f".chunks-{base_name}"))
     rate = len(tokens) / max(seconds, 1e-9)
     logger.info(f"wrote features '{base_name}' {matrix.shape} to {base}.npy ({rate:.0f} items/s)")

@@ -1,8 +1,9 @@
-"""Feature files: item tokens + a float32 matrix + metadata, written atomically, loaded memory-mapped.
+"""Feature files: item tokens + a float matrix + metadata, written atomically, loaded memory-mapped.
 
 A feature file named ``<name>`` of dataset ``<dataset>`` is two files in the feature folder:
 
-    <dataset>.<name>.npy    float32 matrix, one row per item token (np.load(mmap_mode="r"))
+    <dataset>.<name>.npy    float32 / float16 matrix, one row per item token (np.load(mmap_mode="r")); bfloat16,
+                            which numpy lacks, is stored as its raw 16 bits (uint16) with "dtype": "bfloat16"
     <dataset>.<name>.json   {"tokens": [...], "dims": d, "rows": n, "model": ..., "pooling": ...,
                              "prompt_hash": ..., "created_by": ..., "created_at": ..., ...}
 
@@ -30,6 +31,34 @@ SUFFIX_META = ".json"
 
 class FeatureFileError(UserError, ValueError):
     """A missing, corrupt or mismatched feature file; the message names the file and the fix."""
+
+
+FEATURE_DTYPES = ("float32", "float16", "bfloat16")
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def check_dtype(dtype, key="feature_dtype"):
+    if dtype not in FEATURE_DTYPES:
+        from recbole_llm.errors import ConfigError
+
+        raise ConfigError(f"config key '{key}' must be one of {list(FEATURE_DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+def to_stored(matrix, dtype):
+    """A float32 numpy matrix as it is stored for ``dtype`` (bfloat16: its raw bits as uint16)."""
+    if dtype == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    return np.ascontiguousarray(matrix, dtype=np.dtype(dtype))
+
+
+def to_tensor(block, stored, dtype):
+    """Rows of a stored matrix (numpy, maybe memory-mapped) as a torch tensor of ``dtype``."""
+    if stored == "bfloat16":
+        tensor = torch.from_numpy(np.array(block, dtype=np.uint16).view(np.int16)).view(torch.bfloat16)
+    else:
+        tensor = torch.from_numpy(np.array(block))
+    return tensor.to(_TORCH_DTYPES[dtype])
 
 
 def _writable(folder):
@@ -74,8 +103,10 @@ def find_feature_file(config, name):
     return None
 
 
-def save_features(base, tokens, matrix, meta=None):
-    """Write ``<base>.npy`` and ``<base>.json`` atomically; returns the metadata written."""
+def save_features(base, tokens, matrix, meta=None, dtype="float32"):
+    """Write ``<base>.npy`` and ``<base>.json`` atomically, the matrix stored as ``dtype`` (float32 | float16 |
+    bfloat16); returns the metadata written."""
+    check_dtype(dtype)
     matrix = np.ascontiguousarray(np.asarray(matrix, dtype=np.float32))
     tokens = [str(t) for t in tokens]
     if matrix.ndim != 2 or matrix.shape[0] != len(tokens):
@@ -86,19 +117,21 @@ def save_features(base, tokens, matrix, meta=None):
     if bad.any():
         examples = [tokens[i] for i in np.flatnonzero(bad)[:5]]
         raise FeatureFileError(f"refusing to write '{base}': {int(bad.sum())} rows contain NaN/inf (items {examples})")
+    if dtype == "float16" and np.abs(matrix).max(initial=0.0) > np.finfo(np.float16).max:
+        raise FeatureFileError(f"refusing to write '{base}' as float16: values exceed {np.finfo(np.float16).max:.0f}; use bfloat16")
     meta = dict(meta or {})
     meta.update(
         {
             "tokens": tokens,
             "rows": int(matrix.shape[0]),
             "dims": int(matrix.shape[1]),
-            "dtype": "float32",
+            "dtype": dtype,
             "created_at": meta.get("created_at") or time.strftime("%Y-%m-%dT%H:%M:%S"),
             "created_by": meta.get("created_by") or " ".join([os.path.basename(sys.executable)] + sys.argv),
         }
     )
     with atomic_open(base + SUFFIX_MATRIX, "wb") as handle:
-        np.save(handle, matrix)
+        np.save(handle, to_stored(matrix, dtype))
     atomic_write_text(base + SUFFIX_META, json.dumps(meta, indent=1))
     return meta
 
@@ -120,8 +153,9 @@ def load_meta(base):
     return meta
 
 
-def load_features(base, mmap=True):
-    """(tokens, matrix, meta) of a feature file; the matrix is memory-mapped when ``mmap``."""
+def load_features(base, mmap=True, float32=False):
+    """(tokens, matrix, meta) of a feature file; the matrix is memory-mapped when ``mmap`` and in its stored dtype
+    (meta["dtype"]; bfloat16 as raw uint16), or a float32 array in memory with ``float32``."""
     meta = load_meta(base)
     path = base + SUFFIX_MATRIX
     try:
@@ -138,22 +172,29 @@ def load_features(base, mmap=True):
         raise FeatureFileError(
             f"feature matrix '{path}' has {matrix.shape[1]} dims but its metadata says {meta['dims']}: {REBUILD}"
         )
+    if float32:
+        matrix = to_tensor(matrix, meta.get("dtype", "float32"), "float32").numpy()
     return tokens, matrix, meta
 
 
 def check_feature_file(base):
     """Open ``base`` and check it: matrix vs metadata (load_features), a float matrix, every value finite."""
-    tokens, matrix, _ = load_features(base, mmap=True)
-    if not np.issubdtype(matrix.dtype, np.floating):
+    tokens, matrix, meta = load_features(base, mmap=True)
+    stored = meta.get("dtype", "float32")
+    expected = np.uint16 if stored == "bfloat16" else np.dtype(stored) if stored in FEATURE_DTYPES else None
+    if not np.issubdtype(matrix.dtype, np.floating) and matrix.dtype != expected:
         raise FeatureFileError(f"feature matrix '{base}{SUFFIX_MATRIX}' has dtype {matrix.dtype}, not float: {REBUILD}")
+    if matrix.dtype != expected:
+        raise FeatureFileError(f"feature matrix '{base}{SUFFIX_MATRIX}' has dtype {matrix.dtype} but its metadata says {stored}: {REBUILD}")
     for start in range(0, matrix.shape[0], 65536):  # in blocks: a memory-mapped file is never loaded whole
-        if not np.isfinite(matrix[start : start + 65536]).all():
+        if not torch.isfinite(to_tensor(matrix[start : start + 65536], stored, "float32")).all():
             raise FeatureFileError(f"feature matrix '{base}{SUFFIX_MATRIX}' holds NaN/inf values: {REBUILD}")
     return tokens, matrix
 
 
-def align_features(tokens, matrix, id2token, source, expected_dims=None):
-    """A (len(id2token), d) float32 tensor whose row i is the feature of internal item id i.
+def align_features(tokens, matrix, id2token, source, expected_dims=None, dtype="float32", stored="float32"):
+    """A (len(id2token), d) tensor of ``dtype`` whose row i is the feature of internal item id i; ``matrix`` is
+    the file's (maybe memory-mapped) matrix in its ``stored`` dtype, read 65,536 rows at a time.
 
     Rows are matched by token, never by position; row 0 (RecBole's ``[PAD]``) is zeros. Missing items,
     duplicated tokens, a dims mismatch and NaN/inf rows raise :class:`FeatureFileError` naming ``source``.
@@ -180,13 +221,16 @@ def align_features(tokens, matrix, id2token, source, expected_dims=None):
             f"{len(missing)} items of the dataset are missing from feature file '{source}' "
             f"(first: {missing[:5]}): rebuild the features for this dataset (python -m recbole_llm.features --dataset=<name> --force)"
         )
+    check_dtype(dtype)
     rows = np.asarray([index[t] for t in id2token[1:]], dtype=np.int64)
-    table = np.zeros((len(id2token), matrix.shape[1]), dtype=np.float32)
-    table[1:] = np.asarray(matrix[rows], dtype=np.float32)
-    bad = ~np.isfinite(table).all(axis=1)
+    table = torch.zeros((len(id2token), matrix.shape[1]), dtype=_TORCH_DTYPES[dtype])
+    for start in range(0, len(rows), 65536):
+        table[1 + start : 1 + start + 65536] = to_tensor(matrix[np.sort(rows[start : start + 65536])], stored, dtype)[
+            np.argsort(np.argsort(rows[start : start + 65536]))]
+    bad = ~torch.isfinite(table).all(dim=1)
     if bad.any():
-        examples = [id2token[i] for i in np.flatnonzero(bad)[:5]]
+        examples = [id2token[i] for i in torch.nonzero(bad).view(-1)[:5].tolist()]
         raise FeatureFileError(
             f"feature file '{source}' has NaN/inf rows for {int(bad.sum())} items (first: {examples}): {REBUILD}"
         )
-    return torch.from_numpy(table)
+    return table

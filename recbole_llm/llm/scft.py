@@ -314,7 +314,7 @@ def ensure_scft_features(config, settings=None, resume=True, show_progress=True)
     pca_key = f"{key}-pca{settings.pca_dim}"
     if is_current(pca_existing, pca_key):
         return pca_name
-    tokens, matrix, meta = feature_io.load_features(existing, mmap=False)
+    tokens, matrix, meta = feature_io.load_features(existing, mmap=False, float32=True)
     meta = {k: v for k, v in meta.items() if k not in ("tokens", "rows", "dims", "created_at", "created_by")}
     meta.update(cache_key=pca_key, pca_dim=settings.pca_dim, pca_of=full_name)
     feature_io.save_features(feature_io.feature_base(target_dir, dataset, pca_name), tokens, pca_reduce(matrix, settings.pca_dim), meta)

@@ -51,11 +51,11 @@ class AdaptedEmbedding(nn.Module):
 
     def __init__(self, features, out_dim, layers=2, activation=None, dropout=0.0, freeze=True, extra_rows=0, init_std=0.02):
         super().__init__()
-        features = torch.as_tensor(features, dtype=torch.float32)
-        if freeze:
-            self.register_buffer("features", features.clone())
+        features = torch.as_tensor(features)
+        if freeze:  # kept in its feature_dtype (float16/bfloat16 halve it), shared with the dataset's table, not copied
+            self.register_buffer("features", features if features.is_floating_point() else features.float())
         else:
-            self.features = nn.Parameter(features.clone())
+            self.features = nn.Parameter(features.float().clone())
         self.adapter = build_adapter(features.size(1), out_dim, layers, activation, dropout)
         self.extra = nn.Parameter(torch.randn(extra_rows, out_dim) * init_std) if extra_rows else None
         self.embedding_dim = out_dim
@@ -87,8 +87,14 @@ class AdaptedEmbedding(nn.Module):
             weight = layer.weight @ weight
         return F.linear(features, weight, bias)
 
+    def adapt_rows(self, features):
+        """``adapt`` in float32: a float16/bfloat16 table is converted 65,536 rows at a time (never whole)."""
+        if features.dtype == torch.float32:
+            return self.adapt(features)
+        return torch.cat([self.adapt(features[start : start + 65536].float()) for start in range(0, features.size(0), 65536)])
+
     def compute_table(self):
-        table = self.adapt(self.features)
+        table = self.adapt_rows(self.features)
         table = torch.cat([table.new_zeros(1, table.size(1)), table[1:]])  # padding id 0 stays zero
         if self.extra is not None:
             table = torch.cat([table, self.extra])
@@ -112,7 +118,7 @@ class AdaptedEmbedding(nn.Module):
         if self._cache is not None:
             return self._cache[ids]
         n_features = self.features.size(0)
-        out = self.adapt(self.features[ids.clamp(max=n_features - 1)])
+        out = self.adapt(self.features[ids.clamp(max=n_features - 1)].float())
         out = out.masked_fill((ids == 0).unsqueeze(-1), 0.0)  # padding id 0 stays zero
         if self.extra is not None:
             extra = ids >= n_features
@@ -153,7 +159,7 @@ class LLMEmbMixin:
     llm_extra_rows = 0  # BERT4Rec: 1 (its mask token keeps its own learned vector)
 
     def setup_llm_embedding(self, config, dataset, out_dim):
-        features = dataset.llm_feature(config["llm_feature"])
+        features = dataset.llm_feature(config["llm_feature"], keep_dtype=True)
         self.item_embedding = AdaptedEmbedding(
             features,
             out_dim,

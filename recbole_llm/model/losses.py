@@ -72,21 +72,24 @@ class NegativeSampler:
         return items.to(device), torch.log(m * self.q[items]).to(device)
 
 
-def sampled_softmax_loss(states, pos_items, table, neg_items, log_q_neg, in_batch=False, log_q_batch=None):
+def sampled_softmax_loss(states, pos_items, table, neg_items, log_q_neg, in_batch=False, log_q_batch=None, bias=None):
     """Sampled softmax with the logQ correction (Bengio & Senecal 2008; Jean et al. 2015), mean over rows.
 
     Row i scores its positive (uncorrected) and the shared negatives ``neg_items`` (M,): logits ``s - log Q``
     where Q is the expected number of draws of that item (``log_q_neg``); negatives equal to the row's positive
     (accidental hits) are removed. With
     ``in_batch`` the other rows' positives are negatives too, corrected by ``log_q_batch`` (N,) (their expected
-    count among the batch's targets). Returns -mean_i log softmax(pos).
+    count among the batch's targets). ``bias`` (per table row, BERT4Rec's output bias) is added to every score.
+    Returns -mean_i log softmax(pos).
     """
-    pos_logit = (states * table[pos_items]).sum(-1)
-    neg_logit = states @ table[neg_items].t() - log_q_neg.unsqueeze(0)
+    if bias is None:
+        bias = table.new_zeros(table.size(0))
+    pos_logit = (states * table[pos_items]).sum(-1) + bias[pos_items]
+    neg_logit = states @ table[neg_items].t() + bias[neg_items] - log_q_neg.unsqueeze(0)
     neg_logit = neg_logit.masked_fill(neg_items.unsqueeze(0) == pos_items.unsqueeze(1), float("-inf"))
     parts = [pos_logit.unsqueeze(1), neg_logit]
     if in_batch:
-        batch_logit = states @ table[pos_items].t() - log_q_batch.unsqueeze(0)
+        batch_logit = states @ table[pos_items].t() + bias[pos_items] - log_q_batch.unsqueeze(0)
         batch_logit = batch_logit.masked_fill(pos_items.unsqueeze(0) == pos_items.unsqueeze(1), float("-inf"))  # self and duplicates
         parts.append(batch_logit)
     logits = torch.cat(parts, dim=1)
@@ -96,7 +99,7 @@ def sampled_softmax_loss(states, pos_items, table, neg_items, log_q_neg, in_batc
 class SampledSoftmaxMixin:
     """``loss_type: SSM`` for a sequential backbone: the sampler built from the training split and the loss.
 
-    Keys (properties/model/SASRec.yaml, GRU4Rec.yaml): ``ssm_negatives``, ``ssm_sampler``, ``ssm_power``,
+    Keys (properties/model/SASRec.yaml, GRU4Rec.yaml, BERT4Rec.yaml): ``ssm_negatives``, ``ssm_sampler``, ``ssm_power``,
     ``ssm_in_batch``. ``negative_sampler`` stays None for the other loss types.
     """
 
@@ -116,12 +119,12 @@ class SampledSoftmaxMixin:
     def sample_negatives(self, device):
         return self.negative_sampler.sample(self.ssm_negatives, device)
 
-    def ssm_loss(self, states, pos_items, table, negs, log_q, local=None):
+    def ssm_loss(self, states, pos_items, table, negs, log_q, local=None, bias=None):
         """The SSM loss of ``states`` for ``pos_items`` (global ids) against ``table``; ``local`` renumbers global
-        ids into the rows of a compact ``table`` (None: ``table`` is the whole item table)."""
+        ids into the rows of a compact ``table`` (None: ``table`` is the whole item table); ``bias`` per table row."""
         log_q_batch = None
         if self.ssm_in_batch:  # expected count of each target among the batch's N targets
             log_q_batch = torch.log((len(pos_items) * self.ssm_target_q[pos_items]).clamp(min=1e-12))
         to_row = local or (lambda ids: ids)
         return sampled_softmax_loss(states, to_row(pos_items), table, to_row(negs), log_q, in_batch=self.ssm_in_batch,
-                                    log_q_batch=log_q_batch)
+                                    log_q_batch=log_q_batch, bias=bias)

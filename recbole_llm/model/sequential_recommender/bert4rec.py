@@ -25,6 +25,9 @@ Same name as RecBole's, so ``--model=BERT4Rec`` resolves here (plugin first). Di
     keeps at most ``int(mask_ratio * MAX_ITEM_LIST_LENGTH)`` targets per row, and a masked position 0 never
     counts in its loss (0 pads its index list). Its output is unused in this mode, so ``transform: ~``
     skips that per-batch Python loop.
+- ``loss_type: SSM``: sampled softmax at the masked positions (``ssm_negatives`` shared negatives, logQ,
+  ``ssm_in_batch``; keys as SASRec's, recbole_llm/model/losses.py), ``output_bias`` included in every logit. The
+  item table is computed whole (RecBole's forward embeds the input through it), only the logits are sampled.
 - ``output_bias`` (True): RecBole's learned per-item bias added to every score. ``False`` fixes it at zero
   (a buffer, not a parameter), so scores are dot products only. The bias is an ID parameter: with an item
   table that cannot fit popularity itself (LLMEmbBERT4Rec's adapted LLM table) it learns item popularity.
@@ -35,12 +38,17 @@ import torch.nn.functional as F
 from recbole.model.sequential_recommender.bert4rec import BERT4Rec as RecBoleBERT4Rec
 
 from recbole_llm.model.layers import bucketed_encode
+from recbole_llm.model.losses import SampledSoftmaxMixin, stand_in_loss_type
 from recbole_llm.model.train_modes import check_train_mode, require_target_list, target_list_field, valid_positions
 
 
-class BERT4Rec(RecBoleBERT4Rec):
+class BERT4Rec(SampledSoftmaxMixin, RecBoleBERT4Rec):
     def __init__(self, config, dataset):
-        super().__init__(config, dataset)
+        with stand_in_loss_type(config, {"SSM": "CE"}) as loss_type:  # RecBole's BERT4Rec accepts BPR and CE only
+            super().__init__(config, dataset)
+        self.loss_type = loss_type
+        if loss_type == "SSM":
+            self.init_sampled_softmax(config, dataset)
         self.length_bucketing = config["length_bucketing"] is not False
         self.train_mode = check_train_mode(config)
         self.TARGET_SEQ = target_list_field(self.ITEM_ID)
@@ -96,10 +104,12 @@ class BERT4Rec(RecBoleBERT4Rec):
 
     def masked_item_loss(self, states, pos_items, neg_items=None):
         """Mean loss of ``states`` (N, H) for ``pos_items`` (N,): RecBole's CE over all items + ``output_bias``,
-        or its BPR formula (one uniformly sampled negative per position when ``neg_items`` is None)."""
+        sampled softmax (SSM), or its BPR formula (one uniformly sampled negative per position when ``neg_items`` is None)."""
         table = self.item_embedding.weight[: self.n_items]  # without the mask token
         if self.loss_type == "CE":
             return self.loss_fct(states @ table.t() + self.output_bias, pos_items)
+        if self.loss_type == "SSM":
+            return self.ssm_loss(states, pos_items, table, *self.sample_negatives(states.device), bias=self.output_bias)
         if neg_items is None:
             neg_items = torch.randint(1, self.n_items, pos_items.shape, device=pos_items.device)
         pos_score = (states * table[pos_items]).sum(-1) + self.output_bias[pos_items]
