@@ -32,7 +32,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 VARIANTS = ("recbole", "bucketing", "all_positions", "user_rows")
 NO_ALL_POSITIONS = ("FDSA", "S3Rec")

@@ -16,7 +16,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 METRICS = ["ndcg@10", "recall@10", "ndcg_head@10", "ndcg_tail@10", "recall_tail@10"]
 VARIANTS = {

@@ -263,39 +263,14 @@ def run_parallel(jobs, workers, out_dir, on_done):
     try:
         while queue or running:
             while queue and len(running) < workers:
-                job = dict(queue.pop(0), threads=threads)
-                name = f"{job['model']}-{job['seed']}"
-                job_file = os.path.join(log_dir, f"{name}.job.json")
-                write_json(job_file, job)
-                log_path = os.path.join(log_dir, f"{name}.log")
-                log_handle = open(log_path, "w")
-                proc = start_worker(job_file, log_handle, env)
-                running[proc] = (job, job_file, log_path, log_handle, time.perf_counter())
-                print(f"{job['model']} seed {job['seed']}: started (pid {proc.pid})", flush=True)
+                proc, entry = launch_worker(dict(queue.pop(0), threads=threads), log_dir, env)
+                running[proc] = entry
             finished = [proc for proc in running if proc.poll() is not None]
             if not finished:
                 time.sleep(0.2)
                 continue
             for proc in finished:
-                job, job_file, log_path, log_handle, start = running.pop(proc)
-                log_handle.close()
-                row = None
-                if os.path.isfile(job["path"]):
-                    with open(job["path"]) as handle:
-                        row = json.load(handle)
-                    if row.get("run_id") != job["run_id"]:
-                        row = None  # an older record of this model/seed, not this worker's result
-                if row is None:
-                    row = {
-                        "status": "failed",
-                        "error": f"worker exited with code {proc.returncode} without a result (log: {log_path})",
-                        "traceback": tail_of(log_path),
-                        "wall_seconds": time.perf_counter() - start,
-                        "run_id": job["run_id"],
-                        "config": job["config"],
-                    }
-                    write_json(job["path"], row)
-                os.remove(job_file)
+                job, row = collect_worker(proc, *running.pop(proc))
                 on_done(job, row)
     except BaseException:
         for proc in running:  # only the workers this call started
@@ -309,6 +284,41 @@ def run_parallel(jobs, workers, out_dir, on_done):
     finally:
         if on_main_thread:
             signal.signal(signal.SIGTERM, previous_handler if previous_handler is not None else signal.SIG_DFL)
+
+
+def launch_worker(job, log_dir, env):
+    """(process, (job, job_file, log_path, log_handle, start)) of a worker started for ``job``."""
+    name = f"{job['model']}-{job['seed']}"
+    job_file = os.path.join(log_dir, f"{name}.job.json")
+    write_json(job_file, job)
+    log_path = os.path.join(log_dir, f"{name}.log")
+    log_handle = open(log_path, "w")
+    proc = start_worker(job_file, log_handle, env)
+    print(f"{job['model']} seed {job['seed']}: started (pid {proc.pid})", flush=True)
+    return proc, (job, job_file, log_path, log_handle, time.perf_counter())
+
+
+def collect_worker(proc, job, job_file, log_path, log_handle, start):
+    """(job, row) of a finished worker: its run JSON, or a failed row (exit code, end of its log) written for it."""
+    log_handle.close()
+    row = None
+    if os.path.isfile(job["path"]):
+        with open(job["path"]) as handle:
+            row = json.load(handle)
+        if row.get("run_id") != job["run_id"]:
+            row = None  # an older record of this model/seed, not this worker's result
+    if row is None:
+        row = {
+            "status": "failed",
+            "error": f"worker exited with code {proc.returncode} without a result (log: {log_path})",
+            "traceback": tail_of(log_path),
+            "wall_seconds": time.perf_counter() - start,
+            "run_id": job["run_id"],
+            "config": job["config"],
+        }
+        write_json(job["path"], row)
+    os.remove(job_file)
+    return job, row
 
 
 def write_json(path, data):
@@ -471,29 +481,50 @@ def main(argv=None):
     out_dir = os.path.abspath(args.out or os.path.join("benchmarks", "out", args.dataset))
     models = [m for m in args.models.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = {}
-    pending = []  # (model, seed, run JSON path), in --models then --seeds order
+    runs, pending = finished_and_pending(models, seeds, out_dir, args.rerun_failed)
+
+    def record(model, seed, row):
+        runs.setdefault(model, []).append(row)
+        print(run_summary(model, seed, row), flush=True)
+
+    shared = prepare_pending(pending, args, base_config, out_dir, record)
+    jobs = [
+        {"model": model, "seed": seed, "path": path, "dataset": args.dataset,
+         "config": job_config(model, seed, args, base_config, out_dir, shared[(model, seed)]),
+         "config_file_list": args.config_file_list, "eval_mode": args.eval_mode, "run_id": uuid.uuid4().hex[:12]}
+        for model, seed, path in pending if (model, seed) in shared
+    ]
+    if args.workers > 1 and jobs:
+        run_parallel(jobs, args.workers, out_dir, lambda job, row: record(job["model"], job["seed"], row))
+    else:
+        for job in jobs:
+            record(job["model"], job["seed"], run_in_process(job, args, base_config, out_dir, shared))
+    return report(args, runs, models, seeds, out_dir)
+
+
+def finished_and_pending(models, seeds, out_dir, rerun_failed):
+    """({model: [finished rows]}, [(model, seed, run JSON path) still to run]), in --models then --seeds order."""
+    runs, pending = {}, []
     for model in models:
         for seed in seeds:
             path = os.path.join(out_dir, "runs", f"{model}-{seed}.json")
             if os.path.isfile(path):
                 with open(path) as handle:
                     row = json.load(handle)
-                if row["status"] == "ok" or not args.rerun_failed:
+                if row["status"] == "ok" or not rerun_failed:
                     print(f"{model} seed {seed}: done before ({row['status']}), skipping")
                     runs.setdefault(model, []).append(row)
                     continue
             pending.append((model, seed, path))
+    return runs, pending
 
-    def record(model, seed, row):
-        runs.setdefault(model, []).append(row)
-        print(run_summary(model, seed, row), flush=True)
 
-    # shared artifacts: per model and seed, here, before any run starts; cached artifacts (features, SCFT, a
-    # teacher whose key ignores the student's seed) are built once and found again for the next seeds, while
-    # those that depend on the seed (the teacher under the cold-start protocol: its cold items) are built per seed
-    shared = {}
-    failed_models = {}
+def prepare_pending(pending, args, base_config, out_dir, record):
+    """{(model, seed): resolved artifact keys}, built here before any run starts. Cached artifacts (features,
+    SCFT, a teacher whose key ignores the student's seed) are built once and found again for the next seeds;
+    those that depend on the seed (the teacher under the cold-start protocol) per seed. A model whose artifacts
+    fail gets that failure recorded for each of its pending runs."""
+    shared, failed_models = {}, {}
     for model, seed, path in pending:
         start = time.perf_counter()
         if model not in failed_models:
@@ -507,39 +538,25 @@ def main(argv=None):
         row = dict(failed_models[model], stage="prepare_artifacts", wall_seconds=time.perf_counter() - start, config={"seed": seed})
         write_json(path, row)
         record(model, seed, row)
-    jobs = []
-    for model, seed, path in pending:
-        if (model, seed) in shared:
-            jobs.append(
-                {
-                    "model": model,
-                    "seed": seed,
-                    "path": path,
-                    "dataset": args.dataset,
-                    "config": job_config(model, seed, args, base_config, out_dir, shared[(model, seed)]),
-                    "config_file_list": args.config_file_list,
-                    "eval_mode": args.eval_mode,
-                    "run_id": uuid.uuid4().hex[:12],
-                }
-            )
+    return shared
 
-    if args.workers > 1 and jobs:
-        run_parallel(jobs, args.workers, out_dir, lambda job, row: record(job["model"], job["seed"], row))
-    else:
-        for job in jobs:
-            model, seed = job["model"], job["seed"]
-            start = time.perf_counter()
-            try:
-                row = run_one(model, seed, args, base_config, out_dir, shared[(model, seed)])
-            except Exception as err:
-                row = failure_row(err)
-            row["wall_seconds"] = time.perf_counter() - start
-            row["run_id"] = job["run_id"]
-            row["config"] = job["config"]
-            write_json(job["path"], row)
-            record(model, seed, row)
-    # runs in --seeds order whatever order they finished in
-    order = {seed: i for i, seed in enumerate(seeds)}
+
+def run_in_process(job, args, base_config, out_dir, shared):
+    """The row of one run in this process (workers: 1), written to its run JSON."""
+    model, seed = job["model"], job["seed"]
+    start = time.perf_counter()
+    try:
+        row = run_one(model, seed, args, base_config, out_dir, shared[(model, seed)])
+    except Exception as err:
+        row = failure_row(err)
+    row.update(wall_seconds=time.perf_counter() - start, run_id=job["run_id"], config=job["config"])
+    write_json(job["path"], row)
+    return row
+
+
+def report(args, runs, models, seeds, out_dir):
+    """Tables and plots of every run; exit code 1 (naming the first failures) when a run failed."""
+    order = {seed: i for i, seed in enumerate(seeds)}  # runs in --seeds order whatever order they finished in
     for model in runs:
         runs[model].sort(key=lambda r: order.get((r.get("config") or {}).get("seed"), -1))
     rows = summarise(runs, models)
@@ -560,7 +577,6 @@ def main(argv=None):
         print(f"error: {len(failed)} of {total} runs failed ({first}); rerun them with --rerun_failed", file=sys.stderr)
         return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -50,36 +50,12 @@ def run_recbole_llm(
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
-
     if config["single_spec"]:  # a DDP process: built before the processes started
         prepare_artifacts(config)
         set_anomaly_detection(config["detect_anomaly"])
-
-    dataset = create_dataset(config)
-    logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    exclude_cold_items_from_loss(model, train_data._dataset)
-    logger.info(model)
-    if config["log_flops"]:
-        from recbole.data.transform import construct_transform
-
-        flops = get_flops(model, dataset, config["device"], logger, construct_transform(config))
-        logger.info(set_color("FLOPs", "blue") + f": {flops}")
-
+    dataset, model, (train_data, valid_data, test_data) = build_dataset_and_model(config, logger)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    epoch_times = []
-    original_train_epoch = trainer._train_epoch
-
-    def timed_train_epoch(*args, **kwargs):
-        start = time.perf_counter()
-        result = original_train_epoch(*args, **kwargs)
-        epoch_times.append(time.perf_counter() - start)
-        return result
-
-    trainer._train_epoch = timed_train_epoch
+    epoch_times = time_epochs(trainer)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=callback_fn
     )
@@ -101,6 +77,39 @@ def run_recbole_llm(
         "num_params": sum(p.numel() for p in model.parameters()),
         "item_tokens": [str(t) for t in dataset.field2id_token[dataset.iid_field]],
     }
+
+
+def build_dataset_and_model(config, logger):
+    """(dataset, model, (train, valid, test) loaders) of a config whose artifacts exist; the model on its device,
+    cold-start items excluded from its loss."""
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    loaders = data_preparation(config, dataset)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, loaders[0]._dataset).to(config["device"])
+    exclude_cold_items_from_loss(model, loaders[0]._dataset)
+    logger.info(model)
+    if config["log_flops"]:
+        from recbole.data.transform import construct_transform
+
+        flops = get_flops(model, dataset, config["device"], logger, construct_transform(config))
+        logger.info(set_color("FLOPs", "blue") + f": {flops}")
+    return dataset, model, loaders
+
+
+def time_epochs(trainer):
+    """A list that receives the seconds of every ``trainer._train_epoch`` call from now on."""
+    epoch_times = []
+    original_train_epoch = trainer._train_epoch
+
+    def timed_train_epoch(*args, **kwargs):
+        start = time.perf_counter()
+        result = original_train_epoch(*args, **kwargs)
+        epoch_times.append(time.perf_counter() - start)
+        return result
+
+    trainer._train_epoch = timed_train_epoch
+    return epoch_times
 
 
 def run_distributed(config, model, dataset, config_file_list, config_dict, saved=True):

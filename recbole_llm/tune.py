@@ -196,11 +196,8 @@ def write_table(rows, out_dir, space_names):
 def run_search(args):
     """Run the search described by run_hyper.py's arguments; returns (rows, best_yaml_path)."""
     import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     space = parse_hyper_file(args.params_file)
-    param_space = to_ray_space(space, args.search)
     config_file_list = [os.path.abspath(f) for f in args.config_files.split()] if args.config_files else None
     from recbole_llm.config import parse_overrides
 
@@ -208,10 +205,6 @@ def run_search(args):
     shared, config = prepare_shared_artifacts(args.model, args.dataset, config_file_list, base_config)
     base_config.update(shared)
     base_config["data_path"] = os.path.dirname(os.path.abspath(config["data_path"]))
-    valid_metric = config["valid_metric"]
-    bigger = config["valid_metric_bigger"]
-    max_epochs = int(config["epochs"])
-
     out_dir = os.path.abspath(args.output or os.path.join("ray_results", f"{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"))
     os.makedirs(out_dir, exist_ok=True)
     if args.address:
@@ -219,53 +212,64 @@ def run_search(args):
     else:
         ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
-        scheduler = (
-            # max_t one past the epoch budget: the trial's closing report (epoch = epochs run + 1) still lands
-            ASHAScheduler(max_t=max_epochs + 1, grace_period=args.grace_period, reduction_factor=2, time_attr="epoch")
-            if args.scheduler == "asha"
-            else FIFOScheduler()
-        )
-        search_alg = None
-        if args.search == "hyperopt":
-            from ray.tune.search.hyperopt import HyperOptSearch
-
-            search_alg = HyperOptSearch(random_state_seed=int(config["seed"] or 0))
-        if args.max_concurrent:
-            from ray.tune.search import ConcurrencyLimiter
-
-            if search_alg is not None:
-                search_alg = ConcurrencyLimiter(search_alg, max_concurrent=args.max_concurrent)
-        resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
-        trainable = tune.with_resources(make_trainable(args.model, args.dataset, config_file_list, base_config), resources)
-        tune_config = tune.TuneConfig(
-            metric="valid_score",
-            mode="max" if bigger else "min",
-            scheduler=scheduler,
-            search_alg=search_alg,
-            num_samples=1 if args.search == "grid" else args.num_samples,
-            max_concurrent_trials=args.max_concurrent or None,
-        )
-        from recbole_llm.compat import tune_run_config
-
-        run_config = tune_run_config("trials", out_dir)
-        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+        tuner = build_tuner(args, to_ray_space(space, args.search), config, config_file_list, base_config, out_dir)
         results = tuner.fit()
     finally:
         ray.shutdown()
-
-    test_metric = valid_metric
-    rows = trial_rows(results, valid_metric, test_metric)
-    table = write_table(rows, out_dir, list(space))
-    print(table)
-    scored = [r for r in rows if r[f"best_valid_{valid_metric}"] != ""]
-    best_yaml = None
-    if scored:
-        best = (max if bigger else min)(scored, key=lambda r: r[f"best_valid_{valid_metric}"])
-        best_params = {k: v for k, v in best["params"].items()}
-        public = {k: v for k, v in base_config.items() if k not in ("state", "show_progress") and not k.startswith("_built_")}
-        best_yaml = os.path.join(out_dir, "best_config.yaml")
-        atomic_write_text(best_yaml, yaml.safe_dump({**public, **best_params}, sort_keys=True))
-        print(f"best trial {best['trial']} ({valid_metric} {best[f'best_valid_{valid_metric}']}): {best_params}")
-        print(f"best config: {best_yaml}  (python run_recbole_llm.py --model={args.model} --dataset={args.dataset} --config_files={best_yaml})")
+    rows = trial_rows(results, config["valid_metric"], config["valid_metric"])
+    print(write_table(rows, out_dir, list(space)))
+    best_yaml = write_best_config(args, rows, config, base_config, out_dir)
     print(f"trials: {os.path.join(out_dir, 'trials.csv')} and trials.md")
     return rows, best_yaml
+
+
+def build_tuner(args, param_space, config, config_file_list, base_config, out_dir):
+    """The Ray Tune ``Tuner`` of a search: scheduler (ASHA | FIFO), search algorithm, resources, run config."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from recbole_llm.compat import tune_run_config
+
+    max_epochs = int(config["epochs"])
+    scheduler = (
+        # max_t one past the epoch budget: the trial's closing report (epoch = epochs run + 1) still lands
+        ASHAScheduler(max_t=max_epochs + 1, grace_period=args.grace_period, reduction_factor=2, time_attr="epoch")
+        if args.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    search_alg = None
+    if args.search == "hyperopt":
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        search_alg = HyperOptSearch(random_state_seed=int(config["seed"] or 0))
+    if args.max_concurrent and search_alg is not None:
+        from ray.tune.search import ConcurrencyLimiter
+
+        search_alg = ConcurrencyLimiter(search_alg, max_concurrent=args.max_concurrent)
+    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+    trainable = tune.with_resources(make_trainable(args.model, args.dataset, config_file_list, base_config), resources)
+    tune_config = tune.TuneConfig(
+        metric="valid_score",
+        mode="max" if config["valid_metric_bigger"] else "min",
+        scheduler=scheduler,
+        search_alg=search_alg,
+        num_samples=1 if args.search == "grid" else args.num_samples,
+        max_concurrent_trials=args.max_concurrent or None,
+    )
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=tune_run_config("trials", out_dir))
+
+
+def write_best_config(args, rows, config, base_config, out_dir):
+    """best_config.yaml of the best scored trial (None when no trial scored); prints how to run it."""
+    valid_metric, bigger = config["valid_metric"], config["valid_metric_bigger"]
+    scored = [r for r in rows if r[f"best_valid_{valid_metric}"] != ""]
+    if not scored:
+        return None
+    best = (max if bigger else min)(scored, key=lambda r: r[f"best_valid_{valid_metric}"])
+    best_params = dict(best["params"])
+    public = {k: v for k, v in base_config.items() if k not in ("state", "show_progress") and not k.startswith("_built_")}
+    best_yaml = os.path.join(out_dir, "best_config.yaml")
+    atomic_write_text(best_yaml, yaml.safe_dump({**public, **best_params}, sort_keys=True))
+    print(f"best trial {best['trial']} ({valid_metric} {best[f'best_valid_{valid_metric}']}): {best_params}")
+    print(f"best config: {best_yaml}  (python run_recbole_llm.py --model={args.model} --dataset={args.dataset} --config_files={best_yaml})")
+    return best_yaml

@@ -91,3 +91,12 @@ def tiny_llama_dir(tmp_path_factory):
                       pad_token_id=3, bos_token_id=1, eos_token_id=2)
     LlamaModel(cfg).save_pretrained(path)
     return path
+
+
+def assert_reproduces(result, overrides=None):
+    """The run's reported test metrics are those of its best checkpoint, rebuilt from the file alone."""
+    from recbole_llm.quick_start import evaluate_model_file
+
+    again = evaluate_model_file(result["model_file"], overrides)
+    assert dict(again) == dict(result["test_result"])
+    assert all(0.0 <= value <= 1.0 for key, value in again.items() if "@" in key)

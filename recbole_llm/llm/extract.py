@@ -172,14 +172,7 @@ def embed_texts(
             continue
         for start in range(0, len(chunk_rows), batch_size):
             rows = chunk_rows[start : start + batch_size]
-            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with torch.autocast(device_type="cuda", enabled=autocast):
-                hidden = model(**batch).last_hidden_state
-            vectors = pool(hidden.float(), batch["attention_mask"], pooling)
-            if normalize:
-                vectors = torch.nn.functional.normalize(vectors, dim=-1)
-            out[rows] = vectors.cpu().numpy()
+            out[rows] = embed_token_batch(model, tokenizer, [encoded[i] for i in rows], pooling, device, normalize, autocast)
             progress.update(len(rows))
         if chunk_file:
             with atomic_open(chunk_file, "wb") as handle:
@@ -189,6 +182,18 @@ def embed_texts(
         bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
         raise FloatingPointError(f"the LLM produced NaN/inf embeddings for {len(bad)} texts (first: {bad[:5].tolist()})")
     return out
+
+
+def embed_token_batch(model, tokenizer, input_ids, pooling, device, normalize=False, autocast=False):
+    """float32 (len(input_ids), d) pooled last-layer states of one padded batch of token id lists."""
+    batch = tokenizer.pad({"input_ids": input_ids}, return_tensors="pt")
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with torch.autocast(device_type="cuda", enabled=autocast):
+        hidden = model(**batch).last_hidden_state
+    vectors = pool(hidden.float(), batch["attention_mask"], pooling)
+    if normalize:
+        vectors = torch.nn.functional.normalize(vectors, dim=-1)
+    return vectors.cpu().numpy()
 
 
 def pca_reduce(matrix, dim):

@@ -141,10 +141,11 @@ class NonFiniteLossError(UserError, FloatingPointError):
 
 def train_scft(item_text, instruction, settings, output_dir, device="cpu", resume=False, show_progress=True):
     """Fine-tune LoRA weights; returns (peft model, tokenizer, report dict). Checkpoints in ``output_dir``."""
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
+    if settings.loss not in ("soft", "infonce"):
+        raise ValueError(f"scft loss must be 'soft' or 'infonce', got '{settings.loss}'")
     os.makedirs(output_dir, exist_ok=True)
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
@@ -152,84 +153,33 @@ def train_scft(item_text, instruction, settings, output_dir, device="cpu", resum
     items = sorted(attributes)
     if len(items) < 2:
         raise ValueError(f"SCFT needs at least 2 items with text in '{item_text.path}', found {len(items)}")
-    batch_size = min(settings.batch_size, len(items))
     eval_items = random.Random(settings.seed + 1).sample(items, min(settings.eval_items, len(items)))
 
     model, tokenizer = load_llm(settings.llm_path, device=device, dtype=torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16)
     before = view_retrieval(model, tokenizer, eval_items, attributes, instruction, settings, device)
-    targets = lora_targets(model, settings.target_modules)
-    lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, target_modules=targets)
-    model = get_peft_model(model, lora)
-    if settings.grad_checkpointing:
-        model.enable_input_require_grads()
-        model.gradient_checkpointing_enable()
+    model, targets = with_lora(model, settings)
     tau = torch.nn.Parameter(torch.tensor(float(settings.tau_init), device=device))
-    params = [p for p in model.parameters() if p.requires_grad] + [tau]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad] + [tau], lr=settings.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, settings.steps)
-    loss_fn = soft_contrastive_loss if settings.loss == "soft" else info_nce_loss
-    if settings.loss not in ("soft", "infonce"):
-        raise ValueError(f"scft loss must be 'soft' or 'infonce', got '{settings.loss}'")
-
     state_path = os.path.join(output_dir, "scft-state.pt")
-    step, losses = 0, []
+    run = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "tau": tau, "rng": rng, "step": 0, "losses": []}
     if resume and os.path.isfile(state_path):
-        state = torch.load(state_path, map_location=device, weights_only=False)  # written by this module
-        set_peft_model_state_dict(model, state["lora"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        with torch.no_grad():
-            tau.copy_(state["tau"])
-        step, losses = state["step"], state["losses"]
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        print(f"SCFT: resumed from step {step} ({state_path})")
+        load_scft_state(state_path, run, device)
 
     model.train()
-    progress = tqdm(total=settings.steps, initial=step, desc="SCFT", disable=not show_progress)
-    while step < settings.steps:
-        optimizer.zero_grad()
-        step_loss = 0.0
-        for _ in range(settings.grad_accum):
-            batch = rng.sample(items, batch_size)
-            view1 = [llmemb_prompt(make_view(attributes[t], settings.drop_ratio, rng), instruction) for t in batch]
-            view2 = [llmemb_prompt(make_view(attributes[t], settings.drop_ratio, rng), instruction) for t in batch]
-            x = embed_batch(model, tokenizer, view1, settings.max_length, settings.pooling, device)
-            y = embed_batch(model, tokenizer, view2, settings.max_length, settings.pooling, device)
-            loss = loss_fn(x, y, tau.clamp(min=1e-2)) / settings.grad_accum
-            if not torch.isfinite(loss) or not torch.isfinite(x).all() or not torch.isfinite(y).all():
-                raise NonFiniteLossError(
-                    f"SCFT step {step}: non-finite loss or embeddings (loss {loss.item()}); lower --lr, use fp32/bf16, "
-                    "or resume from the last checkpoint"
-                )
-            loss.backward()
-            step_loss += loss.item()
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        losses.append(step_loss)
+    progress = tqdm(total=settings.steps, initial=run["step"], desc="SCFT", disable=not show_progress)
+    while run["step"] < settings.steps:
+        step_loss = scft_step(run, tokenizer, items, attributes, instruction, settings, device)
         progress.update(1)
         progress.set_postfix(loss=f"{step_loss:.4f}", tau=f"{tau.item():.2f}")
-        if settings.checkpoint_every and (step % settings.checkpoint_every == 0 or step == settings.steps):
-            atomic_torch_save(
-                {
-                    "lora": get_peft_model_state_dict(model),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "tau": tau.detach().cpu(),
-                    "step": step,
-                    "losses": losses,
-                    "rng": rng.getstate(),
-                    "torch_rng": torch.get_rng_state(),
-                    "settings": asdict(settings),
-                },
-                state_path,
-            )
+        if settings.checkpoint_every and (run["step"] % settings.checkpoint_every == 0 or run["step"] == settings.steps):
+            save_scft_state(state_path, run, settings)
     progress.close()
     model.eval()
     after = view_retrieval(model, tokenizer, eval_items, attributes, instruction, settings, device)
+    losses = run["losses"]
     report = {
-        "steps": step,
+        "steps": run["step"],
         "first_loss": losses[0] if losses else None,
         "last_loss": float(np.mean(losses[-10:])) if losses else None,
         "tau": float(tau.item()),
@@ -243,6 +193,82 @@ def train_scft(item_text, instruction, settings, output_dir, device="cpu", resum
         f"MRR {before[1]:.3f} -> {after[1]:.3f}"
     )
     return model, tokenizer, report
+
+
+def with_lora(model, settings):
+    """(peft model, LoRA target module names) of ``model`` with LoRA adapters; gradient checkpointing if asked."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_targets(model, settings.target_modules)
+    lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, target_modules=targets)
+    model = get_peft_model(model, lora)
+    if settings.grad_checkpointing:
+        model.enable_input_require_grads()
+        model.gradient_checkpointing_enable()
+    return model, targets
+
+
+def scft_step(run, tokenizer, items, attributes, instruction, settings, device):
+    """One optimizer step (``grad_accum`` batches of two attribute-dropped views per item); returns its loss."""
+    model, optimizer, tau, rng = run["model"], run["optimizer"], run["tau"], run["rng"]
+    loss_fn = soft_contrastive_loss if settings.loss == "soft" else info_nce_loss
+    batch_size = min(settings.batch_size, len(items))
+    optimizer.zero_grad()
+    step_loss = 0.0
+    for _ in range(settings.grad_accum):
+        batch = rng.sample(items, batch_size)
+        view1 = [llmemb_prompt(make_view(attributes[t], settings.drop_ratio, rng), instruction) for t in batch]
+        view2 = [llmemb_prompt(make_view(attributes[t], settings.drop_ratio, rng), instruction) for t in batch]
+        x = embed_batch(model, tokenizer, view1, settings.max_length, settings.pooling, device)
+        y = embed_batch(model, tokenizer, view2, settings.max_length, settings.pooling, device)
+        loss = loss_fn(x, y, tau.clamp(min=1e-2)) / settings.grad_accum
+        if not torch.isfinite(loss) or not torch.isfinite(x).all() or not torch.isfinite(y).all():
+            raise NonFiniteLossError(
+                f"SCFT step {run['step']}: non-finite loss or embeddings (loss {loss.item()}); lower --lr, use fp32/bf16, "
+                "or resume from the last checkpoint"
+            )
+        loss.backward()
+        step_loss += loss.item()
+    optimizer.step()
+    run["scheduler"].step()
+    run["step"] += 1
+    run["losses"].append(step_loss)
+    return step_loss
+
+
+def save_scft_state(state_path, run, settings):
+    """Everything a resumed run needs (LoRA, optimizer, scheduler, tau, step, losses, random states), atomically."""
+    from peft import get_peft_model_state_dict
+
+    atomic_torch_save(
+        {
+            "lora": get_peft_model_state_dict(run["model"]),
+            "optimizer": run["optimizer"].state_dict(),
+            "scheduler": run["scheduler"].state_dict(),
+            "tau": run["tau"].detach().cpu(),
+            "step": run["step"],
+            "losses": run["losses"],
+            "rng": run["rng"].getstate(),
+            "torch_rng": torch.get_rng_state(),
+            "settings": asdict(settings),
+        },
+        state_path,
+    )
+
+
+def load_scft_state(state_path, run, device):
+    from peft import set_peft_model_state_dict
+
+    state = torch.load(state_path, map_location=device, weights_only=False)  # written by this module
+    set_peft_model_state_dict(run["model"], state["lora"])
+    run["optimizer"].load_state_dict(state["optimizer"])
+    run["scheduler"].load_state_dict(state["scheduler"])
+    with torch.no_grad():
+        run["tau"].copy_(state["tau"])
+    run["step"], run["losses"] = state["step"], state["losses"]
+    run["rng"].setstate(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    print(f"SCFT: resumed from step {run['step']} ({state_path})")
 
 
 def scft_feature_name(settings, prompt_style="llmemb"):

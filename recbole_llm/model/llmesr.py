@@ -150,6 +150,18 @@ class LLMESRMixin:
         features = dataset.llm_feature(config["llm_feature"])
         base_name = config["llm_feature_base"] or config["llm_feature"]
         base = dataset.llm_feature(base_name)
+        heads = int(config["llmesr_cross_heads"]) if config["llmesr_cross_attention"] else 0
+        self.item_embedding = self.dual_view_embedding(config, features, base, width, heads)
+        self.setup_distillation(config, dataset, base, base_name, width)
+        self._capturing = False
+        self._captured = None
+        getLogger().info(
+            f"{type(self).__name__}: ID table ({config['id_init']} init) + adapter({tuple(features.shape)} LLM features) -> {width} "
+            f"each, cross-attention heads {heads}, distillation {self.distill} alpha {self.llmesr_alpha}"
+        )
+
+    def dual_view_embedding(self, config, features, base, width, heads):
+        """The [ID | LLM] item table: RecBole's ID table (``id_init`` random or PCA of ``base``) next to the adapter."""
         llm = AdaptedEmbedding(
             features,
             width,
@@ -169,8 +181,7 @@ class LLMESRMixin:
             reduced = torch.zeros(base.size(0), width)
             reduced[1:] = torch.from_numpy(pca_reduce(base[1:].numpy(), width))
             copy_rows(id_embedding.weight, reduced, resolve_scale(config["llmesr_id_scale"], config))
-        heads = int(config["llmesr_cross_heads"]) if config["llmesr_cross_attention"] else 0
-        self.item_embedding = DualViewEmbedding(
+        return DualViewEmbedding(
             id_embedding,
             llm,
             heads,
@@ -179,6 +190,8 @@ class LLMESRMixin:
             residual=bool(config["llmesr_cross_residual"]),
         )
 
+    def setup_distillation(self, config, dataset, base, base_name, width):
+        """The similar-user self-distillation (its users from ``base``) and the item regulariser's settings."""
         self.llmesr_alpha = float(config["llmesr_alpha"])
         self.distill = config["llmesr_distill"]
         if self.distill not in DISTILLS:
@@ -192,26 +205,21 @@ class LLMESRMixin:
             )
         self.item_reg_beta = float(config["llmesr_beta"]) if config["llmesr_item_reg"] else 0.0
         self.item_reg_max = int(config["align_max_items"] or 1024)
-        if self.llmesr_alpha > 0:
-            from recbole_llm.model.similar_users import ensure_similar_users
+        if self.llmesr_alpha <= 0:
+            return
+        from recbole_llm.model.similar_users import ensure_similar_users
 
-            k = int(config["llmesr_sim_users"])
-            if k < 1 or self.sim_sample < 0:
-                raise ConfigError(f"llmesr_sim_users must be >= 1 and llmesr_sim_sample >= 0, got {k} and {self.sim_sample}")
-            seqs, lens = user_sequences(dataset)
-            sims = ensure_similar_users(config, dataset, base, base_name, seqs, lens, k)
-            self.register_buffer("user_seqs", seqs, persistent=False)
-            self.register_buffer("user_seq_lens", lens, persistent=False)
-            self.register_buffer("similar_users", sims, persistent=False)
-            if self.distill_targets == "bank":  # every user's latest training state, (n_users, 2 * width)
-                self.register_buffer("user_bank", torch.zeros(dataset.user_num, 2 * width), persistent=False)
-                self.register_buffer("user_bank_seen", torch.zeros(dataset.user_num, dtype=torch.bool), persistent=False)
-        self._capturing = False
-        self._captured = None
-        getLogger().info(
-            f"{type(self).__name__}: ID table ({id_init} init) + adapter({tuple(features.shape)} LLM features) -> {width} "
-            f"each, cross-attention heads {heads}, distillation {self.distill} alpha {self.llmesr_alpha}"
-        )
+        k = int(config["llmesr_sim_users"])
+        if k < 1 or self.sim_sample < 0:
+            raise ConfigError(f"llmesr_sim_users must be >= 1 and llmesr_sim_sample >= 0, got {k} and {self.sim_sample}")
+        seqs, lens = user_sequences(dataset)
+        sims = ensure_similar_users(config, dataset, base, base_name, seqs, lens, k)
+        self.register_buffer("user_seqs", seqs, persistent=False)
+        self.register_buffer("user_seq_lens", lens, persistent=False)
+        self.register_buffer("similar_users", sims, persistent=False)
+        if self.distill_targets == "bank":  # every user's latest training state, (n_users, 2 * width)
+            self.register_buffer("user_bank", torch.zeros(dataset.user_num, 2 * width), persistent=False)
+            self.register_buffer("user_bank_seen", torch.zeros(dataset.user_num, dtype=torch.bool), persistent=False)
 
     # ---- both views through the backbone in one stacked batch -----------------------------------------
     def forward(self, item_seq, item_seq_len=None, *args):

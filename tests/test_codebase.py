@@ -1,0 +1,28 @@
+"""Rules of the codebase that a change can break (issue 20): short functions, no sys.argv/sys.path edits."""
+
+import ast
+import glob
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def python_files(*folders):
+    return [f for folder in folders for f in glob.glob(os.path.join(ROOT, folder, "**", "*.py"), recursive=True)]
+
+
+def test_no_function_in_the_package_is_over_60_lines():
+    long = []
+    for path in python_files("recbole_llm"):
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                long.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long
+
+
+def test_nothing_assigns_sys_argv_or_edits_sys_path():
+    pattern = re.compile(r"sys\.argv\s*=[^=]|sys\.path\.(insert|append)")
+    offenders = [os.path.relpath(p, ROOT) for p in python_files("recbole_llm", "benchmarks") + glob.glob(os.path.join(ROOT, "*.py"))
+                 if pattern.search(open(p).read())]
+    assert not offenders, offenders
