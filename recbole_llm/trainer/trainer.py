@@ -102,12 +102,29 @@ def chunked_topk(users, items, k, chunk, history_index=None):
             rows, cols = history_index
             inside = (cols >= start) & (cols < start + scores.size(1))
             scores[rows[inside], cols[inside] - start] = float("-inf")
-        index = torch.arange(start, start + scores.size(1), device=users.device).expand_as(scores)
-        values = torch.cat([best_values, scores], dim=1)
-        indices = torch.cat([best_index, index], dim=1)  # increasing item ids among equal values
+        values, index = chunk_candidates(scores, k)
+        values = torch.cat([best_values, values], dim=1)
+        indices = torch.cat([best_index, index + start], dim=1)  # equal values: increasing item ids
         order = values.sort(dim=1, descending=True, stable=True).indices[:, :k]  # ties: the lower item id first
         best_values, best_index = values.gather(1, order), indices.gather(1, order)
     return TopKScores(best_values, best_index, n_items)
+
+
+def chunk_candidates(scores, k):
+    """(values, column indices), each (B, min(k, C)), of the k best scores of every row of ``scores`` (B, C); among
+    scores equal to the k-th best the lowest columns, and the columns in increasing order. ``torch.topk`` finds
+    the k-th value; the selection itself does not depend on how topk orders ties."""
+    if scores.size(1) <= k:
+        index = torch.arange(scores.size(1), device=scores.device).expand_as(scores)
+        return scores, index
+    kth = scores.topk(k, dim=1).values[:, -1:]
+    chosen = scores >= kth
+    if (chosen.sum(dim=1) != k).any():  # ties at the k-th value: the lowest columns among them
+        above, tied = scores > kth, scores == kth
+        room = k - above.sum(dim=1, keepdim=True)
+        chosen = above | (tied & (tied.cumsum(dim=1) <= room))
+    index = chosen.nonzero()[:, 1].view(scores.size(0), k)  # row-major: each row's columns in increasing order
+    return scores.gather(1, index), index
 
 
 _CACHE = {}
