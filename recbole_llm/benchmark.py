@@ -21,6 +21,11 @@ starts, with the config of each seed (cached ones are found again), and every ru
 artifact reuse one cached file. ``--workers=N`` runs the model/seed jobs in N worker processes (FIFO, one
 fresh process per job, ``torch.set_num_threads(cores // N)``); each worker writes its run JSON itself and
 its output to ``DIR/logs/<model>-<seed>.log``. ``--workers=1`` (default) runs them one after another here.
+
+    python -m recbole_llm.benchmark --suite=benchmarks/suites/llmemb_vs_sasrec.yaml [--from_json=a.json,...]
+
+runs a suite file instead: several datasets, rows (a model plus its own keys), pairs with paired changes and
+their 95% intervals, full and uni100 tests of one checkpoint (recbole_llm/suite.py).
 """
 
 import argparse
@@ -474,6 +479,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--worker"]:
         return worker_main(argv[1])
+    if any(a.startswith("--suite") for a in argv):
+        return suite_main(argv)
     args = parse_args(argv)
     from recbole_llm.config import parse_overrides
 
@@ -500,6 +507,25 @@ def main(argv=None):
         for job in jobs:
             record(job["model"], job["seed"], run_in_process(job, args, base_config, out_dir, shared))
     return report(args, runs, models, seeds, out_dir)
+
+
+def suite_main(argv):
+    """``--suite=FILE.yaml [--from_json=a.json,...]``: run a suite file (recbole_llm.suite), or build its tables from
+    raw results of the former benchmarks/llmemb_vs_sasrec.py."""
+    from recbole_llm.errors import ConfigError
+    from recbole_llm.suite import legacy_records, load_suite, run_suite, write_report
+
+    parser = argparse.ArgumentParser(prog="python -m recbole_llm.benchmark --suite=FILE.yaml")
+    parser.add_argument("--suite", required=True)
+    parser.add_argument("--from_json", default=None, help="comma-separated raw JSONs of benchmarks/llmemb_vs_sasrec.py")
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        raise ConfigError(f"--suite takes no other arguments (got '{rest[0]}'): put config keys in the suite file's config or rows")
+    suite = load_suite(args.suite)
+    if args.from_json:
+        write_report(suite, legacy_records(args.from_json.split(",")), f"Merged from {args.from_json} ({time.strftime('%Y-%m-%d')}).")
+        return 0
+    return run_suite(suite)
 
 
 def finished_and_pending(models, seeds, out_dir, rerun_failed):

@@ -198,124 +198,117 @@ def test_shared_teacher_built_once_before_the_workers(tiny_data, tmp_path, capsy
     assert len({c["llm_feature"] for c in configs}) == 1 and all(c["feature_dir"] == str(features) for c in configs)
 
 
-def test_llmemb_vs_sasrec_tables_with_intervals():
-    import importlib.util
+# ---- suites (recbole_llm/suite.py) -------------------------------------------------------------------------------
+def record(seed, ndcg, row="SASRec", dataset="d", status="ok"):
+    from recbole_llm.suite import DEFAULT_METRICS
 
-    spec = importlib.util.spec_from_file_location("llmemb_vs_sasrec", os.path.join(ROOT, "benchmarks", "llmemb_vs_sasrec.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    metrics = {m: ndcg for m in DEFAULT_METRICS}
+    return {"dataset": dataset, "row": row, "model": row.split(" [")[0], "seed": seed, "status": status,
+            "modes": {"full": metrics, "uni100": metrics}, "sec_per_epoch": 1.0, "epochs": 5, "params": 10}
 
-    def row(seed, ndcg):
-        metrics = {m: ndcg for m in script.METRICS}
-        return {"seed": seed, "full": metrics, "uni100": metrics, "sec_per_epoch": 1.0, "epochs": 5, "params": 10}
 
-    paired = {"d": {"SASRec": [row(s, 0.1) for s in (1, 2, 3)], "LLMEmbSASRec": [row(s, v) for s, v in zip((1, 2, 3), (0.11, 0.12, 0.13))]}}
-    table = script.build_tables(paired, ["SASRec:LLMEmbSASRec"], "header")
+def test_suite_tables_with_paired_intervals():
+    from recbole_llm.suite import DEFAULT_METRICS, build_tables, relative_change
+
+    records = [record(s, 0.1) for s in (1, 2, 3)] + [record(s, v, "LLMEmbSASRec") for s, v in zip((1, 2, 3), (0.11, 0.12, 0.13))]
+    table = build_tables(records, [("SASRec", "LLMEmbSASRec")], ["full", "uni100"], DEFAULT_METRICS, "header")
     # per-seed changes +10%, +20%, +30%: mean +20%, half-width 4.3027 * 10 / sqrt(3) = 24.8 points
     assert "| d | SASRec -> LLMEmbSASRec | full | +20.0% [-4.8, +44.8] |" in table and "paired, 3 seeds" in table
-    assert "| d | LLMEmbSASRec | full | 3 | 0.1200 ± 0.0248 |" in table
+    assert "| d | LLMEmbSASRec | uni100 | 3 | 0.1200 ± 0.0248 |" in table
     # no common seeds: ratio of means with a delta-method interval
-    unpaired = {"d": {"SASRec": [row(1, 0.1), row(2, 0.1)], "LLMEmbSASRec": [row(3, 0.11), row(4, 0.13)]}}
-    change, half, how = script.relative_change(unpaired["d"]["SASRec"], unpaired["d"]["LLMEmbSASRec"], lambda r: r["full"]["ndcg@10"])
+    base, other = [record(1, 0.1), record(2, 0.1)], [record(3, 0.11, "L"), record(4, 0.13, "L")]
+    change, half, how = relative_change(base, other, lambda r: r["modes"]["full"]["ndcg@10"])
     assert how == "ratio of means" and change == pytest.approx(0.2) and half == pytest.approx(12.7062 * 0.01 / 0.1, rel=1e-4)
-    one = script.build_tables({"d": {"SASRec": [row(1, 0.1)], "LLMEmbSASRec": [row(1, 0.15)]}}, ["SASRec:LLMEmbSASRec"], "h")
+    one = build_tables([record(1, 0.1), record(1, 0.15, "LLMEmbSASRec")], [("SASRec", "LLMEmbSASRec")], ["full"], DEFAULT_METRICS, "h")
     assert "| +50.0% | +50.0% | +50.0% | 1.00x | one run |" in one and "| d | SASRec | full | 1 | 0.1000 |" in one
 
 
-def test_llmemb_vs_sasrec_resumes_from_its_json_and_sets_pair_modes(tmp_path, monkeypatch, capsys):
-    import importlib.util
+def write_suite(path, **extra):
+    import yaml
 
-    spec = importlib.util.spec_from_file_location("llmemb_vs_sasrec_resume", os.path.join(ROOT, "benchmarks", "llmemb_vs_sasrec.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    suite = {"datasets": ["d"], "seeds": [1, 2], "rows": {"SASRec": {"model": "SASRec"}, "LLMEmbSASRec": {"model": "LLMEmbSASRec"}},
+             "pairs": [["SASRec", "LLMEmbSASRec"]], "out": str(path.parent / "out"), **extra}
+    path.write_text(yaml.safe_dump(suite))
+    return str(path)
+
+
+def test_suite_resumes_and_retries_failed_runs(tmp_path, monkeypatch, capsys):
+    from recbole_llm import suite as engine
+
     calls = []
 
-    def fake_run(model, dataset, seed, args, workdir):
-        calls.append((model, seed))
-        metrics = {m: 0.1 for m in script.METRICS}
-        return {"full": metrics, "uni100": metrics, "sec_per_epoch": 1.0, "epochs": 1, "params": 1}
+    def fake_execute(suite, dataset, row, seed, threads=None):
+        calls.append((row, seed))
+        rec = record(seed, 0.1, row, dataset)
+        engine.write_record(engine.run_path(suite, dataset, row, seed), rec)
+        return rec
 
-    monkeypatch.setattr(script, "run_one", fake_run)
-    path = tmp_path / "r.json"
-    argv = ["x", "--datasets=d", "--pairs=SASRec:LLMEmbSASRec", "--seeds=1,2", f"--json={path}"]
-    monkeypatch.setattr(sys, "argv", list(argv))
-    script.main()
-    assert len(calls) == 4
-    data = json.loads(path.read_text())
-    data["d"]["SASRec"] = [r for r in data["d"]["SASRec"] if r["seed"] == 1]  # lose one finished run
-    data["d"]["LLMEmbSASRec"][0] = {"seed": 1, "error": "boom"}  # and fail another
-    path.write_text(json.dumps(data))
+    monkeypatch.setattr(engine, "execute_run", fake_execute)
+    monkeypatch.setattr(engine, "prepare_runs", lambda suite, pending: pending)
+    path = write_suite(tmp_path / "s.yaml")
+    assert benchmark.main([f"--suite={path}"]) == 0 and len(calls) == 4
+    loaded = engine.load_suite(path)
+    os.remove(engine.run_path(loaded, "d", "SASRec", 2))  # lose one finished run
+    engine.write_record(engine.run_path(loaded, "d", "LLMEmbSASRec", 1), record(1, 0.1, "LLMEmbSASRec", status="failed"))
     calls.clear()
-    monkeypatch.setattr(sys, "argv", list(argv))
-    script.main()
+    assert benchmark.main([f"--suite={path}"]) == 0
     assert sorted(calls) == [("LLMEmbSASRec", 1), ("SASRec", 2)]  # only the missing and the failed runs
-    monkeypatch.setattr(sys, "argv", ["x", "--pairs=SASRec:LLMEmbSASRec", f"--table_only={path},{path}"])
-    capsys.readouterr()
-    script.main()
-    assert "| d | SASRec | full | 2 |" in capsys.readouterr().out  # a run found in two files counts once
-    ablation = json.loads(path.read_text())
-    ablation["d"]["LLMEmbSASRec"] = [dict(r, llm_keys="adapter_layers=1", epochs=7) for r in ablation["d"]["LLMEmbSASRec"]]
-    (tmp_path / "ablation.json").write_text(json.dumps(ablation))
-    monkeypatch.setattr(sys, "argv", ["x", "--pairs=SASRec:LLMEmbSASRec", f"--table_only={path},{tmp_path / 'ablation.json'}"])
-    script.main()
-    out = capsys.readouterr().out
-    assert "| d | SASRec | full | 2 |" in out and "| d | LLMEmbSASRec | full | 2 |" in out
-    assert "| d | LLMEmbSASRec [adapter_layers=1] | full | 2 |" in out  # an ablation is its own row and pair
-    assert "| d | SASRec -> LLMEmbSASRec [adapter_layers=1] | full |" in out and "| d | SASRec -> LLMEmbSASRec | full |" in out
-    ablation["d"]["SASRec"][0]["epochs"] = 99  # the same baseline run, other numbers: which one is right?
-    (tmp_path / "conflict.json").write_text(json.dumps(ablation))
-    monkeypatch.setattr(sys, "argv", ["x", "--pairs=SASRec:LLMEmbSASRec", f"--table_only={path},{tmp_path / 'conflict.json'}"])
-    with pytest.raises(SystemExit, match="conflict.json and .*r.json hold different results for d SASRec seed 1"):
-        script.main()
-    calls.clear()
-    monkeypatch.setattr(sys, "argv", argv + ["--llm_keys=adapter_layers=1"])
-    script.main()
-    assert sorted(calls) == [("LLMEmbSASRec", 1), ("LLMEmbSASRec", 2)]  # an ablation resumes next to the default runs
-    data = json.loads(path.read_text())
-    assert [r.get("llm_keys") for r in data["d"]["LLMEmbSASRec"]] == [None, None, "adapter_layers=1", "adapter_layers=1"]
-    calls.clear()
-    monkeypatch.setattr(sys, "argv", ["x", "--datasets=d", "--pairs=SASRec:LLMEmbSASRec", "--seeds=3", "--only=LLMEmbSASRec"])
-    script.main()
-    assert calls == [("LLMEmbSASRec", 3)]  # --only: the baseline side is left to another process
-    monkeypatch.setattr(sys, "argv", ["x", "--pairs=SASRec:LLMEmbSASRec", "--only=LLMEmbSASrec"])
-    with pytest.raises(SystemExit):
-        script.main()
-    assert "no pair of --pairs" in capsys.readouterr().err
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| d | SASRec -> LLMEmbSASRec | full | +0.0% [+0.0, +0.0] |" in table
+    assert len(json.loads((tmp_path / "out" / "results.json").read_text())) == 4
 
 
-def test_llmemb_vs_sasrec_pair_modes_reach_both_sides(monkeypatch):
-    import importlib.util
-    import types
+@pytest.mark.parametrize("extra, message", [
+    ({"epochs": 3}, "unknown key 'epochs'"),
+    ({"pairs": [["SASRec", "LLMEmb"]]}, "pair ['SASRec', 'LLMEmb'] must name two rows"),
+    ({"rows": {"A": {"train_mode": "prefix"}}}, "row 'A' has no 'model' key"),
+    ({"eval_modes": ["pop100"]}, "eval_modes must be full and/or uni100"),
+])
+def test_bad_suite_file_is_one_line(tmp_path, capsys, extra, message):
+    path = write_suite(tmp_path / "s.yaml", **extra)
+    assert benchmark.main([f"--suite={path}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
 
-    spec = importlib.util.spec_from_file_location("llmemb_vs_sasrec_modes", os.path.join(ROOT, "benchmarks", "llmemb_vs_sasrec.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    seen = {}
 
-    def fake_run_recbole_llm(model, dataset, config_dict):
-        seen[model] = (config_dict["train_mode"], config_dict["train_batch_size"])
-        seen[model + " bias"] = config_dict.get("output_bias")
-        raise RuntimeError("stop here")
+def test_legacy_results_merge_once_and_ablations_are_rows(tmp_path):
+    from recbole_llm.errors import ConfigError
+    from recbole_llm.suite import DEFAULT_METRICS, build_tables, legacy_records
 
-    import recbole_llm.quick_start as quick_start
+    def run(seed, value, **extra):
+        metrics = {m: value for m in DEFAULT_METRICS}
+        return {"seed": seed, "full": metrics, "uni100": metrics, "sec_per_epoch": 1.0, "epochs": 5, "params": 10, **extra}
 
-    monkeypatch.setattr(quick_start, "run_recbole_llm", fake_run_recbole_llm)
-    args = types.SimpleNamespace(
-        data_path=".", epochs=1, stopping_step=1, hidden_size=8, max_len=5, scft=False, scft_steps=1, alpha=0.0,
-        sasrec_mode="all_positions:128", gru4rec_mode="prefix:2048", bert4rec_mode="all_positions:64",
-        llm_keys="output_bias=False",
-    )
-    for model in ("GRU4Rec", "LLMEmbGRU4Rec", "BERT4Rec", "LLMEmbBERT4Rec", "LLMEmbSASRec"):
-        with pytest.raises(RuntimeError, match="stop here"):
-            script.run_one(model, "d", 1, args, ".")
-    assert seen["GRU4Rec"] == seen["LLMEmbGRU4Rec"] == ("prefix", 2048)
-    assert seen["BERT4Rec"] == seen["LLMEmbBERT4Rec"] == ("all_positions", 64)
-    assert seen["LLMEmbSASRec"] == ("all_positions", 128)
-    assert seen["LLMEmbBERT4Rec bias"] is False and seen["BERT4Rec bias"] is None  # --llm_keys: the LLMEmb side only
-    assert script.parse_keys("adapter_layers=1, align_tau=0.5,adapter_activation=gelu") == {
-        "adapter_layers": 1, "align_tau": 0.5, "adapter_activation": "gelu"}
-    with pytest.raises(ValueError, match="KEY=VALUE"):
-        script.parse_keys("output_bias")
+    base = {"d": {"SASRec": [run(1, 0.1), run(2, 0.1)], "LLMEmbSASRec": [run(1, 0.12), run(2, 0.12)]}}
+    ablation = {"d": {"SASRec": base["d"]["SASRec"], "LLMEmbSASRec": [run(s, 0.11, llm_keys="adapter_layers=1") for s in (1, 2)]}}
+    (tmp_path / "a.json").write_text(json.dumps(base))
+    (tmp_path / "b.json").write_text(json.dumps(ablation))
+    records = legacy_records([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert sum(r["row"] == "SASRec" for r in records) == 2  # the baseline copied into the ablation's file counts once
+    table = build_tables(records, [("SASRec", "LLMEmbSASRec")], ["full"], DEFAULT_METRICS, "h")
+    assert "| d | SASRec -> LLMEmbSASRec | full | +20.0% [+20.0, +20.0] |" in table
+    assert "| d | SASRec -> LLMEmbSASRec [adapter_layers=1] | full | +10.0% [+10.0, +10.0] |" in table
+    ablation["d"]["SASRec"] = [run(1, 0.2), run(2, 0.1)]
+    (tmp_path / "c.json").write_text(json.dumps(ablation))
+    with pytest.raises(ConfigError, match="hold different results for d SASRec seed 1"):
+        legacy_records([str(tmp_path / "a.json"), str(tmp_path / "c.json")])
+
+
+def test_suite_on_ml100k_two_models_two_modes_one_seed(tmp_path):
+    """The issue's check: a real suite, full and uni100 from one checkpoint, the paired table written."""
+    small = {"hidden_size": 16, "embedding_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1, "train_batch_size": 256,
+             "train_mode": "all_positions", "feature_dir": str(tmp_path / "f")}
+    path = write_suite(tmp_path / "s.yaml", datasets=["ml-100k"], seeds=[2020], eval_modes=["full", "uni100"],
+                       budget={"epochs": 1}, config=small,
+                       rows={"SASRec": {"model": "SASRec"}, "LLMEmbSASRec": {"model": "LLMEmbSASRec", "teacher_epochs": 1}})
+    assert benchmark.main([f"--suite={path}"]) == 0
+    records = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {r["row"] for r in records} == {"SASRec", "LLMEmbSASRec"} and all(r["status"] == "ok" for r in records)
+    for r in records:
+        assert set(r["modes"]) == {"full", "uni100"} and r["modes"]["uni100"]["ndcg@10"] > r["modes"]["full"]["ndcg@10"]
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| ml-100k | SASRec -> LLMEmbSASRec | full |" in table and "| ml-100k | SASRec -> LLMEmbSASRec | uni100 |" in table
+    assert (tmp_path / "out" / "ndcg_head_tail_ml-100k_uni100.png").stat().st_size > 1000
 
 
 def test_benchmark_with_cold_items_reports_warm_and_cold(tiny_data, tmp_path):

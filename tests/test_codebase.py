@@ -26,3 +26,9 @@ def test_nothing_assigns_sys_argv_or_edits_sys_path():
     offenders = [os.path.relpath(p, ROOT) for p in python_files("recbole_llm", "benchmarks") + glob.glob(os.path.join(ROOT, "*.py"))
                  if pattern.search(open(p).read())]
     assert not offenders, offenders
+
+
+def test_no_test_loads_a_script_by_file_path():
+    offenders = [os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "tests", "*.py"))
+                 if "spec_from_file_location" in open(p).read() and not p.endswith("test_codebase.py")]
+    assert not offenders, offenders
