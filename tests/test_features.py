@@ -15,9 +15,9 @@ from recbole_llm.llm.features import FeatureFileError, align_features, feature_b
 from recbole_llm.llm.prompts import build_prompts, learn_prompt, llmemb_prompt, read_item_text
 
 
-def config_for(data_path, tmp_path, **overrides):
+def config_for(data_path, tmp_path, model="SASRec", **overrides):
     overrides.setdefault("feature_dir", str(tmp_path / "features"))
-    return Config(model="SASRec", dataset="tiny", config_dict=tiny_config(data_path, tmp_path, **overrides))
+    return Config(model=model, dataset="tiny", config_dict=tiny_config(data_path, tmp_path, **overrides))
 
 
 # ---- prompts -------------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ def test_cache_follows_item_file_content_not_its_mtime(tiny_data, tmp_path, tiny
     """A dataset copied again (new mtime, same bytes) keeps its features; edited text rebuilds them."""
     from recbole_llm.model.teacher import teacher_path
 
-    config = config_for(tiny_data, tmp_path, llm_path=tiny_llama_dir, llm_pooling="last")
+    config = config_for(tiny_data, tmp_path, model="LLMEmbSASRec", llm_path=tiny_llama_dir, llm_pooling="last")
     ensure_features(config, show_progress=False)
     teacher = teacher_path(config, 16)
     capsys.readouterr()

@@ -47,7 +47,7 @@ def all_positions_dataset(train_dataset):
 def data_preparation(config, dataset):
     """RecBole's data_preparation; with ``train_mode: all_positions`` the train loader yields one row per user."""
     train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
-    if (config["train_mode"] or "prefix") == "all_positions":
+    if config["train_mode"] == "all_positions":  # a model without the key trains RecBole's way (prefix)
         from recbole.data.utils import get_dataloader
 
         train_dataset = all_positions_dataset(train_data._dataset)

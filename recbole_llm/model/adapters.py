@@ -163,15 +163,15 @@ class LLMEmbMixin:
         self.item_embedding = AdaptedEmbedding(
             features,
             out_dim,
-            layers=config["adapter_layers"] or 2,
+            layers=config["adapter_layers"],
             activation=config["adapter_activation"],
-            dropout=config["adapter_dropout"] or 0.0,
+            dropout=config["adapter_dropout"],
             freeze=config["freeze_llm"] is not False,
             extra_rows=self.llm_extra_rows,
         )
-        self.align_alpha = float(config["align_alpha"] or 0.0)
-        self.align_tau = float(config["align_tau"] or 2.0)
-        self.align_max_items = int(config["align_max_items"] or 1024)
+        self.align_alpha = float(config["align_alpha"])
+        self.align_tau = float(config["align_tau"])
+        self.align_max_items = int(config["align_max_items"])
         if self.align_alpha > 0:
             from recbole_llm.model.teacher import load_teacher_table
 
@@ -214,7 +214,7 @@ class LLMEmbMixin:
     def prepare_artifacts(cls, config):
         """Features (SCFT-tuned when ``scft: True``) and, with alignment on, the teacher; sets the config."""
         prepare_llm_features(config)
-        if float(config["align_alpha"] or 0.0) > 0 and config["teacher_checkpoint"] in (None, "auto"):
+        if float(config["align_alpha"]) > 0 and config["teacher_checkpoint"] in (None, "auto"):
             from recbole_llm.model.teacher import ensure_teacher
 
             config["teacher_checkpoint"] = ensure_teacher(config, cls.table_dim(config))
@@ -236,7 +236,7 @@ def prepare_llm_features(config, pca_dim=None, force=False):
     from recbole_llm.llm.extract import WHITENINGS, ensure_whitened
 
     pca_dim = pca_dim if pca_dim is not None else config["pca_dim"]
-    whitening = config["feature_whitening"] or "none"
+    whitening = config["feature_whitening"]
     if whitening not in WHITENINGS:
         raise ConfigError(f"config key 'feature_whitening' must be one of {list(WHITENINGS)}, got '{whitening}'")
     name = config["llm_feature"]
@@ -261,7 +261,7 @@ def prepare_llm_features(config, pca_dim=None, force=False):
     names = list(config["llm_features"] or [])
     base = name
     if whitening != "none":
-        name = ensure_whitened(config, base, whitening, float(config["feature_whitening_eps"] or 1e-5))
+        name = ensure_whitened(config, base, whitening, float(config["feature_whitening_eps"]))
         if base not in names:
             names.append(base)
     if name not in names:

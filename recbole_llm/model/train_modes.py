@@ -1,4 +1,4 @@
-"""``train_mode`` helpers shared by the plugin's GRU4Rec and BERT4Rec (the SASRec family has its own copy).
+"""``train_mode`` helpers shared by the plugin's SASRec, GRU4Rec and BERT4Rec.
 
 ``prefix`` is RecBole's prefix augmentation (one row per prefix, loss at its last position); ``all_positions``
 is one row per user with ``<item_id>_target_list`` (built by :mod:`recbole_llm.data.utils`) and a loss at
@@ -14,7 +14,9 @@ TRAIN_MODES = ("prefix", "all_positions")
 
 
 def check_train_mode(config):
-    mode = config["train_mode"] or "prefix"
+    """The config's train_mode (the plugin's SASRec/GRU4Rec/BERT4Rec YAMLs set it; a RecBole model without the key
+    trains RecBole's way, prefix)."""
+    mode = config["train_mode"] if config["train_mode"] is not None else "prefix"
     if mode not in TRAIN_MODES:
         raise ConfigError(f"config key 'train_mode' must be 'prefix' or 'all_positions', got '{mode}'")
     return mode

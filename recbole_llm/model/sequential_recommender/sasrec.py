@@ -24,10 +24,9 @@ import torch.nn.functional as F
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 from torch import nn
 
-from recbole_llm.errors import ConfigError
 from recbole_llm.model.layers import bucketed_encode
 from recbole_llm.model.losses import SampledSoftmaxMixin, stand_in_loss_type
-from recbole_llm.model.train_modes import require_target_list, valid_positions
+from recbole_llm.model.train_modes import check_train_mode, require_target_list, valid_positions
 
 TARGET_LIST_SUFFIX = "_target_list"
 
@@ -41,9 +40,7 @@ class SASRec(SampledSoftmaxMixin, RecBoleSASRec):
             self.loss_fct = nn.BCEWithLogitsLoss()
         self.length_bucketing = config["length_bucketing"] is not False
         self.bidirectional_attention = bool(config["bidirectional_attention"])
-        self.train_mode = config["train_mode"] or "prefix"
-        if self.train_mode not in ("prefix", "all_positions"):
-            raise ConfigError(f"config key 'train_mode' must be 'prefix' or 'all_positions', got '{self.train_mode}'")
+        self.train_mode = check_train_mode(config)
         self.TARGET_SEQ = self.ITEM_ID + TARGET_LIST_SUFFIX
         if loss_type == "SSM":
             self.init_sampled_softmax(config, dataset)
