@@ -104,3 +104,19 @@ def test_scft_cli_reports_bad_llm_path(tiny_data, tmp_path, capsys):
 
     code = main(["--dataset=tiny", f"--data_path={tiny_data}", "--llm_path=/nowhere/llama", "--steps=1", f"--output_dir={tmp_path}"])
     assert code == 2 and "is not a local directory" in capsys.readouterr().err
+
+
+def test_scft_cli_builds_the_file_the_models_run_attaches(tiny_data, tmp_path, tiny_llama_dir, capsys):
+    """--model and --key=value reach the settings; LLMEmbSASRec with scft: True then reuses the file."""
+    from recbole_llm.model.adapters import prepare_llm_features
+    from recbole_llm.scft import main
+
+    keys = [f"--llm_path={tiny_llama_dir}", "--scft_steps=2", "--scft_batch_size=4", "--scft_eval_items=8"]
+    assert main(["--dataset=tiny", f"--data_path={tiny_data}", "--model=LLMEmbSASRec", f"--output_dir={tmp_path / 'f'}", *keys]) == 0
+    name = capsys.readouterr().out.strip().splitlines()[-1].split()[2]
+    overrides = {k.lstrip("-").split("=")[0]: v for k, v in (a.split("=", 1) for a in keys)}
+    overrides.update(scft_steps=2, scft_batch_size=4, scft_eval_items=8, scft=True, feature_dir=str(tmp_path / "f"),
+                     data_path=tiny_data, state="WARNING")
+    config = Config(model="LLMEmbSASRec", dataset="tiny", config_dict=overrides)
+    assert prepare_llm_features(config) == name
+    assert "SCFT: reusing up-to-date features" in capsys.readouterr().out  # reused, not trained again
