@@ -27,7 +27,6 @@ import itertools
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 

@@ -10,7 +10,6 @@ Reports items/s, the speed-up, and the max abs difference between the two embedd
 import argparse
 import os
 import platform
-import sys
 import time
 
 import numpy as np

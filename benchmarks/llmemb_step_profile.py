@@ -12,7 +12,6 @@ thread, then ``--profile_steps`` steps under ``torch.profiler``; ``--set=KEY=VAL
 
 import argparse
 import os
-import sys
 import time
 
 import torch

@@ -14,7 +14,6 @@ Writes a Markdown table to stdout and, with --out, to a file.
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 

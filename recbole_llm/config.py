@@ -21,7 +21,8 @@ from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType
 
 from recbole_llm.data.atomic import check_item_attributes, has_dataset_yaml, no_yaml_defaults
-from recbole_llm.utils import PROJECT_ROOT, UnknownNameError, get_model, properties_dir
+from recbole_llm.paths import PROJECT_ROOT, properties_dir
+from recbole_llm.utils import UnknownNameError, get_model
 
 
 def parse_overrides(items):

@@ -17,12 +17,17 @@ def prepare_artifacts(config):
     """Build what the model reads and is missing (feature files, SCFT, teacher), once.
 
     A model class opts in with a ``prepare_artifacts(config)`` classmethod; it must skip (and say so)
-    what is up to date. Called before the dataset is built and before any Ray Tune trial starts.
+    what is up to date. A ``teacher_width(config)`` classmethod that returns a width gets the LLMEmb teacher. Called before the dataset is built and before any Ray Tune trial starts.
     """
     model_class = get_model(config["model"])
     hook = getattr(model_class, "prepare_artifacts", None)
     if hook is not None:
         hook(config)
+    width = getattr(model_class, "teacher_width", lambda config: None)(config)
+    if width:  # the LLMEmb alignment teacher: a nested run of this entry point, handed down to the model layer
+        from recbole_llm.model.teacher import ensure_teacher
+
+        config["teacher_checkpoint"] = ensure_teacher(config, width, run=run_recbole_llm)
 
 
 def run_recbole_llm(

@@ -201,7 +201,7 @@ def relative_change(base_rows, other_rows, value):
     ratio of the means, with a delta-method interval (t with min(n) - 1 degrees of freedom) when each side has
     at least two runs.
     """
-    from recbole_llm.benchmark import mean_ci, t_quantile_975
+    from recbole_llm.reporting import mean_ci, t_quantile_975
 
     by_seed = {r.get("seed"): value(r) for r in base_rows if r.get("seed") is not None}
     paired = [(value(r), by_seed[r["seed"]]) for r in other_rows if r.get("seed") in by_seed and by_seed[r["seed"]]]
@@ -222,7 +222,7 @@ def relative_change(base_rows, other_rows, value):
 
 def fmt_ci(values, digits=4):
     """'mean ± half-width' of the 95% CI over seeds; the mean alone below 2 seeds."""
-    from recbole_llm.benchmark import mean_ci
+    from recbole_llm.reporting import mean_ci
 
     m, half = mean_ci(values)
     if m is None:
@@ -313,7 +313,7 @@ def write_report(suite, records, header=None):
 
 def write_suite_plots(suite, records):
     """One bar plot of NDCG@10 head / tail per dataset and mode (mean over seeds, std as error bar)."""
-    from recbole_llm.benchmark import grouped_bars
+    from recbole_llm.reporting import grouped_bars
 
     if not {"ndcg_head@10", "ndcg_tail@10"} <= set(suite["metrics"]):
         return []

@@ -18,7 +18,6 @@ import ast
 import csv
 import math
 import os
-import sys
 import time
 
 import yaml

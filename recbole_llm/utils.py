@@ -14,23 +14,11 @@ from recbole.utils import get_trainer as recbole_get_trainer
 from recbole_llm.errors import UserError
 from recbole_llm.trainer.trainer import with_plugin_trainer
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-PROJECT_ROOT = os.path.dirname(PACKAGE_DIR)
 _MODEL_PACKAGES = ["recbole_llm.model.sequential_recommender", "recbole_llm.model.general_recommender"]
 
 
 class UnknownNameError(UserError, ValueError):
     """An unknown model or dataset name; the message is one line that lists what exists."""
-
-
-def properties_dir():
-    """The plugin's YAML defaults: packaged copy (non-editable install) or the checkout's."""
-    for path in (os.path.join(PACKAGE_DIR, "properties"), os.path.join(PROJECT_ROOT, "properties")):
-        if os.path.isdir(path):
-            return path
-    raise FileNotFoundError(
-        f"recbole_llm properties/ not found next to {PACKAGE_DIR}: reinstall the package (pip install .)"
-    )
 
 
 def _plugin_model_modules():

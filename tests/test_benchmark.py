@@ -6,7 +6,7 @@ import os
 import sys
 
 import pytest
-from conftest import ROOT
+
 
 from recbole_llm import benchmark
 

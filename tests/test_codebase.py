@@ -32,3 +32,13 @@ def test_no_test_loads_a_script_by_file_path():
     offenders = [os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "tests", "*.py"))
                  if "spec_from_file_location" in open(p).read() and not p.endswith("test_codebase.py")]
     assert not offenders, offenders
+
+
+def test_lower_layers_never_import_the_entry_points():
+    """model/, llm/, data/, evaluator/, trainer/ sit below the run entry points (quick_start, benchmark, suite, tune):
+    what they need from above is handed down (the teacher's run function), never imported."""
+    names = "quick_start|benchmark|suite|tune|features|scft|export"
+    above = re.compile(rf"^\s*(from recbole_llm\.({names})\b|import recbole_llm\.({names})\b|from recbole_llm import )", re.M)
+    offenders = [os.path.relpath(p, ROOT) for p in python_files(*(f"recbole_llm/{d}" for d in ("model", "llm", "data", "evaluator", "trainer")))
+                 if above.search(open(p).read())]
+    assert not offenders, offenders

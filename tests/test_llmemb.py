@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_config, write_tiny_dataset
 
-from recbole_llm import Config, create_dataset, get_model
+from recbole_llm import Config, create_dataset, get_model, run_recbole_llm
 from recbole_llm.llm.features import feature_base, save_features
 from recbole_llm.model.adapters import AdaptedEmbedding, build_adapter
 from recbole_llm.model.losses import info_nce_loss, soft_contrastive_loss
@@ -190,7 +190,7 @@ def test_alignment_loss_uses_teacher_rows(tiny_data, tmp_path):
     config2 = Config(model="LLMEmbSASRec", dataset="tiny", config_dict=llm_config(tiny_data, tmp_path, align_alpha=0.5, teacher_epochs=1, hidden_size=16))
     from recbole_llm.model.teacher import ensure_teacher
 
-    assert ensure_teacher(config2, 16) == config["teacher_checkpoint"]
+    assert ensure_teacher(config2, 16, run=run_recbole_llm) == config["teacher_checkpoint"]
 
 
 def test_teacher_with_other_items_is_rejected(tiny_data, tmp_path):
@@ -273,7 +273,7 @@ def test_second_run_waits_for_the_teacher_being_built_and_reuses_it(tiny_data, t
     thread = threading.Thread(target=other_run)
     thread.start()
     holding.wait()
-    assert teacher_module.ensure_teacher(config, 16) == path
+    assert teacher_module.ensure_teacher(config, 16, run=run_recbole_llm) == path
     events.append("reused")
     thread.join()
     assert events == ["built", "reused"]

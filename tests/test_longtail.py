@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from recbole_llm.compat import numpy_compatibility_settings

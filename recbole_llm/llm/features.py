@@ -24,6 +24,7 @@ import torch
 
 from recbole_llm.errors import UserError
 from recbole_llm.fileio import atomic_open, atomic_write_text
+from recbole_llm.paths import PROJECT_ROOT
 
 SUFFIX_MATRIX = ".npy"
 SUFFIX_META = ".json"
@@ -72,7 +73,6 @@ def _writable(folder):
 
 def feature_dirs(config):
     """Folders searched for feature files, the first being where new ones are written."""
-    from recbole_llm.utils import PROJECT_ROOT
 
     dataset = config["dataset"]
     data_dir = config["data_path"]

@@ -27,7 +27,7 @@ class ItemEmbedder:
     def __init__(self, llm_path, pooling, max_length, normalize, batch_size, device):
         import torch
 
-        from recbole_llm.llm.extract import load_llm
+        from recbole_llm.llm.embed import load_llm
 
         if device == "cuda" and not torch.cuda.is_available():
             device = "cpu"
@@ -36,7 +36,7 @@ class ItemEmbedder:
                         "device": device, "show_progress": False}
 
     def __call__(self, batch):
-        from recbole_llm.llm.extract import embed_texts
+        from recbole_llm.llm.embed import embed_texts
 
         vectors = embed_texts([str(t) for t in batch["text"]], self.model, self.tokenizer, **self.options)
         return {"row": np.asarray(batch["row"], dtype=np.int64), "embedding": vectors}

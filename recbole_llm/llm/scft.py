@@ -39,7 +39,7 @@ from recbole_llm.llm.extract import (
     resolve_llm_path,
 )
 from recbole_llm.llm.prompts import build_prompts, llmemb_prompt, prompt_config, read_item_text, template_hash
-from recbole_llm.model.losses import info_nce_loss, soft_contrastive_loss
+from recbole_llm.llm.contrastive import info_nce_loss, soft_contrastive_loss
 
 logger = logging.getLogger(__name__)
 

@@ -212,12 +212,16 @@ class LLMEmbMixin:
 
     @classmethod
     def prepare_artifacts(cls, config):
-        """Features (SCFT-tuned when ``scft: True``) and, with alignment on, the teacher; sets the config."""
+        """Features (SCFT-tuned when ``scft: True``); sets the config. The teacher: :meth:`teacher_width`."""
         prepare_llm_features(config)
-        if float(config["align_alpha"]) > 0 and config["teacher_checkpoint"] in (None, "auto"):
-            from recbole_llm.model.teacher import ensure_teacher
 
-            config["teacher_checkpoint"] = ensure_teacher(config, cls.table_dim(config))
+    @classmethod
+    def teacher_width(cls, config):
+        """Width of the teacher that recbole_llm.quick_start.prepare_artifacts trains (or finds) for this run, or
+        None when none is needed (alignment off, or a teacher_checkpoint path given)."""
+        if float(config["align_alpha"]) > 0 and config["teacher_checkpoint"] in (None, "auto"):
+            return cls.table_dim(config)
+        return None
 
     @classmethod
     def table_dim(cls, config):

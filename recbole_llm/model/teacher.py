@@ -81,20 +81,19 @@ def teacher_path(config, dim):
     return os.path.join(feature_dirs(config)[0], f"{config['dataset']}.teacher-{key}.pth")
 
 
-def ensure_teacher(config, dim):
-    """Path of a cached teacher of width ``dim`` for ``config``; trains and caches it when missing
-    (one run at a time: a second run started meanwhile waits for it and reuses its teacher)."""
+def ensure_teacher(config, dim, run):
+    """Path of a cached teacher of width ``dim`` for ``config``; trains and caches it when missing with ``run``
+    (``recbole_llm.quick_start.run_recbole_llm``, handed down by the caller: the model layer does not import the
+    entry point), one run at a time: a second run started meanwhile waits for it and reuses its teacher."""
     path = teacher_path(config, dim)
     logger = getLogger()
-    if not build_once(path, lambda: os.path.isfile(path), lambda: _train_teacher(config, dim, path, logger), "the teacher"):
+    if not build_once(path, lambda: os.path.isfile(path), lambda: _train_teacher(config, dim, path, logger, run), "the teacher"):
         logger.info(f"teacher: reusing {path}")
         print(f"teacher: reusing cached {path}")
     return path
 
 
-def _train_teacher(config, dim, path, logger):
-    from recbole_llm.quick_start import run_recbole_llm
-
+def _train_teacher(config, dim, path, logger, run_recbole_llm):
     print(f"teacher: training SASRec (hidden {dim}) on {config['dataset']} -> {path}")
     with tempfile.TemporaryDirectory() as checkpoint_dir:
         teacher = teacher_config(config, dim)
