@@ -120,3 +120,15 @@ def test_scft_cli_builds_the_file_the_models_run_attaches(tiny_data, tmp_path, t
     config = Config(model="LLMEmbSASRec", dataset="tiny", config_dict=overrides)
     assert prepare_llm_features(config) == name
     assert "SCFT: reusing up-to-date features" in capsys.readouterr().out  # reused, not trained again
+
+
+def test_llm2x_with_scft_gets_pca_to_its_width(tiny_data, tmp_path, tiny_llama_dir):
+    """LLM2XSASRec asks for pca_dim = hidden_size; with scft: True that goes through SCFT's PCA companion."""
+    from recbole_llm import run_recbole_llm
+
+    config = tiny_config(tiny_data, tmp_path, scft=True, scft_steps=2, scft_batch_size=4, scft_eval_items=8, llm_path=tiny_llama_dir,
+                         feature_dir=str(tmp_path / "f"))
+    result = run_recbole_llm(model="LLM2XSASRec", dataset="tiny", config_dict=config)
+    assert result["epochs_run"] == 1
+    files = sorted(os.listdir(tmp_path / "f"))
+    assert any(f.endswith("-scft-mean-llmemb-pca16.npy") for f in files), files

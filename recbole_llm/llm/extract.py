@@ -209,18 +209,24 @@ def ensure_features(config, name=None, llm_path=None, pooling=None, prompt_style
     if not pca_dim:
         return base_name
 
-    pca_name = name or default_feature_name(settings, pca_dim)
-    pca_key = hashlib.sha1(f"{key}-pca{pca_dim}".encode()).hexdigest()[:16]
+    return ensure_pca_companion(config, base_name, key, int(pca_dim), name or default_feature_name(settings, pca_dim), force)
+
+
+def ensure_pca_companion(config, base_name, base_key, pca_dim, pca_name, force=False):
+    """Name of the PCA-reduced companion ``pca_name`` of feature file ``base_name`` (cache key ``base_key``), built
+    when missing or stale: the one PCA path of extracted and SCFT-tuned features (its key: hash of the base key and
+    the width)."""
+    pca_key = hashlib.sha1(f"{base_key}-pca{pca_dim}".encode()).hexdigest()[:16]
     pca_existing = feature_io.find_feature_file(config, pca_name)
     if not force and is_current(pca_existing, pca_key):
         logger.info(f"PCA features '{pca_name}' are up to date: reusing them")
         print(f"reusing up-to-date features {pca_existing}.npy (cache key {pca_key})")
         return pca_name
-    tokens, matrix, meta = feature_io.load_features(existing, mmap=False, float32=True)
-    reduced = pca_reduce(matrix, int(pca_dim))
+    tokens, matrix, meta = feature_io.load_features(feature_io.find_feature_file(config, base_name), mmap=False, float32=True)
+    reduced = pca_reduce(matrix, pca_dim)
     pca_meta = {k: v for k, v in meta.items() if k not in ("tokens", "rows", "dims", "created_at", "created_by")}
-    pca_meta.update(cache_key=pca_key, pca_dim=int(pca_dim), pca_of=base_name)
-    base = feature_io.feature_base(target_dir, dataset, pca_name)
+    pca_meta.update(cache_key=pca_key, pca_dim=pca_dim, pca_of=base_name)
+    base = feature_io.feature_base(feature_io.feature_dirs(config)[0], config["dataset"], pca_name)
     feature_io.save_features(base, tokens, reduced, pca_meta)
     print(f"wrote {reduced.shape[0]} x {reduced.shape[1]} PCA features to {base}.npy")
     return pca_name

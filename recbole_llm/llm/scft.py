@@ -34,7 +34,7 @@ from recbole_llm.llm.extract import (
     is_current,
     llm_short_name,
     load_llm,
-    pca_reduce,
+    ensure_pca_companion,
     pool,
     resolve_llm_path,
 )
@@ -335,16 +335,7 @@ def ensure_scft_features(config, settings=None, resume=True, show_progress=True)
         print(f"SCFT: reusing up-to-date features {existing}.npy (cache key {key})")
     if not settings.pca_dim:
         return full_name
-    pca_name = scft_feature_name(settings)
-    pca_existing = feature_io.find_feature_file(config, pca_name)
-    pca_key = f"{key}-pca{settings.pca_dim}"
-    if is_current(pca_existing, pca_key):
-        return pca_name
-    tokens, matrix, meta = feature_io.load_features(existing, mmap=False, float32=True)
-    meta = {k: v for k, v in meta.items() if k not in ("tokens", "rows", "dims", "created_at", "created_by")}
-    meta.update(cache_key=pca_key, pca_dim=settings.pca_dim, pca_of=full_name)
-    feature_io.save_features(feature_io.feature_base(target_dir, dataset, pca_name), tokens, pca_reduce(matrix, settings.pca_dim), meta)
-    return pca_name
+    return ensure_pca_companion(config, full_name, key, settings.pca_dim, scft_feature_name(settings))
 
 
 def _train_and_export(config, settings, key, full_name, target_dir, resume, show_progress):
@@ -362,8 +353,9 @@ def _train_and_export(config, settings, key, full_name, target_dir, resume, show
     model.save_pretrained(os.path.join(output_dir, "adapter"))
     tokens = dataset_item_tokens(data_dir, dataset, item_text, prompts_cfg["item_field"])
     prompts = build_prompts(item_text, "llmemb", prompts_cfg["instruction"], prompts_cfg["max_value_len"], tokens)
+    batch = int(config["llm_batch_size"] if not isinstance(config, dict) else config.get("llm_batch_size", 64))
     matrix = embed_texts(
-        [prompts[t] for t in tokens], model, tokenizer, settings.pooling, 64, settings.max_length, device, show_progress=show_progress
+        [prompts[t] for t in tokens], model, tokenizer, settings.pooling, batch, settings.max_length, device, show_progress=show_progress
     )
     meta = {
         "model": resolve_llm_path(settings.llm_path),
