@@ -120,14 +120,15 @@ def dense_all_action_loss(user_states, user_mask, target_embs, target_items, tar
     flat_items = target_items.reshape(-1)
     flat_valid = target_mask.reshape(-1)
     owner = torch.arange(batch, device=flat.device).repeat_interleave(n_targets)
-    scores = torch.einsum("bhd,nd->bhn", user_states, flat) / tau  # (B, Nh, B*Nt)
+    user_states = user_states / tau  # scaled before the product: one pass over (B, Nh, D), not over the scores
+    scores = torch.einsum("bhd,nd->bhn", user_states, flat)  # (B, Nh, B*Nt), already divided by tau
     own_items = torch.where(target_mask, target_items, torch.full_like(target_items, -1))
     same_item = (flat_items.view(1, 1, -1) == own_items.unsqueeze(-1)).any(1)  # (B, B*Nt)
     negative = (owner.view(1, -1) != torch.arange(batch, device=flat.device).view(-1, 1)) & flat_valid.view(1, -1) & ~same_item
-    neg_scores = scores.masked_fill(~negative.unsqueeze(1), float("-inf"))
+    neg_scores = scores.masked_fill(~negative.unsqueeze(1), float("-inf"))  # the mask broadcasts over Nh
     neg_lse = torch.logsumexp(neg_scores, dim=-1)  # (B, Nh)
     if extra_embs is not None and extra_embs.size(0):
-        extra = torch.einsum("bhd,md->bhm", user_states, extra_embs) / tau  # (B, Nh, M)
+        extra = torch.einsum("bhd,md->bhm", user_states, extra_embs)  # (B, Nh, M), divided by tau
         own_extra = (extra_items.view(1, 1, -1) == own_items.unsqueeze(-1)).any(1)  # (B, M)
         extra = extra.masked_fill(own_extra.unsqueeze(1), float("-inf"))
         neg_lse = torch.logaddexp(neg_lse, torch.logsumexp(extra, dim=-1))
