@@ -92,17 +92,20 @@ def run_path(suite, dataset, row, seed):
 
 
 # ---- running --------------------------------------------------------------------------------------------------
+def all_runs(suite):
+    """(dataset, row, seed) of every run of the suite, in file order."""
+    return [(dataset, row, seed) for dataset in suite["datasets"] for row in suite["rows"] for seed in suite["seeds"]]
+
+
 def pending_runs(suite):
     """(dataset, row, seed) of every run without a finished record, in file order."""
     pending = []
-    for dataset in suite["datasets"]:
-        for row in suite["rows"]:
-            for seed in suite["seeds"]:
-                path = run_path(suite, dataset, row, seed)
-                if os.path.isfile(path) and json.load(open(path)).get("status") == "ok":
-                    print(f"{dataset} {row} seed {seed}: done before, skipping", flush=True)
-                    continue
-                pending.append((dataset, row, seed))
+    for dataset, row, seed in all_runs(suite):
+        path = run_path(suite, dataset, row, seed)
+        if os.path.isfile(path) and json.load(open(path)).get("status") == "ok":
+            print(f"{dataset} {row} seed {seed}: done before, skipping", flush=True)
+            continue
+        pending.append((dataset, row, seed))
     return pending
 
 
@@ -183,14 +186,8 @@ def run_suite(suite):
 
 
 def load_records(suite):
-    records = []
-    for dataset in suite["datasets"]:
-        for row in suite["rows"]:
-            for seed in suite["seeds"]:
-                path = run_path(suite, dataset, row, seed)
-                if os.path.isfile(path):
-                    records.append(json.load(open(path)))
-    return records
+    paths = [run_path(suite, *run) for run in all_runs(suite)]
+    return [json.load(open(path)) for path in paths if os.path.isfile(path)]
 
 
 # ---- statistics and tables --------------------------------------------------------------------------------------
