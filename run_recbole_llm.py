@@ -37,6 +37,9 @@ def main(argv=None):
     overrides = parse_overrides(rest)
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
     result = run_recbole_llm(model=args.model, dataset=args.dataset, config_file_list=config_file_list, config_dict=overrides)
+    if result is None:  # DDP on several machines: global rank 0 (the machine with offset 0) reports
+        print("trained; the results are printed by the machine with offset 0")
+        return 0
     print(f"best valid: {plain(result['best_valid_result'])}")
     print(f"test result: {plain(result['test_result'])}")
     return 0

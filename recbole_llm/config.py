@@ -250,7 +250,8 @@ def validate_config(config):
             raise _config_error(f"config key '{key}' must be an integer >= {minimum}, got {value!r}")
 
     for key in ("epochs", "train_batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH", "hidden_size", "embedding_size",
-                "inner_size", "n_layers", "n_heads", "stopping_step", "eval_step", "ssm_negatives", "eval_item_chunk"):
+                "inner_size", "n_layers", "n_heads", "stopping_step", "eval_step", "ssm_negatives", "eval_item_chunk", "nproc",
+                "llm_ray_workers", "llm_batch_size"):
         if key in external or key in ("epochs", "MAX_ITEM_LIST_LENGTH"):
             positive_int(key)
     learning_rate = config["learning_rate"]
@@ -260,6 +261,8 @@ def validate_config(config):
         value = config[key]
         if key in external and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
             raise _config_error(f"config key '{key}' must be a number in [0, 1), got {value!r}")
+    if "offset" in external:
+        positive_int("offset", minimum=0)
     train_mode = config["train_mode"]
     if train_mode is not None and train_mode not in ("prefix", "all_positions"):
         raise _config_error(f"config key 'train_mode' must be 'prefix' or 'all_positions', got {train_mode!r}")

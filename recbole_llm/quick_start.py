@@ -124,10 +124,6 @@ def run_distributed(config, model, dataset, config_file_list, config_dict, saved
 
     import torch.multiprocessing as mp
 
-    before = copy.deepcopy(config.final_config_dict)
-    prepare_artifacts(config)
-    # what the hooks resolved (llm_feature, llm_features, teacher_checkpoint, ...) goes to the processes as keys
-    resolved = {k: v for k, v in config.final_config_dict.items() if k not in before or before[k] != v}
     nproc = int(config["nproc"])
     world_size = int(config["world_size"]) if config["world_size"] > 0 else nproc
     if config["offset"] + nproc > world_size:
@@ -135,6 +131,10 @@ def run_distributed(config, model, dataset, config_file_list, config_dict, saved
 
         raise ConfigError(f"config keys offset ({config['offset']}) + nproc ({nproc}) exceed world_size ({world_size}): "
                           "set world_size to the processes of all machines together")
+    before = copy.deepcopy(config.final_config_dict)
+    prepare_artifacts(config)
+    # what the hooks resolved (llm_feature, llm_features, teacher_checkpoint, ...) goes to the processes as keys
+    resolved = {k: v for k, v in config.final_config_dict.items() if k not in before or before[k] != v}
     rank_dict = {**(config_dict or {}), **resolved, "nproc": nproc, "world_size": world_size, "ip": config["ip"],
                  "port": config["port"], "offset": config["offset"]}
     queue = mp.get_context("spawn").SimpleQueue()
