@@ -135,3 +135,23 @@ def test_ray_extraction_resumes_after_the_last_finished_chunk(tmp_path, local_ra
     monkeypatch.setattr(ray.data, "from_items", lambda items, **kw: calls.append(len(items)) or original(items, **kw))
     again = embed_texts_ray(texts, resolve_llm_path("minilm"), 384, **kwargs)
     assert calls == [5] and np.array_equal(again, first)  # only the missing last chunk (rows 10-14) went to Ray
+
+
+def test_two_machines_as_documented(tmp_path):
+    """docs/distributed.md's several-machine command, both "machines" on this host (only the address differs)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    data = write_tiny_dataset(str(tmp_path / "data"))
+    port = free_port()
+    common = [sys.executable, os.path.join(ROOT, "run_recbole_llm.py"), "--model=SASRec", "--dataset=tiny", f"--data_path={data}",
+              "--epochs=1", "--nproc=1", "--world_size=2", "--ip=localhost", f"--port={port}", f"--checkpoint_dir={tmp_path / 's'}",
+              "--state=WARNING", "--show_progress=False", "--hidden_size=16", "--inner_size=32", "--n_layers=1", "--n_heads=1"]
+    machines = [subprocess.Popen(common + [f"--offset={offset}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for offset in (0, 1)]
+    outputs = [m.communicate(timeout=300) for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], [err[-1500:] for _, err in outputs]
+    assert "test result: {" in outputs[0][0]
+    assert "the results are printed by the machine with offset 0" in outputs[1][0]
