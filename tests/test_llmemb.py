@@ -380,3 +380,25 @@ def test_sampled_softmax_on_needed_rows_equals_the_full_table(tiny_data, tmp_pat
         torch.manual_seed(0)
         losses.append(model.calculate_loss(batch))
     torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_checkpoints_hold_the_feature_key_not_the_frozen_table(tiny_data, tmp_path):
+    """A frozen LLM table is rebuilt from its file, not saved; a checkpoint of other features is refused by name."""
+    from recbole_llm.errors import DataFileError
+    from recbole_llm.quick_start import load_model_file
+
+    write_features(str(tmp_path / "features"), dim=16)
+    result = run_recbole_llm(model="LLMEmbSASRec", dataset="tiny", config_dict=llm_config(tiny_data, tmp_path, embedding_size=16))
+    checkpoint = torch.load(result["model_file"], weights_only=False)
+    state = checkpoint["state_dict"]
+    assert "item_embedding.features" not in state and bytes(state["item_embedding.features_key"].tolist()).decode()
+    _, model, *_ = load_model_file(result["model_file"])  # rebuilt from the feature file, same metrics
+    assert model.item_embedding.features.shape == (31, 16)
+    # a checkpoint written before (the table inside) still loads
+    legacy = dict(state, **{"item_embedding.features": model.item_embedding.features.clone()})
+    del legacy["item_embedding.features_key"]
+    model.load_state_dict(legacy)
+    # features rebuilt with other content: the checkpoint's key no longer matches
+    write_features(str(tmp_path / "features"), dim=16, seed=1)
+    with pytest.raises(DataFileError, match="checkpoint was trained with item_embedding.features from"):
+        load_model_file(result["model_file"])

@@ -4,6 +4,7 @@ from logging import getLogger
 
 from recbole.data.dataset import SequentialDataset
 
+from recbole_llm.fileio import file_fingerprint
 from recbole_llm.llm.features import FeatureFileError, align_features, find_feature_file, load_features
 
 
@@ -21,6 +22,7 @@ class LLMFeatureDataset(SequentialDataset):
     def __init__(self, config):
         super().__init__(config)
         self.llm_features = {}
+        self.llm_feature_keys = {}  # name -> the file's cache key (what a checkpoint records instead of the table)
         self._load_llm_features()
 
     def _load_llm_features(self):
@@ -40,7 +42,14 @@ class LLMFeatureDataset(SequentialDataset):
             tokens, matrix, meta = load_features(base)
             self.llm_features[name] = align_features(tokens, matrix, id2token, base + ".npy", expected.get(name),
                                                      dtype=self.config["feature_dtype"], stored=meta.get("dtype", "float32"))
+            # a file this project built has a cache key; any other is known by its content
+            self.llm_feature_keys[name] = meta.get("cache_key") or "sha1:{1}".format(*file_fingerprint(base + ".npy"))
             getLogger().info(f"attached LLM features '{name}' {tuple(self.llm_features[name].shape)} from {base}.npy")
+
+    def llm_feature_key(self, name=None):
+        """The cache key of feature file ``name`` (default: the first of ``llm_features``)."""
+        self.llm_feature(name)  # the same errors for a name that is not attached
+        return self.llm_feature_keys[name if name is not None else next(iter(self.llm_features))]
 
     def llm_feature(self, name=None, keep_dtype=False):
         """The aligned feature table ``name`` (default: the first of ``llm_features``), in float32 unless

@@ -12,6 +12,7 @@ teacher item table (see :mod:`recbole_llm.model.teacher`).
 """
 
 import contextlib
+import os
 from logging import getLogger
 
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_llm.errors import ConfigError
+from recbole_llm.model.frozen import FrozenTablesMixin
 from recbole_llm.model.losses import soft_contrastive_loss
 
 ACTIVATIONS = {None: None, "none": None, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -46,14 +48,16 @@ def build_adapter(in_dim, out_dim, layers=2, activation=None, dropout=0.0):
     return nn.Sequential(*modules)
 
 
-class AdaptedEmbedding(nn.Module):
-    """``item_embedding`` whose table is ``adapter(LLM features)``; see the module docstring."""
+class AdaptedEmbedding(FrozenTablesMixin, nn.Module):
+    """``item_embedding`` whose table is ``adapter(LLM features)``; see the module docstring. Frozen features are not
+    saved in checkpoints (recbole_llm.model.frozen): ``features_key``, the feature file's cache key, is."""
 
-    def __init__(self, features, out_dim, layers=2, activation=None, dropout=0.0, freeze=True, extra_rows=0, init_std=0.02):
+    def __init__(self, features, out_dim, layers=2, activation=None, dropout=0.0, freeze=True, extra_rows=0, init_std=0.02,
+                 source_key=None):
         super().__init__()
         features = torch.as_tensor(features)
         if freeze:  # kept in its feature_dtype (float16/bfloat16 halve it), shared with the dataset's table, not copied
-            self.register_buffer("features", features if features.is_floating_point() else features.float())
+            self.register_frozen("features", features if features.is_floating_point() else features.float(), source_key)
         else:
             self.features = nn.Parameter(features.float().clone())
         self.adapter = build_adapter(features.size(1), out_dim, layers, activation, dropout)
@@ -147,7 +151,7 @@ class AdaptedEmbedding(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
 
-class LLMEmbMixin:
+class LLMEmbMixin(FrozenTablesMixin):
     """Turn a RecBole sequential backbone into its LLMEmb version.
 
     Config keys: ``llm_feature`` (feature name; default the first of ``llm_features``), ``adapter_layers``
@@ -168,6 +172,7 @@ class LLMEmbMixin:
             dropout=config["adapter_dropout"],
             freeze=config["freeze_llm"] is not False,
             extra_rows=self.llm_extra_rows,
+            source_key=dataset.llm_feature_key(config["llm_feature"]),
         )
         self.align_alpha = float(config["align_alpha"])
         self.align_tau = float(config["align_tau"])
@@ -176,7 +181,7 @@ class LLMEmbMixin:
             from recbole_llm.model.teacher import load_teacher_table
 
             table = load_teacher_table(config["teacher_checkpoint"], dataset, out_dim)
-            self.register_buffer("teacher_table", table)
+            self.register_frozen("teacher_table", table, os.path.basename(str(config["teacher_checkpoint"])))
         getLogger().info(
             f"{type(self).__name__}: item table = adapter({tuple(features.shape)} LLM features) -> {out_dim}, "
             f"alignment alpha {self.align_alpha}"

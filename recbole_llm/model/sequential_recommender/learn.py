@@ -31,6 +31,7 @@ from torch import nn
 
 from recbole_llm.errors import ConfigError
 from recbole_llm.model.adapters import prepare_llm_features
+from recbole_llm.model.frozen import FrozenTablesMixin
 from recbole_llm.model.layers import bucketed_encode
 from recbole_llm.model.losses import NegativeSampler
 
@@ -139,13 +140,13 @@ def dense_all_action_loss(user_states, user_mask, target_embs, target_items, tar
     return (loss * valid).sum() / valid.sum().clamp(min=1)
 
 
-class LEARN(SequentialRecommender):
+class LEARN(FrozenTablesMixin, SequentialRecommender):
     input_type = InputType.POINTWISE
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         features = F.normalize(dataset.llm_feature(config["llm_feature"]).float(), dim=-1)
-        self.register_buffer("content", features)
+        self.register_frozen("content", features, dataset.llm_feature_key(config["llm_feature"]))
         self.d_model = int(config["d_model"])
         self.embedding_dim = int(config["embedding_dim"])
         self.item_tower = str(config["item_tower"])

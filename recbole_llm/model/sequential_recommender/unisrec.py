@@ -19,6 +19,7 @@ from torch import nn
 from recbole_llm.errors import ConfigError
 from recbole_llm.compat import load_checkpoint
 from recbole_llm.model.adapters import prepare_llm_features
+from recbole_llm.model.frozen import FrozenTablesMixin
 from recbole_llm.model.sequential_recommender.sasrec import SASRec
 
 
@@ -57,7 +58,7 @@ class MoEAdaptor(nn.Module):
         return (self.gates(x).unsqueeze(-1) * expert_out).sum(dim=-2)
 
 
-class UniSRec(SASRec):
+class UniSRec(FrozenTablesMixin, SASRec):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.train_stage = config["train_stage"] or "inductive_ft"
@@ -65,7 +66,7 @@ class UniSRec(SASRec):
             raise ConfigError(f"config key 'train_stage' must be inductive_ft or transductive_ft, got '{self.train_stage}'")
         self.temperature = float(config["temperature"] or 0.07)
         features = dataset.llm_feature(config["llm_feature"])
-        self.register_buffer("plm_embedding", features.float())
+        self.register_frozen("plm_embedding", features.float(), dataset.llm_feature_key(config["llm_feature"]))
         self.moe_adaptor = MoEAdaptor(int(config["n_exps"] or 8), features.size(1), self.hidden_size, float(config["adaptor_dropout_prob"] or 0.0))
         if self.train_stage == "inductive_ft":
             del self.item_embedding  # text only
