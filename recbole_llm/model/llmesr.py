@@ -151,6 +151,7 @@ class LLMESRMixin:
         base_name = config["llm_feature_base"] or config["llm_feature"]
         base = dataset.llm_feature(base_name)
         heads = int(config["llmesr_cross_heads"]) if config["llmesr_cross_attention"] else 0
+        self._feature_key = dataset.llm_feature_key(config["llm_feature"])
         self.item_embedding = self.dual_view_embedding(config, features, base, width, heads)
         self.setup_distillation(config, dataset, base, base_name, width)
         self._capturing = False
@@ -170,6 +171,7 @@ class LLMESRMixin:
             dropout=config["adapter_dropout"],
             freeze=config["freeze_llm"] is not False,
             extra_rows=self.llm_extra_rows,
+            source_key=self._feature_key,
         )
         id_embedding = self.item_embedding  # RecBole's table (n_items [+ mask token], width), random init
         id_init = config["id_init"]
