@@ -37,7 +37,7 @@ def write_dataset(n_items, args):
     import numpy as np
 
     from recbole_llm.fileio import atomic_write_text
-    from recbole_llm.llm.features import feature_base, save_features
+    from recbole_llm.llm.features import feature_base, save_features_blockwise
 
     name = f"scale-{n_items}"
     folder = os.path.join(ROOT, "dataset_atomic", name)
@@ -58,12 +58,10 @@ def write_dataset(n_items, args):
         atomic_write_text(inter, "\n".join(lines) + "\n")
     feature = f"rand{args.dim}-{args.feature_dtype}"
     base = feature_base(folder, name, feature)
-    if not os.path.isfile(base + ".npy"):
+    if not os.path.isfile(base + ".json"):
         tokens = [f"i{i}" for i in range(n_items)]
-        matrix = np.empty((n_items, args.dim), dtype=np.float32)
-        for start in range(0, n_items, 65536):
-            matrix[start : start + 65536] = rng.standard_normal((min(65536, n_items - start), args.dim), dtype=np.float32)
-        save_features(base, tokens, matrix, {"synthetic": True}, dtype=args.feature_dtype)
+        blocks = (rng.standard_normal((min(65536, n_items - start), args.dim), dtype=np.float32) for start in range(0, n_items, 65536))
+        save_features_blockwise(base, tokens, args.dim, blocks, {"synthetic": True}, dtype=args.feature_dtype)
     return name, feature
 
 
@@ -105,7 +103,7 @@ def config_dict(args, feature):
         "hidden_size": 64, "inner_size": 256, "n_layers": 2, "n_heads": 2, "loss_type": args.loss, "seed": args.seed,
         "eval_item_chunk": 65536, "show_progress": False, "state": "WARNING", "metrics": ["Hit", "NDCG"], "topk": [10],
         "valid_metric": "NDCG@10", "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id"]},
-        "feature_dtype": args.feature_dtype,
+        "feature_dtype": args.feature_dtype, "feature_mmap": args.feature_mmap,
     }
     if args.loss == "SSM":
         keys.update(ssm_negatives=args.ssm_negatives, ssm_in_batch=True)
@@ -154,7 +152,7 @@ def run_one(args):
         eval_seconds = time.perf_counter() - begin
     return {
         "items": args.items, "model": args.model, "loss": args.loss, "dim": args.dim if args.model.startswith("LLMEmb") else None,
-        "feature_dtype": args.feature_dtype, "steps": args.steps, "sec_per_1000_steps": 1000 * sum(step_seconds) / len(step_seconds),
+        "feature_dtype": args.feature_dtype, "feature_mmap": args.feature_mmap, "steps": args.steps, "sec_per_1000_steps": 1000 * sum(step_seconds) / len(step_seconds),
         "train_peak_gib": train_peak.peak / 2**30, "eval_peak_gib": eval_peak.peak / 2**30, "eval_seconds": eval_seconds,
         "eval_users": len(test_data.dataset), "build_seconds": build_seconds, "ndcg@10": float(result["ndcg@10"]),
         "train_rows": len(train_data.dataset), "batch": 256, "ssm_negatives": args.ssm_negatives if args.loss == "SSM" else None,
@@ -164,8 +162,8 @@ def run_one(args):
 
 
 # ---- the driver: one process per configuration, resumable, then the table and the plot -----------------------------
-def run_name(items, model, loss, dim, dtype):
-    return f"{model}-{loss}-{items}" + (f"-d{dim}-{dtype}" if model.startswith("LLMEmb") else "")
+def run_name(items, model, loss, dim, dtype, mmap=False):
+    return f"{model}-{loss}-{items}" + (f"-d{dim}-{dtype}" + ("-mmap" if mmap else "") if model.startswith("LLMEmb") else "")
 
 
 def table(rows):
@@ -173,9 +171,10 @@ def table(rows):
              "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["model"], r["dim"] or 0, r["loss"], r["items"])):
         base = next((b for b in rows if b["model"] == r["model"] and b["loss"] == r["loss"] and b["dim"] == r["dim"]
-                     and b["feature_dtype"] == r["feature_dtype"] and b["items"] == min(x["items"] for x in rows)), None)
+                     and b["feature_dtype"] == r["feature_dtype"] and b["items"] == min(x["items"] for x in rows)
+                     and bool(b.get("feature_mmap")) == bool(r.get("feature_mmap"))), None)
         ratio = f"{r['sec_per_1000_steps'] / base['sec_per_1000_steps']:.2f}x" if base else ""
-        features = f"{r['dim']} {r['feature_dtype']}" if r["dim"] else "-"
+        features = f"{r['dim']} {r['feature_dtype']}" + (" mmap" if r.get("feature_mmap") else "") if r["dim"] else "-"
         lines.append(f"| {r['items']:,} | {r['model']} | {features} | {r['loss']} | {r['sec_per_1000_steps']:.0f} | {ratio} "
                      f"| {r['train_peak_gib']:.2f} | {r['eval_seconds']:.1f} | {r['eval_peak_gib']:.2f} |")
     return "\n".join(lines)
@@ -190,11 +189,12 @@ def plot(rows, path):
     from recbole_llm.fileio import atomic_open
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    series = sorted({(r["model"], r["loss"], r["dim"], r["feature_dtype"]) for r in rows}, key=str)
-    for model, loss, dim, dtype in series:
-        points = sorted((r for r in rows if (r["model"], r["loss"], r["dim"], r["feature_dtype"]) == (model, loss, dim, dtype)),
-                        key=lambda r: r["items"])
-        label = f"{model} {loss}" + (f" ({dim}d {dtype})" if dim else "")
+    def series_of(r):
+        return r["model"], r["loss"], r["dim"], r["feature_dtype"], bool(r.get("feature_mmap"))
+
+    for model, loss, dim, dtype, mmap in sorted({series_of(r) for r in rows}, key=str):
+        points = sorted((r for r in rows if series_of(r) == (model, loss, dim, dtype, mmap)), key=lambda r: r["items"])
+        label = f"{model} {loss}" + (f" ({dim}d {dtype}{' mmap' if mmap else ''})" if dim else "")
         axes[0].plot([p["items"] for p in points], [p["sec_per_1000_steps"] for p in points], marker="o", label=label)
         axes[1].plot([p["items"] for p in points], [p["train_peak_gib"] for p in points], marker="o", label=label)
     for axis, title in zip(axes, ("seconds per 1,000 training steps", "peak memory in training (GiB)")):
@@ -219,7 +219,7 @@ def drive(args):
         for model in args.models.split(","):
             for loss in args.losses.split(","):
                 for dim in ([int(d) for d in args.dims.split(",")] if model.startswith("LLMEmb") else [None]):
-                    name = run_name(items, model, loss, dim, args.feature_dtype)
+                    name = run_name(items, model, loss, dim, args.feature_dtype, args.feature_mmap)
                     path = os.path.join(runs, name + ".json")
                     if os.path.isfile(path):
                         continue
@@ -228,7 +228,7 @@ def drive(args):
                                f"--loss={loss}", f"--dim={dim or 384}", f"--feature_dtype={args.feature_dtype}",
                                f"--steps={args.steps}", f"--warmup={args.warmup}", f"--users={args.users}",
                                f"--ssm_negatives={args.ssm_negatives}", f"--seed={args.seed}", f"--zipf={args.zipf}",
-                               f"--mean_len={args.mean_len}", f"--json={path}"]
+                               f"--mean_len={args.mean_len}", f"--json={path}"] + (["--feature_mmap"] if args.feature_mmap else [])
                     code = subprocess.call(command, timeout=args.timeout)
                     if code != 0:
                         failed.append(name)
@@ -253,6 +253,7 @@ def main(argv=None):
     parser.add_argument("--losses", default="CE,SSM")
     parser.add_argument("--dims", default="384", help="feature widths of LLMEmbSASRec (e.g. 384,4096)")
     parser.add_argument("--feature_dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--feature_mmap", action="store_true", help="LLMEmbSASRec maps its table from disk (feature_mmap: True)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per configuration")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--users", type=int, default=5000)

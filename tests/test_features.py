@@ -354,3 +354,39 @@ def test_feature_dtype_halves_the_attached_table_and_the_adapter_computes_in_flo
     loss = model.calculate_loss(next(iter(train_data)))
     loss.backward()
     assert torch.isfinite(loss) and model.item_embedding.adapter[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_feature_mmap_maps_an_aligned_copy_equal_to_the_in_memory_table(tiny_data, tmp_path, dtype):
+    from recbole_llm import create_dataset
+    from recbole_llm.llm.features import save_features_blockwise
+
+    rng = np.random.default_rng(0)
+    tokens = [f"i{i}" for i in range(30)][::-1]  # another order than RecBole's ids
+    matrix = rng.standard_normal((30, 8)).astype(np.float32)
+    folder = tmp_path / "f"
+    folder.mkdir()
+    save_features_blockwise(str(folder / "tiny.rand"), tokens, 8, (matrix[s : s + 7] for s in range(0, 30, 7)), dtype=dtype)
+    overrides = dict(feature_dir=str(folder), llm_features=["rand"], feature_dtype=dtype)
+    in_memory = create_dataset(Config(model="SASRec", dataset="tiny", config_dict=tiny_config(tiny_data, tmp_path, **overrides)))
+    mapped = create_dataset(Config(model="SASRec", dataset="tiny", config_dict=tiny_config(tiny_data, tmp_path, feature_mmap=True, **overrides)))
+    table = mapped.llm_features["rand"]
+    assert table.dtype == getattr(torch, dtype) and torch.equal(table, in_memory.llm_features["rand"])
+    row = mapped.token2id("item_id", "i3")
+    assert torch.allclose(table[row].float(), torch.from_numpy(matrix[tokens.index("i3")]), atol=1e-2)
+    copies = [f for f in os.listdir(folder) if ".aligned-" in f and f.endswith(".npy")]
+    assert len(copies) == 1
+    stamp = os.stat(folder / copies[0]).st_mtime_ns
+    create_dataset(Config(model="SASRec", dataset="tiny", config_dict=tiny_config(tiny_data, tmp_path, feature_mmap=True, **overrides)))
+    assert os.stat(folder / copies[0]).st_mtime_ns == stamp  # written once, mapped again
+
+
+def test_llmemb_trains_on_a_memory_mapped_table(tiny_data, tmp_path):
+    from conftest import assert_reproduces
+    from recbole_llm import run_recbole_llm
+
+    config = tiny_config(tiny_data, tmp_path, feature_dir=str(tmp_path / "f"), feature_mmap=True, feature_dtype="float16",
+                         loss_type="SSM", ssm_negatives=8, align_alpha=0.0)
+    result = run_recbole_llm(model="LLMEmbSASRec", dataset="tiny", config_dict=config)
+    assert any(".aligned-" in f for f in os.listdir(tmp_path / "f"))
+    assert_reproduces(result)

@@ -5,7 +5,7 @@ from logging import getLogger
 from recbole.data.dataset import SequentialDataset
 
 from recbole_llm.fileio import file_fingerprint
-from recbole_llm.llm.features import FeatureFileError, align_features, find_feature_file, load_features
+from recbole_llm.llm.features import FeatureFileError, align_features, feature_dirs, find_feature_file, load_features, mapped_features
 
 
 class LLMFeatureDataset(SequentialDataset):
@@ -14,7 +14,7 @@ class LLMFeatureDataset(SequentialDataset):
     ``llm_features: [name, ...]`` in the config names feature files (see ``recbole_llm.llm.features``);
     each becomes a tensor of shape ``(item_num, d)`` aligned to RecBole's internal item ids
     through ``field2id_token`` (row 0, the padding id, is zeros), held in ``feature_dtype`` (float32, or
-    float16 / bfloat16 for half the memory). Models read them with :meth:`llm_feature` (float32 unless they
+    float16 / bfloat16 for half the memory), memory-mapped from an aligned copy with ``feature_mmap: True``. Models read them with :meth:`llm_feature` (float32 unless they
     ask for the stored dtype: the LLMEmb adapter computes in float32 from it). ``llm_feature_dims: {name: d}``
     optionally checks the width.
     """
@@ -40,8 +40,12 @@ class LLMFeatureDataset(SequentialDataset):
                     f"build it with python -m recbole_llm.features --dataset={self.dataset_name} --name={name}"
                 )
             tokens, matrix, meta = load_features(base)
-            self.llm_features[name] = align_features(tokens, matrix, id2token, base + ".npy", expected.get(name),
-                                                     dtype=self.config["feature_dtype"], stored=meta.get("dtype", "float32"))
+            if self.config["feature_mmap"]:  # a table larger than memory: an aligned copy, mapped from disk
+                self.llm_features[name] = mapped_features(base, tokens, matrix, meta, id2token, feature_dirs(self.config)[0],
+                                                          expected.get(name), dtype=self.config["feature_dtype"])
+            else:
+                self.llm_features[name] = align_features(tokens, matrix, id2token, base + ".npy", expected.get(name),
+                                                         dtype=self.config["feature_dtype"], stored=meta.get("dtype", "float32"))
             # a file this project built has a cache key; any other is known by its content
             self.llm_feature_keys[name] = meta.get("cache_key") or "sha1:{1}".format(*file_fingerprint(base + ".npy"))
             getLogger().info(f"attached LLM features '{name}' {tuple(self.llm_features[name].shape)} from {base}.npy")

@@ -13,6 +13,7 @@ it is writable and not inside an installed package, else ``dataset_atomic/<datas
 (``../shared/datasets`` and the recbole wheel are read-only).
 """
 
+import hashlib
 import json
 import os
 import stat
@@ -119,21 +120,51 @@ def save_features(base, tokens, matrix, meta=None, dtype="float32"):
         raise FeatureFileError(f"refusing to write '{base}': {int(bad.sum())} rows contain NaN/inf (items {examples})")
     if dtype == "float16" and np.abs(matrix).max(initial=0.0) > np.finfo(np.float16).max:
         raise FeatureFileError(f"refusing to write '{base}' as float16: values exceed {np.finfo(np.float16).max:.0f}; use bfloat16")
+    with atomic_open(base + SUFFIX_MATRIX, "wb") as handle:
+        np.save(handle, to_stored(matrix, dtype))
+    return write_meta(base, tokens, matrix.shape[1], dtype, meta)
+
+
+def write_meta(base, tokens, dims, dtype, meta=None):
+    """Write ``<base>.json`` (last: a file whose .json exists is complete); returns the metadata written."""
     meta = dict(meta or {})
     meta.update(
         {
-            "tokens": tokens,
-            "rows": int(matrix.shape[0]),
-            "dims": int(matrix.shape[1]),
+            "tokens": [str(t) for t in tokens],
+            "rows": len(tokens),
+            "dims": int(dims),
             "dtype": dtype,
             "created_at": meta.get("created_at") or time.strftime("%Y-%m-%dT%H:%M:%S"),
             "created_by": meta.get("created_by") or " ".join([os.path.basename(sys.executable)] + sys.argv),
         }
     )
-    with atomic_open(base + SUFFIX_MATRIX, "wb") as handle:
-        np.save(handle, to_stored(matrix, dtype))
     atomic_write_text(base + SUFFIX_META, json.dumps(meta, indent=1))
     return meta
+
+
+def write_matrix_blockwise(path, n_rows, dims, blocks, dtype="float32"):
+    """``path`` (.npy, atomically) from float32 ``blocks`` of consecutive rows, stored as ``dtype``; never whole in memory."""
+    storage = np.uint16 if dtype == "bfloat16" else np.dtype(dtype)
+    written = 0
+    with atomic_open(path, "wb") as handle:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(storage)), "fortran_order": False, "shape": (int(n_rows), int(dims))}
+        np.lib.format.write_array_header_1_0(handle, header)
+        for block in blocks:
+            block = np.asarray(block, dtype=np.float32)
+            if block.ndim != 2 or block.shape[1] != dims or not np.isfinite(block).all():
+                raise FeatureFileError(f"refusing to write '{path}': a block of shape {block.shape} is not finite ({dims} dims)")
+            handle.write(to_stored(block, dtype).tobytes())
+            written += len(block)
+        if written != n_rows:
+            raise FeatureFileError(f"'{path}': {written} rows written for {n_rows}")
+
+
+def save_features_blockwise(base, tokens, dims, blocks, meta=None, dtype="float32"):
+    """A feature file written block by block, never whole in memory (tables larger than memory): ``blocks`` yields
+    float32 arrays of consecutive rows, ``len(tokens)`` rows in all."""
+    check_dtype(dtype)
+    write_matrix_blockwise(base + SUFFIX_MATRIX, len(tokens), dims, blocks, dtype)
+    return write_meta(base, tokens, dims, dtype, meta)
 
 
 REBUILD = "delete it (the next run rebuilds it) or run python -m recbole_llm.features --dataset=<name> --force"
@@ -192,13 +223,9 @@ def check_feature_file(base):
     return tokens, matrix
 
 
-def align_features(tokens, matrix, id2token, source, expected_dims=None, dtype="float32", stored="float32"):
-    """A (len(id2token), d) tensor of ``dtype`` whose row i is the feature of internal item id i; ``matrix`` is
-    the file's (maybe memory-mapped) matrix in its ``stored`` dtype, read 65,536 rows at a time.
-
-    Rows are matched by token, never by position; row 0 (RecBole's ``[PAD]``) is zeros. Missing items,
-    duplicated tokens, a dims mismatch and NaN/inf rows raise :class:`FeatureFileError` naming ``source``.
-    """
+def aligned_rows(tokens, matrix, id2token, source, expected_dims=None):
+    """Row of the feature file for every internal item id 1..n (matched by token, never by position); duplicated
+    tokens, a dims mismatch and missing items raise :class:`FeatureFileError` naming ``source``."""
     index = {}
     duplicates = []
     for row, token in enumerate(tokens):
@@ -214,23 +241,64 @@ def align_features(tokens, matrix, id2token, source, expected_dims=None, dtype="
             f"feature file '{source}' has {matrix.shape[1]} dims but the config expects {expected_dims}: "
             "pick the matching feature file or change the dims in the config"
         )
-    id2token = [str(t) for t in id2token]
     missing = [t for t in id2token[1:] if t not in index]
     if missing:
         raise FeatureFileError(
             f"{len(missing)} items of the dataset are missing from feature file '{source}' "
             f"(first: {missing[:5]}): rebuild the features for this dataset (python -m recbole_llm.features --dataset=<name> --force)"
         )
-    check_dtype(dtype)
-    rows = np.asarray([index[t] for t in id2token[1:]], dtype=np.int64)
-    table = torch.zeros((len(id2token), matrix.shape[1]), dtype=_TORCH_DTYPES[dtype])
+    return np.asarray([index[t] for t in id2token[1:]], dtype=np.int64)
+
+
+def aligned_blocks(matrix, rows, stored, dtype, source, id2token):
+    """(first id, tensor of ``dtype``) blocks of 65,536 aligned rows, each read in file order from the (memory-mapped)
+    matrix; a NaN/inf row raises :class:`FeatureFileError`."""
     for start in range(0, len(rows), 65536):
-        table[1 + start : 1 + start + 65536] = to_tensor(matrix[np.sort(rows[start : start + 65536])], stored, dtype)[
-            np.argsort(np.argsort(rows[start : start + 65536]))]
-    bad = ~torch.isfinite(table).all(dim=1)
-    if bad.any():
-        examples = [id2token[i] for i in torch.nonzero(bad).view(-1)[:5].tolist()]
-        raise FeatureFileError(
-            f"feature file '{source}' has NaN/inf rows for {int(bad.sum())} items (first: {examples}): {REBUILD}"
-        )
+        part = rows[start : start + 65536]
+        block = to_tensor(matrix[np.sort(part)], stored, dtype)[np.argsort(np.argsort(part))]
+        bad = ~torch.isfinite(block).all(dim=1)
+        if bad.any():
+            examples = [id2token[1 + start + i] for i in torch.nonzero(bad).view(-1)[:5].tolist()]
+            raise FeatureFileError(f"feature file '{source}' has NaN/inf rows for {int(bad.sum())} items (first: {examples}): {REBUILD}")
+        yield 1 + start, block
+
+
+def align_features(tokens, matrix, id2token, source, expected_dims=None, dtype="float32", stored="float32"):
+    """A (len(id2token), d) tensor of ``dtype`` whose row i is the feature of internal item id i; ``matrix`` is
+    the file's (maybe memory-mapped) matrix in its ``stored`` dtype, read 65,536 rows at a time. Row 0 (RecBole's
+    ``[PAD]``) is zeros."""
+    check_dtype(dtype)
+    id2token = [str(t) for t in id2token]
+    rows = aligned_rows(tokens, matrix, id2token, source, expected_dims)
+    table = torch.zeros((len(id2token), matrix.shape[1]), dtype=_TORCH_DTYPES[dtype])
+    for first, block in aligned_blocks(matrix, rows, stored, dtype, source, id2token):
+        table[first : first + len(block)] = block
     return table
+
+
+def mapped_features(base, tokens, matrix, meta, id2token, cache_dir, expected_dims=None, dtype="float32"):
+    """What :func:`align_features` returns, memory-mapped instead of in memory (``feature_mmap: True``): an aligned
+    copy ``<dataset>.<name>.aligned-<key>.npy`` (row i = internal item id i, row 0 zeros, in ``dtype``) is written once
+    in ``cache_dir``, block by block, and mapped copy-on-write; a row is read from disk when a step first uses it."""
+    from recbole_llm.fileio import build_once, file_fingerprint
+
+    check_dtype(dtype)
+    id2token = [str(t) for t in id2token]
+    rows = aligned_rows(tokens, matrix, id2token, base + SUFFIX_MATRIX, expected_dims)
+    ids = hashlib.sha1("\0".join(id2token).encode("utf-8")).hexdigest()
+    key = hashlib.sha1(json.dumps([meta.get("cache_key") or file_fingerprint(base + SUFFIX_MATRIX), dtype, ids]).encode()).hexdigest()
+    path = os.path.join(cache_dir, f"{os.path.basename(base)}.aligned-{key[:12]}{SUFFIX_MATRIX}")
+    stored = meta.get("dtype", "float32")
+
+    def build():
+        def blocks():
+            yield np.zeros((1, matrix.shape[1]), dtype=np.float32)  # row 0: padding
+            for _, block in aligned_blocks(matrix, rows, stored, "float32", base + SUFFIX_MATRIX, id2token):
+                yield block.numpy()
+
+        os.makedirs(cache_dir, exist_ok=True)
+        write_matrix_blockwise(path, len(id2token), matrix.shape[1], blocks(), dtype)
+
+    build_once(path, lambda: os.path.isfile(path), build, "aligned features")
+    tensor = torch.from_numpy(np.load(path, mmap_mode="c"))
+    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
