@@ -52,7 +52,7 @@ class LLMFeatureDataset(SequentialDataset):
 
     def llm_feature_key(self, name=None):
         """The cache key of feature file ``name`` (default: the first of ``llm_features``)."""
-        self.llm_feature(name)  # the same errors for a name that is not attached
+        self.llm_feature(name, keep_dtype=True)  # the same errors for a name that is not attached (and no float32 copy)
         return self.llm_feature_keys[name if name is not None else next(iter(self.llm_features))]
 
     def llm_feature(self, name=None, keep_dtype=False):
