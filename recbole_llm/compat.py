@@ -124,13 +124,18 @@ def distributed_world():
 
 def init_distributed_device(final, recbole_init_device):
     """RecBole's ``Config._init_device`` for a DDP process (``local_rank`` set by the launcher) without CUDA: the
-    ``gloo`` backend on CPU. A single process, or GPUs, go through RecBole's own code (``nccl``)."""
-    use_cuda = torch.cuda.is_available() and final.get("use_gpu", True) and str(final.get("gpu_id", "")).strip() != ""
-    if "local_rank" not in final or use_cuda:
+    ``gloo`` backend on CPU. A single process, or GPUs, go through RecBole's own code (``nccl``); CUDA is looked at
+    only after ``CUDA_VISIBLE_DEVICES`` is set from ``gpu_id``, as RecBole does, so the chosen GPUs are the ones used."""
+    if "local_rank" not in final:
+        return recbole_init_device()
+    gpu_id = final.get("gpu_id", "")
+    final["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id)
+    os.environ["CUDA_VISIBLE_DEVICES"] = final["gpu_id"]
+    install_ddp_wrapper()
+    if torch.cuda.is_available() and final.get("use_gpu", True) and final["gpu_id"].strip() != "":
         return recbole_init_device()
     import torch.distributed as dist
 
-    final["gpu_id"] = str(final.get("gpu_id", ""))
     if not dist.is_initialized():
         dist.init_process_group(
             backend="gloo",
@@ -144,12 +149,13 @@ def init_distributed_device(final, recbole_init_device):
         final["state"] = "error"
         final["show_progress"] = False
         final["verbose"] = False
-    install_ddp_wrapper()
 
 
 def install_ddp_wrapper():
-    """RecBole wraps every model in ``DistributedDataParallel(model, device_ids=[local_rank])``; torch accepts
-    device ids for CUDA modules only: CPU modules get ``device_ids=None`` (idempotent)."""
+    """RecBole wraps every model in ``DistributedDataParallel(model, device_ids=[local_rank])``. torch accepts device
+    ids for CUDA modules only: CPU modules get ``device_ids=None``. Non-persistent buffers (the frozen LLM tables,
+    the teacher: the same files on every rank) are left out of DDP's start-up and per-step buffer broadcasts, which
+    would otherwise send whole tables from rank 0 at every step (idempotent)."""
     import recbole.trainer.trainer as recbole_trainer
     from torch.nn.parallel import DistributedDataParallel
 
@@ -159,6 +165,9 @@ def install_ddp_wrapper():
     def ddp(module, device_ids=None, **kwargs):
         if next(module.parameters()).device.type == "cpu":
             device_ids = None
+        local = [f"{prefix}.{name}" if prefix else name for prefix, sub in module.named_modules()
+                 for name in getattr(sub, "_non_persistent_buffers_set", ())]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, local)
         return DistributedDataParallel(module, device_ids=device_ids, **kwargs)
 
     ddp._recbole_llm = True

@@ -1,10 +1,12 @@
 """run_recbole_llm(): the one training entry point (RecBole's run_recbole, plugin-aware)."""
 
 import logging
+import os
 import sys
 import time
 from logging import getLogger
 
+import torch
 from recbole.utils import get_flops, init_logger, init_seed, set_color
 
 from recbole_llm.compat import set_anomaly_detection
@@ -122,8 +124,6 @@ def run_distributed(config, model, dataset, config_file_list, config_dict, saved
     the dataset and model; the artifacts (features, SCFT, teacher, similar users) are built before, once."""
     import copy
 
-    import torch.multiprocessing as mp
-
     nproc = int(config["nproc"])
     world_size = int(config["world_size"]) if config["world_size"] > 0 else nproc
     if config["offset"] + nproc > world_size:
@@ -137,21 +137,46 @@ def run_distributed(config, model, dataset, config_file_list, config_dict, saved
     resolved = {k: v for k, v in config.final_config_dict.items() if k not in before or before[k] != v}
     rank_dict = {**(config_dict or {}), **resolved, "nproc": nproc, "world_size": world_size, "ip": config["ip"],
                  "port": config["port"], "offset": config["offset"]}
-    queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_run_rank, args=(model or config["model"], dataset or config["dataset"], config_file_list, rank_dict, saved, queue),
-             nprocs=nproc, join=True)
-    return None if queue.empty() else queue.get()
+    return spawn_ranks(_run_rank, nproc, model or config["model"], dataset or config["dataset"], config_file_list, rank_dict, saved)
 
 
-def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, queue):
+def spawn_ranks(function, nproc, *args):
+    """``torch.multiprocessing.spawn(function, (*args, result_file))`` and global rank 0's result, read from the file
+    it wrote (a pipe would block a result larger than its buffer, e.g. a big catalogue's item tokens); None when this
+    machine has no rank 0."""
+    import pickle
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as folder:
+        result_file = os.path.join(folder, "result.pkl")
+        mp.spawn(function, args=(*args, result_file), nprocs=nproc, join=True)
+        if not os.path.isfile(result_file):
+            return None
+        with open(result_file, "rb") as handle:
+            return pickle.load(handle)  # written by our own rank 0 just now
+
+
+def _hand_back(result, result_file):
+    """Global rank 0 writes its result for the launcher (the others write nothing); then the group is left."""
+    import pickle
+
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0:
+        with open(result_file, "wb") as handle:
+            pickle.dump(result, handle)
+
+
+def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, result_file):
     """One DDP process (module level: spawn pickles it by name); global rank 0 hands its result back."""
     import torch.distributed as dist
 
     try:
         result = run_recbole_llm(model=model, dataset=dataset, config_file_list=config_file_list,
                                  config_dict={**config_dict, "local_rank": local_rank}, saved=saved)
-        if dist.get_rank() == 0:
-            queue.put(result)
+        _hand_back(result, result_file)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -190,6 +215,11 @@ def load_model_file(model_file, config_overrides=None):
         config._set_eval_neg_sample_args("test")
     if "local_rank" in (config_overrides or {}):  # a DDP process (evaluate_model_file with nproc > 1)
         config._init_device()
+    elif not config["single_spec"]:  # trained with DDP, rebuilt in this one process
+        for key, value in {"single_spec": True, "local_rank": 0, "nproc": 1, "world_size": -1, "offset": 0}.items():
+            config[key] = value
+        if config["device"].type == "cuda":
+            config["device"] = torch.device("cuda")
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
@@ -203,11 +233,7 @@ def evaluate_model_file(model_file, config_overrides=None, nproc=1, port=5678):
     """Test result of a saved checkpoint, e.g. under another eval mode than it was trained with; with ``nproc`` > 1
     evaluated by that many DDP processes on this machine (the metrics are those of one process)."""
     if nproc > 1:
-        import torch.multiprocessing as mp
-
-        queue = mp.get_context("spawn").SimpleQueue()
-        mp.spawn(_evaluate_rank, args=(model_file, config_overrides, nproc, port, queue), nprocs=nproc, join=True)
-        return queue.get()
+        return spawn_ranks(_evaluate_rank, nproc, model_file, config_overrides, nproc, port)
     config, model, train_data, _, test_data = load_model_file(model_file, config_overrides)
     return _evaluate_loaded(config, model, train_data, test_data)
 
@@ -218,15 +244,13 @@ def _evaluate_loaded(config, model, train_data, test_data):
     return trainer.evaluate(test_data, load_best_model=False)
 
 
-def _evaluate_rank(local_rank, model_file, config_overrides, nproc, port, queue):
+def _evaluate_rank(local_rank, model_file, config_overrides, nproc, port, result_file):
     import torch.distributed as dist
 
     rank_keys = {"local_rank": local_rank, "nproc": nproc, "world_size": nproc, "ip": "localhost", "port": port, "offset": 0}
     try:
         config, model, train_data, _, test_data = load_model_file(model_file, {**(config_overrides or {}), **rank_keys})
-        result = _evaluate_loaded(config, model, train_data, test_data)
-        if dist.get_rank() == 0:
-            queue.put(result)
+        _hand_back(_evaluate_loaded(config, model, train_data, test_data), result_file)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -50,6 +50,7 @@ def load_suite(path):
     unknown = sorted(set(suite) - SUITE_KEYS)
     if unknown:
         raise ConfigError(f"suite file '{path}': unknown key '{unknown[0]}' (known: {', '.join(sorted(SUITE_KEYS))})")
+    check_suite_types(path, suite)
     rows = {name: dict(keys or {}) for name, keys in (suite.get("rows") or {}).items()}
     for model in suite.get("models") or []:
         rows.setdefault(model, {"model": model})
@@ -73,6 +74,36 @@ def load_suite(path):
         "metrics": list(suite.get("metrics") or DEFAULT_METRICS), "workers": int(suite.get("workers") or 1),
         "out": os.path.abspath(suite.get("out") or os.path.join("benchmarks", "out", name)),
     }
+
+
+_KINDS = {"datasets": (list, str, "a list of dataset names"), "seeds": (list, int, "a list of integers"),
+          "eval_modes": (list, str, "a list of full / uni100"), "models": (list, str, "a list of model names"),
+          "metrics": (list, str, "a list of metric names such as ndcg@10"), "pairs": (list, list, "a list of [row, row] pairs"),
+          "rows": (dict, dict, "a mapping of row name to {model: ..., keys ...}"), "config": (dict, None, "a mapping of config keys"),
+          "budget": (dict, None, "a mapping such as {epochs: 50}"), "workers": (int, None, "an integer >= 1")}
+
+
+def check_suite_types(path, suite):
+    """One ConfigError naming the key whose value has the wrong kind (``datasets: scientific`` instead of a list)."""
+    for key, (container, item, what) in _KINDS.items():
+        value = suite.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, container) or (
+                item is not None and not all(isinstance(v, item) and not isinstance(v, bool) for v in (value.values() if container is dict else value))):
+            raise ConfigError(f"suite file '{path}': key '{key}' must be {what}, got {value!r}")
+    if suite.get("workers") is not None and suite["workers"] < 1:
+        raise ConfigError(f"suite file '{path}': key 'workers' must be an integer >= 1, got {suite['workers']!r}")
+
+
+def run_spec(suite, dataset, row, seed):
+    """What a finished record must have been run with to count for this suite: the model, its config, the modes."""
+    import hashlib
+
+    model, config = run_config(suite, dataset, row, seed)
+    config = {k: v for k, v in config.items() if k not in ("checkpoint_dir", "show_progress", "state")}
+    payload = json.dumps([model, config, suite["eval_modes"]], sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 
 def run_config(suite, dataset, row, seed):
@@ -102,9 +133,12 @@ def pending_runs(suite):
     pending = []
     for dataset, row, seed in all_runs(suite):
         path = run_path(suite, dataset, row, seed)
-        if os.path.isfile(path) and json.load(open(path)).get("status") == "ok":
+        record = json.load(open(path)) if os.path.isfile(path) else {}
+        if record.get("status") == "ok" and record.get("spec") == run_spec(suite, dataset, row, seed):
             print(f"{dataset} {row} seed {seed}: done before, skipping", flush=True)
             continue
+        if record.get("status") == "ok":
+            print(f"{dataset} {row} seed {seed}: its record ran with other keys or modes: running it again", flush=True)
         pending.append((dataset, row, seed))
     return pending
 
@@ -118,7 +152,8 @@ def execute_run(suite, dataset, row, seed, threads=None):
     if threads:
         torch.set_num_threads(threads)
     model, config = run_config(suite, dataset, row, seed)
-    record = {"dataset": dataset, "row": row, "model": model, "seed": seed, "keys": suite["rows"][row]}
+    record = {"dataset": dataset, "row": row, "model": model, "seed": seed, "keys": suite["rows"][row],
+              "spec": run_spec(suite, dataset, row, seed)}
     start = time.perf_counter()
     try:
         result = run_recbole_llm(model=model, dataset=dataset, config_dict=config)
@@ -174,7 +209,13 @@ def run_suite(suite):
 
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(execute_run, *zip(*[(suite, *run, threads) for run in pending])))
+            futures = {pool.submit(execute_run, suite, *run, threads): run for run in pending}
+            for future, (dataset, row, seed) in futures.items():
+                try:
+                    future.result()
+                except Exception as err:  # the worker died (out of memory, killed): recorded, the report still written
+                    write_record(run_path(suite, dataset, row, seed), {"dataset": dataset, "row": row, "model": suite["rows"][row]["model"],
+                                                                       "seed": seed, "status": "failed", "error": f"worker died: {type(err).__name__}: {err}"})
     records = load_records(suite)
     write_report(suite, records)
     failed = [r for r in records if r.get("status") != "ok"]
@@ -254,7 +295,7 @@ def row_table(records, modes, metrics):
                 lines.append(f"| {dataset} | {row} | failed: {runs[0].get('error', '')[:80]} |")
                 continue
             for mode in modes:
-                cells = [fmt_ci([r["modes"][mode][m] for r in ok]) for m in metrics]
+                cells = [fmt_ci([r["modes"][mode][m] for r in ok if m in r["modes"].get(mode, {})]) for m in metrics]
                 lines.append(f"| {dataset} | {row} | {mode} | {len(ok)} | " + " | ".join(cells)
                              + f" | {statistics.mean(r['sec_per_epoch'] for r in ok):.2f} | "
                              f"{statistics.mean(r['epochs'] for r in ok):.0f} | {ok[0]['params']} |")
@@ -276,6 +317,9 @@ def pair_table(records, pairs, modes, metrics):
                 for mode in modes:
                     cells, how = [], "n/a"
                     for metric in shown:
+                        if not all(metric in r["modes"].get(mode, {}) for r in b + o):
+                            cells.append("n/a")
+                            continue
                         change, half, how = relative_change(b, o, lambda r, mode=mode, metric=metric: r["modes"][mode][metric])
                         cells.append(fmt_change(change, half))
                     ratio = statistics.mean(r["sec_per_epoch"] for r in o) / max(statistics.mean(r["sec_per_epoch"] for r in b), 1e-9)

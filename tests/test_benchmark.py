@@ -239,7 +239,7 @@ def test_suite_resumes_and_retries_failed_runs(tmp_path, monkeypatch, capsys):
 
     def fake_execute(suite, dataset, row, seed, threads=None):
         calls.append((row, seed))
-        rec = record(seed, 0.1, row, dataset)
+        rec = dict(record(seed, 0.1, row, dataset), spec=engine.run_spec(suite, dataset, row, seed))
         engine.write_record(engine.run_path(suite, dataset, row, seed), rec)
         return rec
 
@@ -256,6 +256,11 @@ def test_suite_resumes_and_retries_failed_runs(tmp_path, monkeypatch, capsys):
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| d | SASRec -> LLMEmbSASRec | full | +0.0% [+0.0, +0.0] |" in table
     assert len(json.loads((tmp_path / "out" / "results.json").read_text())) == 4
+    # a row whose keys changed runs again; the others are still done
+    write_suite(tmp_path / "s.yaml", rows={"SASRec": {"model": "SASRec"}, "LLMEmbSASRec": {"model": "LLMEmbSASRec", "align_alpha": 0.0}})
+    calls.clear()
+    assert benchmark.main([f"--suite={path}"]) == 0
+    assert sorted(calls) == [("LLMEmbSASRec", 1), ("LLMEmbSASRec", 2)]
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -263,6 +268,9 @@ def test_suite_resumes_and_retries_failed_runs(tmp_path, monkeypatch, capsys):
     ({"pairs": [["SASRec", "LLMEmb"]]}, "pair ['SASRec', 'LLMEmb'] must name two rows"),
     ({"rows": {"A": {"train_mode": "prefix"}}}, "row 'A' has no 'model' key"),
     ({"eval_modes": ["pop100"]}, "eval_modes must be full and/or uni100"),
+    ({"datasets": "scientific"}, "key 'datasets' must be a list of dataset names"),
+    ({"seeds": 2020}, "key 'seeds' must be a list of integers"),
+    ({"workers": "two"}, "key 'workers' must be an integer >= 1"),
 ])
 def test_bad_suite_file_is_one_line(tmp_path, capsys, extra, message):
     path = write_suite(tmp_path / "s.yaml", **extra)

@@ -61,6 +61,10 @@ def test_training_with_two_processes_reports_the_usual_results(odd_data, tmp_pat
     result = run_recbole_llm(model="SASRec", dataset="tiny", config_dict=config)
     assert list(result["test_result"]) == list(single["test_result"])
     assert result["epochs_run"] == 2 and torch.load(result["model_file"], weights_only=False)["config"]["world_size"] == 2
+    # the DDP checkpoint loads in one process and gives the metrics the two processes reported
+    from recbole_llm.quick_start import evaluate_model_file
+
+    assert dict(evaluate_model_file(result["model_file"])) == dict(result["test_result"])
 
 
 def test_cli_llmemb_with_two_processes(tmp_path, capsys):

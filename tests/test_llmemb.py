@@ -398,6 +398,9 @@ def test_checkpoints_hold_the_feature_key_not_the_frozen_table(tiny_data, tmp_pa
     legacy = dict(state, **{"item_embedding.features": model.item_embedding.features.clone()})
     del legacy["item_embedding.features_key"]
     model.load_state_dict(legacy)
+    legacy["item_embedding.features"] = legacy["item_embedding.features"] + 1  # ... but not one with other features
+    with pytest.raises(DataFileError, match="differs from the one built now"):
+        model.load_state_dict(legacy)
     # features rebuilt with other content: the checkpoint's key no longer matches
     write_features(str(tmp_path / "features"), dim=16, seed=1)
     with pytest.raises(DataFileError, match="checkpoint was trained with item_embedding.features from"):

@@ -153,6 +153,8 @@ def write_matrix_blockwise(path, n_rows, dims, blocks, dtype="float32"):
             block = np.asarray(block, dtype=np.float32)
             if block.ndim != 2 or block.shape[1] != dims or not np.isfinite(block).all():
                 raise FeatureFileError(f"refusing to write '{path}': a block of shape {block.shape} is not finite ({dims} dims)")
+            if dtype == "float16" and np.abs(block).max(initial=0.0) > np.finfo(np.float16).max:
+                raise FeatureFileError(f"refusing to write '{path}' as float16: values exceed {np.finfo(np.float16).max:.0f}; use bfloat16")
             handle.write(to_stored(block, dtype).tobytes())
             written += len(block)
         if written != n_rows:

@@ -3,10 +3,10 @@
 Used by :func:`recbole_llm.llm.extract.ensure_features` when ``llm_ray: True`` (``python -m recbole_llm.features
 --ray``); the file it writes is the one the single-process path writes (same name, cache key, format), so
 every model attaches it as usual. The driver splits the prompts into chunks of ``chunk_size`` (in input order);
-each chunk is sorted by length, handed to Ray Data in blocks of ``llm_ray_block_size`` prompts, and every actor
-embeds a block with :func:`embed_texts` (token-length-sorted batches of ``llm_batch_size`` inside the block). A
-finished chunk is saved atomically under the chunk folder, so a rerun resumes after the last finished chunk,
-as the single-process path does. PCA / whitening run afterwards on the gathered table (in the driver).
+the chunks still to do are sorted by length each and handed to one actor pool in blocks of ``llm_ray_block_size``
+prompts, and every actor embeds a block with :func:`embed_texts` (token-length-sorted batches of ``llm_batch_size``
+inside the block). A chunk is saved atomically under the chunk folder when its last row is back, so a rerun resumes
+with the chunks not finished, as the single-process path does. PCA / whitening run afterwards on the gathered table (in the driver).
 
 Keys: ``llm_ray_address`` (null = a local Ray started here; ``auto`` = the running cluster; ``ray://host:10001``
 = a remote one through Ray Client), ``llm_ray_workers`` (actors), ``llm_ray_gpus_per_worker`` (0 on CPU),
@@ -60,7 +60,8 @@ def init_ray(address, num_workers):
 def embed_texts_ray(texts, llm_path, hidden_size, pooling="mean", max_length=256, normalize=False, batch_size=64, num_workers=2,
                     gpus_per_worker=0, address=None, block_size=256, chunk_dir=None, chunk_key=None, chunk_size=20000,
                     show_progress=True):
-    """float32 (len(texts), hidden_size) embeddings in input order, computed by ``num_workers`` Ray actors."""
+    """float32 (len(texts), hidden_size) embeddings in input order, computed by ``num_workers`` Ray actors (one pool,
+    each actor loading the LLM once, for every chunk still to do; a chunk is saved as soon as its last row is back)."""
     from tqdm.auto import tqdm
 
     init_ray(address, num_workers)
@@ -68,32 +69,44 @@ def embed_texts_ray(texts, llm_path, hidden_size, pooling="mean", max_length=256
 
     texts = [str(t) for t in texts]
     out = np.zeros((len(texts), hidden_size), dtype=np.float32)
-    device = "cuda" if gpus_per_worker else "cpu"
-    constructor = {"llm_path": llm_path, "pooling": pooling, "max_length": max_length, "normalize": normalize,
-                   "batch_size": batch_size, "device": device}
     progress = tqdm(total=len(texts), desc="embed items (ray)", unit="item", disable=not show_progress)
-    for chunk_start in range(0, len(texts), chunk_size):
-        rows = np.arange(chunk_start, min(chunk_start + chunk_size, len(texts)))
-        chunk_file = os.path.join(chunk_dir, f"{chunk_key}-ray-{chunk_start}.npy") if chunk_dir else None
+    remaining, order = {}, []
+    for start in range(0, len(texts), chunk_size):
+        rows = np.arange(start, min(start + chunk_size, len(texts)))
+        chunk_file = chunk_path(chunk_dir, chunk_key, start)
         if chunk_file and os.path.isfile(chunk_file):
             out[rows] = np.load(chunk_file)
             progress.update(len(rows))
             continue
-        rows = rows[np.argsort([len(texts[i]) for i in rows], kind="stable")]  # similar lengths share a block
-        items = [{"row": int(i), "text": texts[i]} for i in rows]
+        remaining[start] = len(rows)
+        order.append(rows[np.argsort([len(texts[i]) for i in rows], kind="stable")])  # similar lengths share a block
+    if order:
+        items = [{"row": int(i), "text": texts[i]} for i in np.concatenate(order)]
+        constructor = {"llm_path": llm_path, "pooling": pooling, "max_length": max_length, "normalize": normalize,
+                       "batch_size": batch_size, "device": "cuda" if gpus_per_worker else "cpu"}
         dataset = ray.data.from_items(items, parallelism=max(1, -(-len(items) // block_size)))
         embedded = dataset.map_batches(ItemEmbedder, fn_constructor_kwargs=constructor, batch_size=block_size, batch_format="numpy",
                                        compute=ray.data.ActorPoolStrategy(size=int(num_workers)), num_gpus=gpus_per_worker or None)
-        done = 0
         for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
             out[batch["row"]] = batch["embedding"]
-            done += len(batch["row"])
             progress.update(len(batch["row"]))
-        if done != len(rows):
-            raise RuntimeError(f"Ray extraction returned {done} of {len(rows)} rows of chunk {chunk_start}")
-        if chunk_file:
-            os.makedirs(chunk_dir, exist_ok=True)
-            with atomic_open(chunk_file, "wb") as handle:
-                np.save(handle, out[np.sort(rows)])
+            starts, counts = np.unique(batch["row"] // chunk_size * chunk_size, return_counts=True)
+            for start, count in zip(starts.tolist(), counts.tolist()):
+                remaining[start] -= count
+                if remaining[start] == 0 and chunk_dir:
+                    save_chunk(chunk_path(chunk_dir, chunk_key, start), out[start : start + chunk_size])
     progress.close()
+    missing = {start: left for start, left in remaining.items() if left}
+    if missing:
+        raise RuntimeError(f"Ray extraction returned too few rows for chunks {missing}")
     return out
+
+
+def chunk_path(chunk_dir, chunk_key, start):
+    return os.path.join(chunk_dir, f"{chunk_key}-ray-{start}.npy") if chunk_dir else None
+
+
+def save_chunk(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_open(path, "wb") as handle:
+        np.save(handle, rows)

@@ -25,7 +25,9 @@ class FrozenTablesMixin:
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in self.__dict__.get("_frozen_tables", ()):
-            state_dict.pop(prefix + name, None)  # a checkpoint from before: the table itself, rebuilt from the artifact instead
+            legacy = state_dict.pop(prefix + name, None)  # a checkpoint from before: the table itself
+            if legacy is not None:
+                check_legacy_table(prefix + name, legacy, getattr(self, name))
             own, saved = getattr(self, f"{name}_key"), state_dict.get(f"{prefix}{name}_key")
             if saved is None:
                 state_dict[f"{prefix}{name}_key"] = own
@@ -36,3 +38,13 @@ class FrozenTablesMixin:
                 raise DataFileError(f"checkpoint was trained with {prefix}{name} from '{theirs}', this model has '{ours}': "
                                     "rebuild the model with the artifacts it was trained on (same feature file / teacher)")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def check_legacy_table(name, saved, own):
+    """A checkpoint written before frozen tables were left out holds its table: it must be the one rebuilt now."""
+    same = saved.shape == own.shape and torch.allclose(saved.float(), own.float(), rtol=1e-3, atol=1e-3)
+    if not same:
+        from recbole_llm.errors import DataFileError
+
+        raise DataFileError(f"checkpoint holds a {name} of shape {tuple(saved.shape)} that differs from the one built now "
+                            f"{tuple(own.shape)}: rebuild the model with the feature file it was trained on")

@@ -119,7 +119,9 @@ def chunk_candidates(scores, k):
         return scores, index
     kth = scores.topk(k, dim=1).values[:, -1:]
     chosen = scores >= kth
-    if (chosen.sum(dim=1) != k).any():  # ties at the k-th value: the lowest columns among them
+    if (chosen.sum(dim=1) != k).any():  # ties at the k-th value (or NaN scores): the lowest columns among them
+        scores = scores.nan_to_num(nan=float("-inf"))
+        kth = scores.topk(k, dim=1).values[:, -1:]
         above, tied = scores > kth, scores == kth
         room = k - above.sum(dim=1, keepdim=True)
         chosen = above | (tied & (tied.cumsum(dim=1) <= room))
