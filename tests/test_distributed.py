@@ -138,7 +138,8 @@ def test_ray_extraction_resumes_after_the_last_finished_chunk(tmp_path, local_ra
     original = ray.data.from_items
     monkeypatch.setattr(ray.data, "from_items", lambda items, **kw: calls.append(len(items)) or original(items, **kw))
     again = embed_texts_ray(texts, resolve_llm_path("minilm"), 384, **kwargs)
-    assert calls == [5] and np.array_equal(again, first)  # only the missing last chunk (rows 10-14) went to Ray
+    assert calls == [5]  # only the missing last chunk (rows 10-14) went to Ray
+    assert np.abs(again - first).max() < 1e-5  # other blocks, other padding: equal to float rounding
 
 
 def test_two_machines_as_documented(tmp_path):
