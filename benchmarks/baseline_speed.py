@@ -30,6 +30,8 @@ import platform
 import tempfile
 import time
 
+from recbole_llm.compat import set_anomaly_detection
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 VARIANTS = ("recbole", "bucketing", "all_positions", "user_rows")
@@ -98,7 +100,7 @@ def run_variant(model_name, variant, args, workdir):
         else:
             config_dict["train_mode"] = variant if variant == "all_positions" else "prefix"
     config = Config(model=model_class, dataset=args.dataset, config_dict=config_dict)
-    torch.autograd.set_detect_anomaly(False)
+    set_anomaly_detection(False)  # importing RecBole's models turns it on
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, valid_data, _ = data_preparation(config, dataset)

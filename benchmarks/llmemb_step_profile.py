@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from recbole_llm.compat import set_anomaly_detection
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -50,7 +52,7 @@ def main():
         prepare_artifacts(config)
         init_seed(2020, True)
         train, _, _ = data_preparation(config, create_dataset(config))
-        torch.autograd.set_detect_anomaly(False)  # importing RecBole's models turns it on
+        set_anomaly_detection(False)  # importing RecBole's models turns it on
         model = get_model(name)(config, train.dataset).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         batches = [batch for _, batch in zip(range(args.warmup + args.steps + args.profile_steps), train)]
