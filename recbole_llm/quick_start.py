@@ -135,6 +135,9 @@ def run_distributed(config, model, dataset, config_file_list, config_dict, saved
     prepare_artifacts(config)
     # what the hooks resolved (llm_feature, llm_features, teacher_checkpoint, ...) goes to the processes as keys
     resolved = {k: v for k, v in config.final_config_dict.items() if k not in before or before[k] != v}
+    # RecBole's ensure_dir (exists? then makedirs) races between processes started together: make its folders now
+    for folder in (os.path.join("log", str(config["model"])), config["checkpoint_dir"]):
+        os.makedirs(folder, exist_ok=True)
     rank_dict = {**(config_dict or {}), **resolved, "nproc": nproc, "world_size": world_size, "ip": config["ip"],
                  "port": config["port"], "offset": config["offset"]}
     return spawn_ranks(_run_rank, nproc, model or config["model"], dataset or config["dataset"], config_file_list, rank_dict, saved)

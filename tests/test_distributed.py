@@ -160,3 +160,19 @@ def test_two_machines_as_documented(tmp_path):
     assert [m.returncode for m in machines] == [0, 0], [err[-1500:] for _, err in outputs]
     assert "test result: {" in outputs[0][0]
     assert "the results are printed by the machine with offset 0" in outputs[1][0]
+
+
+@pytest.mark.parametrize("model, extra", [
+    ("BERT4Rec", {}),
+    ("LEARN", {"d_model": 16, "embedding_dim": 16, "n_heads": 1}),
+    ("SASRec", {"cold_item_ratio": 0.2, "loss_type": "SSM", "ssm_negatives": 8}),
+])
+def test_other_models_and_protocols_under_ddp(odd_data, tmp_path, monkeypatch, model, extra):
+    """Two processes started in a fresh folder (RecBole's log folders did not exist: it used to race creating them)."""
+    from recbole_llm import run_recbole_llm
+    from recbole_llm.quick_start import evaluate_model_file
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(odd_data, tmp_path, nproc=2, port=free_port(), feature_dir=str(tmp_path / "f"), **extra)
+    result = run_recbole_llm(model=model, dataset="tiny", config_dict=config)
+    assert dict(evaluate_model_file(result["model_file"])) == dict(result["test_result"])
