@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @torch.inference_mode()
 def naive_loop(texts, model, tokenizer, max_length):
-    from recbole_llm.llm.extract import pool
+    from recbole_llm.llm.embed import pool
 
     out = []
     for text in texts:
@@ -43,7 +43,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from recbole_llm.llm.extract import embed_texts, load_llm
+    from recbole_llm.llm.embed import embed_texts, load_llm
     from recbole_llm.llm.prompts import build_prompts, read_item_text
 
     folder = os.path.join(args.data_path, args.dataset)

@@ -43,7 +43,7 @@ import uuid
 
 from recbole_llm.errors import cli_entry
 from recbole_llm.fileio import atomic_open, atomic_savefig, atomic_write_text
-from recbole_llm.reporting import grouped_bars, mean_ci, t_quantile_975  # noqa: F401  (part of this module's API)
+from recbole_llm.reporting import grouped_bars, mean_ci
 
 REPORTED = [
     "ndcg@10", "hit@10", "recall@10", "ndcg_head@10", "ndcg_tail@10", "hit_head@10", "hit_tail@10",
@@ -557,6 +557,7 @@ def report(args, runs, models, seeds, out_dir):
         print(f"error: {len(failed)} of {total} runs failed ({first}); rerun them with --rerun_failed", file=sys.stderr)
         return 1
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -32,6 +32,23 @@ def prepare_artifacts(config):
         config["teacher_checkpoint"] = ensure_teacher(config, width, run=run_recbole_llm)
 
 
+# the config keys prepare_artifacts resolves: what a run started elsewhere (a DDP process, a Tune trial, a benchmark
+# worker) needs to find the artifacts built before it instead of checking or building them again
+ARTIFACT_KEYS = ("llm_features", "llm_feature", "llm_feature_base", "teacher_checkpoint")
+
+
+def shared_artifact_keys(config):
+    """Build ``config``'s artifacts (:func:`prepare_artifacts`) and return the config keys that name them, with the
+    (absolute) feature folder they live in."""
+    prepare_artifacts(config)
+    shared = {k: config[k] for k in ARTIFACT_KEYS if config[k] not in (None, "auto")}
+    if shared.get("llm_features"):
+        from recbole_llm.llm.features import feature_dirs
+
+        shared["feature_dir"] = feature_dirs(config)[0]  # absolute: runs may start in another working folder
+    return shared
+
+
 def run_recbole_llm(
     model=None,
     dataset=None,
@@ -121,9 +138,7 @@ def time_epochs(trainer):
 
 def run_distributed(config, model, dataset, config_file_list, config_dict, saved=True):
     """``nproc`` DDP processes on this machine (RecBole's ``run``: ``torch.multiprocessing.spawn``), each building
-    the dataset and model; the artifacts (features, SCFT, teacher, similar users) are built before, once."""
-    import copy
-
+    the dataset and model; the artifacts (features, SCFT, teacher) are built before, once."""
     nproc = int(config["nproc"])
     world_size = int(config["world_size"]) if config["world_size"] > 0 else nproc
     if config["offset"] + nproc > world_size:
@@ -131,10 +146,7 @@ def run_distributed(config, model, dataset, config_file_list, config_dict, saved
 
         raise ConfigError(f"config keys offset ({config['offset']}) + nproc ({nproc}) exceed world_size ({world_size}): "
                           "set world_size to the processes of all machines together")
-    before = copy.deepcopy(config.final_config_dict)
-    prepare_artifacts(config)
-    # what the hooks resolved (llm_feature, llm_features, teacher_checkpoint, ...) goes to the processes as keys
-    resolved = {k: v for k, v in config.final_config_dict.items() if k not in before or before[k] != v}
+    resolved = shared_artifact_keys(config)  # the processes get the names of what was built, not the work
     # RecBole's ensure_dir (exists? then makedirs) races between processes started together: make its folders now
     for folder in (os.path.join("log", str(config["model"])), config["checkpoint_dir"]):
         os.makedirs(folder, exist_ok=True)
@@ -161,28 +173,26 @@ def spawn_ranks(function, nproc, *args):
             return pickle.load(handle)  # written by our own rank 0 just now
 
 
-def _hand_back(result, result_file):
-    """Global rank 0 writes its result for the launcher (the others write nothing); then the group is left."""
+def _rank_result(compute, result_file):
+    """Run ``compute()`` in a DDP process; global rank 0 writes its result for the launcher; the group is left."""
     import pickle
 
     import torch.distributed as dist
 
-    if dist.get_rank() == 0:
-        with open(result_file, "wb") as handle:
-            pickle.dump(result, handle)
-
-
-def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, result_file):
-    """One DDP process (module level: spawn pickles it by name); global rank 0 hands its result back."""
-    import torch.distributed as dist
-
     try:
-        result = run_recbole_llm(model=model, dataset=dataset, config_file_list=config_file_list,
-                                 config_dict={**config_dict, "local_rank": local_rank}, saved=saved)
-        _hand_back(result, result_file)
+        result = compute()
+        if dist.get_rank() == 0:
+            with open(result_file, "wb") as handle:
+                pickle.dump(result, handle)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, result_file):
+    """One DDP process (module level: spawn pickles it by name)."""
+    _rank_result(lambda: run_recbole_llm(model=model, dataset=dataset, config_file_list=config_file_list,
+                                         config_dict={**config_dict, "local_rank": local_rank}, saved=saved), result_file)
 
 
 def quiet_logging():
@@ -237,23 +247,16 @@ def evaluate_model_file(model_file, config_overrides=None, nproc=1, port=5678):
     evaluated by that many DDP processes on this machine (the metrics are those of one process)."""
     if nproc > 1:
         return spawn_ranks(_evaluate_rank, nproc, model_file, config_overrides, nproc, port)
+    return _test_checkpoint(model_file, config_overrides)
+
+
+def _test_checkpoint(model_file, config_overrides):
     config, model, train_data, _, test_data = load_model_file(model_file, config_overrides)
-    return _evaluate_loaded(config, model, train_data, test_data)
-
-
-def _evaluate_loaded(config, model, train_data, test_data):
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     trainer.eval_collector.data_collect(train_data)
     return trainer.evaluate(test_data, load_best_model=False)
 
 
 def _evaluate_rank(local_rank, model_file, config_overrides, nproc, port, result_file):
-    import torch.distributed as dist
-
     rank_keys = {"local_rank": local_rank, "nproc": nproc, "world_size": nproc, "ip": "localhost", "port": port, "offset": 0}
-    try:
-        config, model, train_data, _, test_data = load_model_file(model_file, {**(config_overrides or {}), **rank_keys})
-        _hand_back(_evaluate_loaded(config, model, train_data, test_data), result_file)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    _rank_result(lambda: _test_checkpoint(model_file, {**(config_overrides or {}), **rank_keys}), result_file)

@@ -46,7 +46,7 @@ def main(argv=None):
 
     from recbole_llm import Config, UnknownNameError
     from recbole_llm.config import parse_overrides
-    from recbole_llm.llm.extract import LLMPathError
+    from recbole_llm.llm.embed import LLMPathError
     from recbole_llm.llm.scft import NonFiniteLossError, ensure_scft_features
 
     mapping = {

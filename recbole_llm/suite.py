@@ -143,8 +143,9 @@ def pending_runs(suite):
     return pending
 
 
-def execute_run(suite, dataset, row, seed, threads=None):
-    """Train one run, test its best checkpoint in every mode, write its record; returns the record."""
+def execute_run(suite, dataset, row, seed, shared=None, threads=None):
+    """Train one run (``shared``: the artifact keys :func:`prepare_runs` resolved), test its best checkpoint in every
+    mode, write its record; returns the record."""
     import torch
 
     from recbole_llm.quick_start import evaluate_model_file, run_recbole_llm
@@ -156,7 +157,7 @@ def execute_run(suite, dataset, row, seed, threads=None):
               "spec": run_spec(suite, dataset, row, seed)}
     start = time.perf_counter()
     try:
-        result = run_recbole_llm(model=model, dataset=dataset, config_dict=config)
+        result = run_recbole_llm(model=model, dataset=dataset, config_dict={**config, **(shared or {})})
         modes = {suite["eval_modes"][0]: dict(result["test_result"])}
         for mode in suite["eval_modes"][1:]:
             modes[mode] = dict(evaluate_model_file(result["model_file"], {"eval_args": {"mode": mode}}))
@@ -179,17 +180,17 @@ def write_record(path, record):
 
 
 def prepare_runs(suite, pending):
-    """Build every run's artifacts (features, SCFT, teacher, similar users) here, before any run starts: parallel
-    runs then only read them. A run whose artifacts cannot be built is recorded as failed."""
+    """Build every run's artifacts (features, SCFT, teacher) here, before any run starts; returns (dataset, row, seed,
+    the config keys naming the artifacts) of the runs that can start: they only read what was built. A run whose
+    artifacts cannot be built is recorded as failed."""
     from recbole_llm.config import Config
-    from recbole_llm.quick_start import prepare_artifacts
+    from recbole_llm.quick_start import shared_artifact_keys
 
     ready = []
     for dataset, row, seed in pending:
         model, config = run_config(suite, dataset, row, seed)
         try:
-            prepare_artifacts(Config(model=model, dataset=dataset, config_dict=config))
-            ready.append((dataset, row, seed))
+            ready.append((dataset, row, seed, shared_artifact_keys(Config(model=model, dataset=dataset, config_dict=config))))
         except Exception as err:
             write_record(run_path(suite, dataset, row, seed), {"dataset": dataset, "row": row, "model": model, "seed": seed,
                                                                "status": "failed", "error": f"{type(err).__name__}: {err}"})
@@ -209,8 +210,8 @@ def run_suite(suite):
 
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(execute_run, suite, *run, threads): run for run in pending}
-            for future, (dataset, row, seed) in futures.items():
+            futures = {pool.submit(execute_run, suite, *run, threads=threads): run for run in pending}
+            for future, (dataset, row, seed, _) in futures.items():
                 try:
                     future.result()
                 except Exception as err:  # the worker died (out of memory, killed): recorded, the report still written

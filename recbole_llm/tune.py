@@ -25,7 +25,6 @@ import yaml
 from recbole_llm.errors import UserError
 from recbole_llm.fileio import atomic_open, atomic_write_text
 
-ARTIFACT_KEYS = ("llm_features", "llm_feature", "llm_feature_base", "teacher_checkpoint")
 WIDTH_KEYS = ("hidden_size", "embedding_size")
 
 
@@ -127,15 +126,10 @@ def make_trainable(model, dataset, config_file_list, base_config):
 def prepare_shared_artifacts(model, dataset, config_file_list, base_config):
     """Build features/teacher once in the driver; returns the config keys trials should reuse."""
     from recbole_llm.config import Config
-    from recbole_llm.quick_start import prepare_artifacts
+    from recbole_llm.quick_start import shared_artifact_keys
 
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=dict(base_config))
-    prepare_artifacts(config)
-    shared = {k: config[k] for k in ARTIFACT_KEYS if config[k] not in (None, "auto")}
-    if shared.get("llm_features"):
-        from recbole_llm.llm.features import feature_dirs
-
-        shared["feature_dir"] = feature_dirs(config)[0]  # absolute: trials run in their own working folder
+    shared = shared_artifact_keys(config)
     for key in WIDTH_KEYS:
         if config[key] is not None:
             shared[f"_built_{key}"] = config[key]

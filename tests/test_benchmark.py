@@ -79,17 +79,19 @@ def result_files(out):
 
 
 def test_mean_ci_hand_example():
-    mean, half = benchmark.mean_ci([1, 2, 3])
+    from recbole_llm.reporting import mean_ci, t_quantile_975
+
+    mean, half = mean_ci([1, 2, 3])
     # s = 1, t(0.975, 2) = 4.302653: half-width 4.302653 / sqrt(3)
     assert mean == 2 and half == pytest.approx(2.484, abs=5e-4)
-    assert benchmark.mean_ci([0.5]) == (0.5, None)
-    assert benchmark.mean_ci([]) == (None, None)
-    assert benchmark.mean_ci([0.2, 0.2, 0.2]) == (pytest.approx(0.2), 0.0)
+    assert mean_ci([0.5]) == (0.5, None)
+    assert mean_ci([]) == (None, None)
+    assert mean_ci([0.2, 0.2, 0.2]) == (pytest.approx(0.2), 0.0)
     known = {1: 12.7062, 2: 4.3027, 10: 2.2281, 30: 2.0423, 31: 2.0395, 60: 2.0003, 120: 1.9799, 10**6: 1.9600}
     for df, value in known.items():
-        assert benchmark.t_quantile_975(df) == pytest.approx(value, abs=1e-4)
+        assert t_quantile_975(df) == pytest.approx(value, abs=1e-4)
     with pytest.raises(ValueError):
-        benchmark.t_quantile_975(0)
+        t_quantile_975(0)
 
 
 def test_two_workers_same_files_as_one_and_resume(tiny_data, tmp_path, monkeypatch, capsys):
@@ -237,14 +239,14 @@ def test_suite_resumes_and_retries_failed_runs(tmp_path, monkeypatch, capsys):
 
     calls = []
 
-    def fake_execute(suite, dataset, row, seed, threads=None):
+    def fake_execute(suite, dataset, row, seed, shared=None, threads=None):
         calls.append((row, seed))
         rec = dict(record(seed, 0.1, row, dataset), spec=engine.run_spec(suite, dataset, row, seed))
         engine.write_record(engine.run_path(suite, dataset, row, seed), rec)
         return rec
 
     monkeypatch.setattr(engine, "execute_run", fake_execute)
-    monkeypatch.setattr(engine, "prepare_runs", lambda suite, pending: pending)
+    monkeypatch.setattr(engine, "prepare_runs", lambda suite, pending: [(*run, {}) for run in pending])
     path = write_suite(tmp_path / "s.yaml")
     assert benchmark.main([f"--suite={path}"]) == 0 and len(calls) == 4
     loaded = engine.load_suite(path)

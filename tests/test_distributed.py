@@ -125,7 +125,7 @@ def test_ray_extraction_resumes_after_the_last_finished_chunk(tmp_path, local_ra
     import numpy as np
     import ray.data
 
-    from recbole_llm.llm.extract import resolve_llm_path
+    from recbole_llm.llm.embed import resolve_llm_path
     from recbole_llm.llm.ray_extract import embed_texts_ray
 
     texts = [f"item number {i} " + "word " * (i % 7) for i in range(15)]

@@ -10,7 +10,8 @@ from conftest import tiny_config, write_tiny_dataset
 
 from recbole_llm import Config, create_dataset
 from recbole_llm.llm import extract
-from recbole_llm.llm.extract import LLMPathError, embed_texts, ensure_features, load_llm, pca_reduce, pool, resolve_llm_path
+from recbole_llm.llm.embed import LLMPathError, embed_texts, load_llm, pool, resolve_llm_path
+from recbole_llm.llm.extract import ensure_features, pca_reduce
 from recbole_llm.llm.features import FeatureFileError, align_features, feature_base, find_feature_file, load_features, save_features
 from recbole_llm.llm.prompts import build_prompts, learn_prompt, llmemb_prompt, read_item_text
 

@@ -11,7 +11,7 @@ from conftest import tiny_config, write_tiny_dataset
 from recbole_llm import Config, create_dataset, get_model, run_recbole_llm
 from recbole_llm.llm.features import feature_base, save_features
 from recbole_llm.model.adapters import AdaptedEmbedding, build_adapter
-from recbole_llm.model.losses import info_nce_loss, soft_contrastive_loss
+from recbole_llm.llm.contrastive import info_nce_loss, soft_contrastive_loss
 from recbole_llm.model.teacher import TeacherError, load_teacher_table
 from recbole_llm.utils import data_preparation
 

@@ -176,7 +176,7 @@ def test_distillation_loss_on_a_hand_example(tiny_data, tmp_path):
     # targets: user 0 -> mean(v1, v1) = 3; user 1 -> mean(v0, v1) = 2; MSE of zeros = (9 + 4) / 2
     assert model.distill_loss(interaction, states).item() == pytest.approx(6.5)
     model.distill, model.distill_tau = "cl", 1.0
-    from recbole_llm.model.losses import soft_contrastive_loss
+    from recbole_llm.llm.contrastive import soft_contrastive_loss
 
     expected = soft_contrastive_loss(states, torch.stack([torch.full((32,), 3.0), torch.full((32,), 2.0)]), 1.0)
     assert model.distill_loss(interaction, states).item() == pytest.approx(expected.item())
@@ -291,7 +291,7 @@ def test_whitening_is_not_applied_twice_when_artifacts_are_prepared_again(tiny_d
     """A search prepares features once in the driver and again in every trial (recbole_llm.tune): the second
     call starts from llm_feature_base, so a trial never whitens the whitened table."""
     from recbole_llm.model.adapters import prepare_llm_features
-    from recbole_llm.tune import ARTIFACT_KEYS
+    from recbole_llm.quick_start import ARTIFACT_KEYS
 
     write_features(str(tmp_path / "features"), dim=16)
     config = Config(model="LLMESRSASRec", dataset="tiny", config_dict=esr_config(tiny_data, tmp_path, feature_whitening="zca"))

@@ -10,7 +10,8 @@ from conftest import tiny_config
 
 from recbole_llm import Config, create_dataset
 from recbole_llm.llm import scft
-from recbole_llm.llm.extract import ensure_features, load_llm
+from recbole_llm.llm.embed import load_llm
+from recbole_llm.llm.extract import ensure_features
 from recbole_llm.llm.features import find_feature_file, load_features
 from recbole_llm.llm.prompts import read_item_text
 from recbole_llm.llm.scft import NonFiniteLossError, SCFTSettings, ensure_scft_features, lora_targets, make_view, train_scft

@@ -4,8 +4,8 @@ from logging import getLogger
 
 from recbole.data.dataset import SequentialDataset
 
-from recbole_llm.fileio import file_fingerprint
-from recbole_llm.llm.features import FeatureFileError, align_features, feature_dirs, find_feature_file, load_features, mapped_features
+from recbole_llm.llm.features import (FeatureFileError, align_features, feature_dirs, feature_key, find_feature_file, load_features,
+                                      mapped_features)
 
 
 class LLMFeatureDataset(SequentialDataset):
@@ -46,8 +46,7 @@ class LLMFeatureDataset(SequentialDataset):
             else:
                 self.llm_features[name] = align_features(tokens, matrix, id2token, base + ".npy", expected.get(name),
                                                          dtype=self.config["feature_dtype"], stored=meta.get("dtype", "float32"))
-            # a file this project built has a cache key; any other is known by its content
-            self.llm_feature_keys[name] = meta.get("cache_key") or "sha1:{1}".format(*file_fingerprint(base + ".npy"))
+            self.llm_feature_keys[name] = feature_key(base, meta)
             getLogger().info(f"attached LLM features '{name}' {tuple(self.llm_features[name].shape)} from {base}.npy")
 
     def llm_feature_key(self, name=None):

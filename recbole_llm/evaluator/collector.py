@@ -4,7 +4,6 @@ import torch
 from recbole.evaluator.collector import Collector
 
 from recbole_llm.compat import distributed_world
-
 from recbole_llm.data.cold import cold_items_of
 from recbole_llm.evaluator.longtail import (
     COLD_KEY,

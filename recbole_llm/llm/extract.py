@@ -1,6 +1,6 @@
 """Item feature files from any local Hugging Face model directory (encoders and decoders).
 
-Model loading, pooling and batched embedding live in :mod:`recbole_llm.llm.embed` (re-exported here).
+Model loading, pooling and batched embedding live in :mod:`recbole_llm.llm.embed`.
 
 - :func:`ensure_features`: builds (or reuses, when its cache key still matches) the feature file of a
   dataset, optionally with a PCA-reduced companion.
@@ -19,20 +19,7 @@ import torch
 from recbole_llm.errors import ConfigError
 from recbole_llm.fileio import build_once, file_fingerprint
 from recbole_llm.llm import features as feature_io
-from recbole_llm.llm.embed import (  # noqa: F401  (re-exported: the names callers have used from this module)
-    DEFAULT_LLM,
-    POOLINGS,
-    LLMPathError,
-    _text_key,
-    default_dtype,
-    embed_texts,
-    embed_token_batch,
-    is_decoder,
-    llm_short_name,
-    load_llm,
-    pool,
-    resolve_llm_path,
-)
+from recbole_llm.llm.embed import DEFAULT_LLM, _text_key, embed_texts, llm_short_name, load_llm, resolve_llm_path
 from recbole_llm.llm.prompts import build_prompts, prompt_config, read_item_text, template_hash
 
 logger = logging.getLogger(__name__)

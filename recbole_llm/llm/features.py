@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from recbole_llm.errors import UserError
-from recbole_llm.fileio import atomic_open, atomic_write_text
+from recbole_llm.fileio import atomic_open, atomic_write_text, build_once, file_fingerprint
 from recbole_llm.paths import PROJECT_ROOT
 
 SUFFIX_MATRIX = ".npy"
@@ -118,10 +118,7 @@ def save_features(base, tokens, matrix, meta=None, dtype="float32"):
     if bad.any():
         examples = [tokens[i] for i in np.flatnonzero(bad)[:5]]
         raise FeatureFileError(f"refusing to write '{base}': {int(bad.sum())} rows contain NaN/inf (items {examples})")
-    if dtype == "float16" and np.abs(matrix).max(initial=0.0) > np.finfo(np.float16).max:
-        raise FeatureFileError(f"refusing to write '{base}' as float16: values exceed {np.finfo(np.float16).max:.0f}; use bfloat16")
-    with atomic_open(base + SUFFIX_MATRIX, "wb") as handle:
-        np.save(handle, to_stored(matrix, dtype))
+    write_matrix_blockwise(base + SUFFIX_MATRIX, len(tokens), matrix.shape[1], [matrix], dtype)
     return write_meta(base, tokens, matrix.shape[1], dtype, meta)
 
 
@@ -143,7 +140,8 @@ def write_meta(base, tokens, dims, dtype, meta=None):
 
 
 def write_matrix_blockwise(path, n_rows, dims, blocks, dtype="float32"):
-    """``path`` (.npy, atomically) from float32 ``blocks`` of consecutive rows, stored as ``dtype``; never whole in memory."""
+    """``path`` (.npy, atomically; what ``np.save`` writes) from float32 ``blocks`` of consecutive rows, stored as
+    ``dtype``; never whole in memory."""
     storage = np.uint16 if dtype == "bfloat16" else np.dtype(dtype)
     written = 0
     with atomic_open(path, "wb") as handle:
@@ -170,6 +168,11 @@ def save_features_blockwise(base, tokens, dims, blocks, meta=None, dtype="float3
 
 
 REBUILD = "delete it (the next run rebuilds it) or run python -m recbole_llm.features --dataset=<name> --force"
+
+
+def feature_key(base, meta):
+    """What identifies a feature file's content: the cache key of a file this project built, else its content hash."""
+    return meta.get("cache_key") or "sha1:{1}".format(*file_fingerprint(base + SUFFIX_MATRIX))
 
 
 def load_meta(base):
@@ -282,13 +285,11 @@ def mapped_features(base, tokens, matrix, meta, id2token, cache_dir, expected_di
     """What :func:`align_features` returns, memory-mapped instead of in memory (``feature_mmap: True``): an aligned
     copy ``<dataset>.<name>.aligned-<key>.npy`` (row i = internal item id i, row 0 zeros, in ``dtype``) is written once
     in ``cache_dir``, block by block, and mapped copy-on-write; a row is read from disk when a step first uses it."""
-    from recbole_llm.fileio import build_once, file_fingerprint
-
     check_dtype(dtype)
     id2token = [str(t) for t in id2token]
     rows = aligned_rows(tokens, matrix, id2token, base + SUFFIX_MATRIX, expected_dims)
     ids = hashlib.sha1("\0".join(id2token).encode("utf-8")).hexdigest()
-    key = hashlib.sha1(json.dumps([meta.get("cache_key") or file_fingerprint(base + SUFFIX_MATRIX), dtype, ids]).encode()).hexdigest()
+    key = hashlib.sha1(json.dumps([feature_key(base, meta), dtype, ids]).encode()).hexdigest()
     path = os.path.join(cache_dir, f"{os.path.basename(base)}.aligned-{key[:12]}{SUFFIX_MATRIX}")
     stored = meta.get("dtype", "float32")
 

@@ -28,16 +28,8 @@ import torch
 from recbole_llm.errors import UserError
 from recbole_llm.fileio import atomic_torch_save, build_once, file_fingerprint
 from recbole_llm.llm import features as feature_io
-from recbole_llm.llm.extract import (
-    dataset_item_tokens,
-    embed_texts,
-    is_current,
-    llm_short_name,
-    load_llm,
-    ensure_pca_companion,
-    pool,
-    resolve_llm_path,
-)
+from recbole_llm.llm.embed import embed_texts, llm_short_name, load_llm, pool, resolve_llm_path
+from recbole_llm.llm.extract import dataset_item_tokens, ensure_pca_companion, is_current
 from recbole_llm.llm.prompts import build_prompts, llmemb_prompt, prompt_config, read_item_text, template_hash
 from recbole_llm.llm.contrastive import info_nce_loss, soft_contrastive_loss
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from recbole_llm.errors import ConfigError
 from recbole_llm.model.frozen import FrozenTablesMixin
-from recbole_llm.model.losses import soft_contrastive_loss
+from recbole_llm.llm.contrastive import soft_contrastive_loss
 
 ACTIVATIONS = {None: None, "none": None, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 

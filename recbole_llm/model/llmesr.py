@@ -39,7 +39,7 @@ from recbole_llm.data.utils import user_sequences
 from recbole_llm.llm.extract import pca_reduce
 from recbole_llm.model.adapters import AdaptedEmbedding, prepare_llm_features
 from recbole_llm.model.llm2x import copy_rows, resolve_scale
-from recbole_llm.model.losses import soft_contrastive_loss
+from recbole_llm.llm.contrastive import soft_contrastive_loss
 
 ID_INITS = ("pca", "random")
 DISTILLS = ("kd", "cl")

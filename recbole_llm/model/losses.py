@@ -1,12 +1,11 @@
-"""Sampled softmax (``loss_type: SSM``) and the contrastive losses of the LLMEmb alignment (RAT), which SCFT shares
-(they live in recbole_llm.llm.contrastive, below both)."""
+"""Sampled softmax (``loss_type: SSM``): the negative sampler, the loss and the mixin the backbones share. The
+contrastive losses of SCFT and the LLMEmb alignment live in recbole_llm.llm.contrastive."""
 
 import contextlib
 
 import torch
 
 from recbole_llm.errors import ConfigError
-from recbole_llm.llm.contrastive import info_nce_loss, soft_contrastive_loss  # noqa: F401  (re-exported)
 
 
 @contextlib.contextmanager
