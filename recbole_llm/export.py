@@ -1,6 +1,7 @@
 """Export user and item embeddings of a trained model (for ranking models, as LEARN uses them).
 
     python -m recbole_llm.export --model_file=saved/LEARN-....pth --out=DIR
+    python -m recbole_llm.export --model_file=saved/SASRec-....pth --weights=sasrec-weights.pth
 
 Writes ``DIR/users.npy`` + ``users.json`` and ``DIR/items.npy`` + ``items.json`` (feature-file format:
 tokens, float32 matrix, metadata), each written atomically. Users are embedded from their whole history
@@ -9,7 +10,12 @@ items by the model's item tower / item table. Works for LEARN, the SASRec / GRU4
 model with ``user_embeddings(item_seq, item_seq_len)`` or ``forward(item_seq, item_seq_len)``, and ``item_table()``
 or ``item_embedding``; BERT4Rec's score also adds its per-item ``output_bias``, not exported).
 
-The checkpoint is unpickled (RecBole stores its Config in it): only export files you trust.
+``--weights=FILE`` writes the model's weights as a plain file (tensors, the item tokens, model and dataset
+names: loadable with ``weights_only=True``): the form ``teacher_checkpoint`` and UniSRec's ``pretrained_checkpoint``
+accept, so that a weights file can be handed to another person without anything in it that runs code.
+
+The checkpoint given by ``--model_file`` is unpickled (RecBole stores its Config in it, and unpickling can run
+code): only export your own checkpoints, files you trust.
 """
 
 import argparse
@@ -75,17 +81,44 @@ def export_embeddings(model_file, out_dir, batch_size=1024):
     return len(user_tokens), len(item_tokens) - 1
 
 
+def export_weights(model_file, out_file):
+    """Write ``model_file``'s weights as a plain torch file (:func:`recbole_llm.fileio.plain`) to ``out_file``."""
+    from recbole_llm.data.cold import cold_settings_key
+    from recbole_llm.fileio import atomic_torch_save, plain
+    from recbole_llm.quick_start import load_model_file
+
+    config, model, train, _, _ = load_model_file(model_file, {"state": "WARNING"})
+    dataset = train.dataset
+    weights = {
+        "state_dict": {name: value.detach().cpu().clone() for name, value in model.state_dict().items()},
+        "item_tokens": [str(t) for t in dataset.field2id_token[dataset.iid_field]],
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "model_file": os.path.abspath(model_file),
+        "teacher_config": cold_settings_key(config) or {},  # the cold items it was trained without (teacher check)
+    }
+    atomic_torch_save(plain(weights), out_file)
+    return len(weights["state_dict"])
+
+
 @cli_entry
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_file", required=True)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--model_file", required=True, help="a checkpoint your own run wrote (it is unpickled: trusted files only)")
+    parser.add_argument("--out", help="folder for users.npy/json and items.npy/json")
+    parser.add_argument("--weights", help="plain weights file to write (teacher_checkpoint, pretrained_checkpoint)")
     args = parser.parse_args(argv)
+    if not args.out and not args.weights:
+        raise CheckpointError("export needs --out=DIR (embeddings) or --weights=FILE (plain weights), or both")
     try:
-        n_users, n_items = export_embeddings(args.model_file, args.out)
+        if args.weights:
+            n_tensors = export_weights(args.model_file, args.weights)
+            print(f"wrote {n_tensors} tensors and the item tokens to {args.weights} (plain: loads with weights_only=True)")
+        if args.out:
+            n_users, n_items = export_embeddings(args.model_file, args.out)
+            print(f"wrote {n_users} user and {n_items} item embeddings to {args.out}/users.npy and {args.out}/items.npy")
     except (FileNotFoundError, TypeError, KeyError) as err:
         raise CheckpointError(str(err).strip("'\"")) from err
-    print(f"wrote {n_users} user and {n_items} item embeddings to {args.out}/users.npy and {args.out}/items.npy")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Atomic file writes: a temp file in the target folder, renamed into place only when complete."""
+"""Atomic file writes (a temp file in the target folder, renamed into place only when complete), and the one
+loader of torch files that other people can hand a user (:func:`load_plain`: nothing in them runs code)."""
 
 import contextlib
 import hashlib
@@ -33,6 +34,56 @@ def atomic_torch_save(obj, path):
 
     with atomic_open(path, "wb") as handle:
         torch.save(obj, handle)
+
+
+def plain(value):
+    """``value`` with only what ``torch.load(weights_only=True)`` and JSON accept: tensors, str, int, float, bool,
+    None, lists and str-keyed dicts (numpy scalars and arrays become numbers and lists, tuples lists, anything
+    else its ``str``). Artifacts store this, so that loading them never needs to unpickle an object."""
+    import torch
+
+    if value is None or type(value) in (str, bool, int, float) or isinstance(value, torch.Tensor):
+        return value  # exact types: numpy.float64 and numpy.str_ subclass float and str but pickle as numpy objects
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [plain(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return plain(value.tolist())
+    for kind in (bool, int, float, str):  # other subclasses of the plain types
+        if isinstance(value, kind):
+            return kind(value)
+    return str(value)
+
+
+def load_plain(path, what, fix):
+    """The dict a torch file holds, loaded with ``weights_only=True``: tensors, numbers, strings, lists and dicts,
+    never an object whose unpickling runs code. Every file that can travel with a dataset or come from another
+    person (the teacher cache and ``teacher_checkpoint``, UniSRec's ``pretrained_checkpoint``, SCFT states, the
+    similar users) is read through here; only the user's own RecBole checkpoints are unpickled
+    (:func:`recbole_llm.compat.load_checkpoint`). A file that does not match is refused in one line naming it,
+    ``what`` it should be and the ``fix``."""
+    import pickle
+
+    import torch
+
+    from recbole_llm.errors import DataFileError, MissingFileError
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MissingFileError(f"{what} '{path}' does not exist: {fix}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever a foreign file makes torch raise, one line
+        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
+            raise DataFileError(
+                f"{what} '{path}' holds pickled Python objects, which can run code when loaded, so it is not loaded: {fix}"
+            ) from None
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise DataFileError(f"{what} '{path}' is not a readable torch checkpoint ({first}): {fix}") from None
+    if not isinstance(obj, dict):
+        raise DataFileError(f"{what} '{path}' holds a {type(obj).__name__}, not a dict of tensors: {fix}")
+    return obj
 
 
 def atomic_savefig(fig, path, **kwargs):

@@ -59,13 +59,13 @@ def test_unisrec_scores_are_scaled_cosines(tiny_data, tmp_path):
 
 
 def test_unisrec_transfer_freezes_the_encoder(tiny_data, tmp_path):
-    source = run_recbole_llm(model="UniSRec", dataset="tiny", config_dict=uni_config(tiny_data, tmp_path, train_stage="transductive_ft"))
-    _, _, model = build(
-        "UniSRec", uni_config(tiny_data, tmp_path, pretrained_checkpoint=source["model_file"], freeze_encoder=True)
-    )
-    from recbole_llm.compat import load_checkpoint
+    from recbole_llm.export import export_weights
 
-    state = load_checkpoint(source["model_file"])["state_dict"]
+    source = run_recbole_llm(model="UniSRec", dataset="tiny", config_dict=uni_config(tiny_data, tmp_path, train_stage="transductive_ft"))
+    weights = str(tmp_path / "unisrec-weights.pth")
+    export_weights(source["model_file"], weights)  # the plain file a pretrained_checkpoint is (weights_only)
+    _, _, model = build("UniSRec", uni_config(tiny_data, tmp_path, pretrained_checkpoint=weights, freeze_encoder=True))
+    state = torch.load(weights, weights_only=True)["state_dict"]
     name = "trm_encoder.layer.0.multi_head_attention.query.weight"
     assert torch.equal(model.state_dict()[name], state[name])
     assert not any(p.requires_grad for p in model.trm_encoder.parameters())

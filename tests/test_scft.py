@@ -70,12 +70,12 @@ def test_resume_continues_from_the_last_checkpoint(tiny_data, tmp_path, tiny_lla
     monkeypatch.setattr(scft, "embed_batch", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         train_scft(text, "Inst:", settings, out, show_progress=False)
-    assert torch.load(os.path.join(out, "scft-state.pt"), weights_only=False)["step"] == 2
+    assert torch.load(os.path.join(out, "scft-state.pt"), weights_only=True)["step"] == 2
     monkeypatch.setattr(scft, "embed_batch", real)
     _, _, report = train_scft(text, "Inst:", settings, out, resume=True, show_progress=False)
     assert "resumed from step 2" in capsys.readouterr().out
     assert report["steps"] == 4
-    state = torch.load(os.path.join(out, "scft-state.pt"), weights_only=False)
+    state = torch.load(os.path.join(out, "scft-state.pt"), weights_only=True)
     assert state["step"] == 4 and len(state["losses"]) == 4
 
 

@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from recbole_llm.errors import UserError
-from recbole_llm.fileio import atomic_torch_save, build_once, file_fingerprint
+from recbole_llm.errors import DataFileError, UserError
+from recbole_llm.fileio import atomic_torch_save, build_once, file_fingerprint, load_plain, plain
 from recbole_llm.llm import features as feature_io
 from recbole_llm.llm.embed import embed_texts, llm_short_name, load_llm, pool, resolve_llm_path
 from recbole_llm.llm.extract import dataset_item_tokens, ensure_pca_companion, is_current
@@ -228,6 +228,9 @@ def scft_step(run, tokenizer, items, attributes, instruction, settings, device):
     return step_loss
 
 
+SCFT_STATE_KEYS = ("lora", "optimizer", "scheduler", "tau", "step", "losses", "rng", "torch_rng")
+
+
 def save_scft_state(state_path, run, settings):
     """Everything a resumed run needs (LoRA, optimizer, scheduler, tau, step, losses, random states), atomically."""
     from peft import get_peft_model_state_dict
@@ -242,7 +245,7 @@ def save_scft_state(state_path, run, settings):
             "losses": run["losses"],
             "rng": run["rng"].getstate(),
             "torch_rng": torch.get_rng_state(),
-            "settings": asdict(settings),
+            "settings": plain(asdict(settings)),
         },
         state_path,
     )
@@ -251,7 +254,12 @@ def save_scft_state(state_path, run, settings):
 def load_scft_state(state_path, run, device):
     from peft import set_peft_model_state_dict
 
-    state = torch.load(state_path, map_location=device, weights_only=False)  # written by this module
+    state = load_plain(  # weights_only: a state file found in a shared feature folder cannot run code
+        state_path, "SCFT state", "delete it (SCFT starts again from step 0)"
+    )
+    missing = [key for key in SCFT_STATE_KEYS if key not in state]
+    if missing:
+        raise DataFileError(f"SCFT state '{state_path}' lacks {missing}: delete it (SCFT starts again from step 0)")
     set_peft_model_state_dict(run["model"], state["lora"])
     run["optimizer"].load_state_dict(state["optimizer"])
     run["scheduler"].load_state_dict(state["scheduler"])

@@ -3,8 +3,11 @@
 ``teacher_checkpoint: auto`` trains it once (:func:`ensure_teacher`) and caches
 ``<feature dir>/<dataset>.teacher-<key>.pth`` holding the item table and the item tokens; the key hashes
 the dataset files and every setting that shapes the teacher, so a changed split or size retrains it.
-``teacher_checkpoint: <path>`` takes that file or any RecBole checkpoint with an ``item_embedding``;
+``teacher_checkpoint: <path>`` takes that file or a plain weights file of a SASRec-like model
+(``python -m recbole_llm.export --model_file=YOUR.pth --weights=OUT.pth`` writes one from your own checkpoint);
 rows are always matched to this dataset by item token, and the width must equal the student's.
+Both are read with ``weights_only=True`` (:func:`recbole_llm.fileio.load_plain`): a teacher file found in a dataset
+folder or handed over by someone else cannot run code; a full RecBole checkpoint (it pickles its Config) is refused.
 """
 
 import hashlib
@@ -18,7 +21,7 @@ import torch
 from recbole_llm.compat import load_checkpoint
 from recbole_llm.data.cold import cold_items_of, cold_settings_key
 from recbole_llm.errors import UserError
-from recbole_llm.fileio import atomic_torch_save, build_once, file_fingerprint
+from recbole_llm.fileio import atomic_torch_save, build_once, file_fingerprint, load_plain, plain
 from recbole_llm.llm.features import feature_dirs
 
 # dataset-shaping keys the teacher inherits from the student's config
@@ -74,7 +77,8 @@ def dataset_stamp(config):
 
 
 def teacher_path(config, dim):
-    settings = {"teacher": teacher_config(config, dim), "dataset": config["dataset"], "files": dataset_stamp(config)}
+    # format 2: plain contents (weights_only); older caches may hold pickled objects and are not reused
+    settings = {"teacher": teacher_config(config, dim), "dataset": config["dataset"], "files": dataset_stamp(config), "format": 2}
     settings["teacher"].pop("device", None)
     settings["teacher"].pop("gpu_id", None)
     key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -100,26 +104,29 @@ def _train_teacher(config, dim, path, logger, run_recbole_llm):
         teacher["checkpoint_dir"] = checkpoint_dir
         result = run_recbole_llm(model="SASRec", dataset=config["dataset"], config_dict=teacher)
         state = load_checkpoint(result["model_file"])["state_dict"]
-    artifact = {
-        "item_embedding": state["item_embedding.weight"].cpu(),
-        "item_tokens": result["item_tokens"],
-        "teacher_config": {k: v for k, v in teacher.items() if k != "checkpoint_dir"},
-        "test_result": dict(result["test_result"]),
-    }
+    artifact = plain(
+        {
+            "item_embedding": state["item_embedding.weight"].cpu(),
+            "item_tokens": [str(t) for t in result["item_tokens"]],
+            "teacher_config": {k: v for k, v in teacher.items() if k != "checkpoint_dir"},
+            "test_result": dict(result["test_result"]),
+        }
+    )
     atomic_torch_save(artifact, path)
     logger.info(f"teacher: test {dict(result['test_result'])}; saved {path}")
 
 
-def _tokens_of_checkpoint(checkpoint, path):
-    if "item_tokens" in checkpoint:
-        return [str(t) for t in checkpoint["item_tokens"]]
-    config = checkpoint.get("config")
-    if config is None:
-        raise TeacherError(f"teacher checkpoint '{path}' has neither item tokens nor a RecBole config to rebuild them from")
-    from recbole_llm.utils import create_dataset
+TEACHER_FIX = (
+    "delete it if it is the cached teacher (teacher_checkpoint: auto trains it again), or pass a plain teacher file: "
+    "python -m recbole_llm.export --model_file=YOUR_SASREC.pth --weights=teacher.pth converts your own checkpoint"
+)
 
-    dataset = create_dataset(config)
-    return [str(t) for t in dataset.field2id_token[dataset.iid_field]]
+
+def _tokens_of_checkpoint(checkpoint, path):
+    tokens = checkpoint.get("item_tokens")
+    if not isinstance(tokens, list):
+        raise TeacherError(f"teacher checkpoint '{path}' has no item_tokens list to match its rows to items: {TEACHER_FIX}")
+    return [str(t) for t in tokens]
 
 
 def check_teacher_cold_items(checkpoint, path, dataset):
@@ -145,14 +152,16 @@ def load_teacher_table(path, dataset, dim):
     """(item_num, dim) frozen teacher table aligned to ``dataset``'s item ids by token."""
     if path in (None, "auto"):
         raise TeacherError("teacher_checkpoint is not built yet: run through run_recbole_llm (prepare_artifacts) or pass a path")
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_plain(path, "teacher checkpoint", TEACHER_FIX)
     if "item_embedding" in checkpoint:
         table = checkpoint["item_embedding"]
     else:
         state = checkpoint.get("state_dict", {})
         if "item_embedding.weight" not in state:
-            raise TeacherError(f"teacher checkpoint '{path}' has no item_embedding.weight: train a SASRec teacher")
+            raise TeacherError(f"teacher checkpoint '{path}' has no item_embedding.weight: {TEACHER_FIX}")
         table = state["item_embedding.weight"]
+    if not isinstance(table, torch.Tensor) or table.dim() != 2:
+        raise TeacherError(f"teacher checkpoint '{path}': its item table is not a 2-d tensor: {TEACHER_FIX}")
     tokens = _tokens_of_checkpoint(checkpoint, path)
     if table.size(0) < len(tokens):
         raise TeacherError(f"teacher checkpoint '{path}': {table.size(0)} rows for {len(tokens)} item tokens")

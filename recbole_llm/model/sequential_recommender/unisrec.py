@@ -6,8 +6,9 @@ experts ``PW(x) = W (dropout(x) - b)`` with a softmax gate (Gaussian noise on th
 embedding. A SASRec encoder (the plugin's, with positions) reads the adapted embeddings; scores are
 cosine / ``temperature`` (0.07) with CE over all items.
 
-Transfer: ``pretrained_checkpoint: <UniSRec .pth trained on another dataset>`` loads everything but the
-item-specific tables; ``freeze_encoder: True`` then fine-tunes only the adaptor (and ID embeddings), the
+Transfer: ``pretrained_checkpoint: <plain weights of a UniSRec trained on another dataset>`` (written from your
+own checkpoint by ``python -m recbole_llm.export --model_file=... --weights=FILE``; read with ``weights_only=True``,
+a full RecBole checkpoint is refused) loads everything but the item-specific tables; ``freeze_encoder: True`` then fine-tunes only the adaptor (and ID embeddings), the
 UniSRec fine-tuning recipe. Pretraining is a UniSRec run on the source dataset (seq-item loss only: the
 paper's extra seq-seq contrastive term is not implemented).
 """
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_llm.errors import ConfigError
-from recbole_llm.compat import load_checkpoint
+from recbole_llm.fileio import load_plain
 from recbole_llm.model.adapters import prepare_llm_features
 from recbole_llm.model.frozen import FrozenTablesMixin
 from recbole_llm.model.sequential_recommender.sasrec import SASRec
@@ -82,12 +83,17 @@ class UniSRec(FrozenTablesMixin, SASRec):
         prepare_llm_features(config)
 
     def load_pretrained(self, path):
-        state = load_checkpoint(path)["state_dict"]
+        """Every weight of a plain UniSRec weights file but the item tables (read with ``weights_only=True``)."""
+        fix = "convert your own UniSRec checkpoint with python -m recbole_llm.export --model_file=YOUR.pth --weights=unisrec.pth"
+        state = load_plain(path, "pretrained checkpoint", fix).get("state_dict")
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ConfigError(f"pretrained checkpoint '{path}' has no state_dict of tensors: {fix}")
         transferable = {k: v for k, v in state.items() if not k.startswith(("item_embedding", "plm_embedding"))}
         missing, unexpected = self.load_state_dict(transferable, strict=False)
-        wrong = [k for k in unexpected]
-        if wrong:
-            raise ConfigError(f"pretrained checkpoint '{path}' has parameters this UniSRec lacks: {wrong[:5]}")
+        if unexpected:
+            raise ConfigError(f"pretrained checkpoint '{path}' has parameters this UniSRec lacks: {unexpected[:5]}")
+        if not transferable:
+            raise ConfigError(f"pretrained checkpoint '{path}' transfers no weight (no encoder or adaptor parameters): {fix}")
 
     def item_table(self):
         table = self.moe_adaptor(self.plm_embedding)
