@@ -97,6 +97,36 @@ class Config(RecBoleConfig):
     def _load_cmd_line(self):
         return {}
 
+    def _load_config_files(self, file_list):
+        """RecBole's, with a missing file, bad YAML or a file that is not a mapping as one line naming it."""
+        import yaml
+
+        merged = {}
+        for file in file_list or []:
+            if not os.path.isfile(file):
+                raise _config_error(f"config file '{file}' (--config_files) does not exist: check the path (several files: space-separated)")
+            try:
+                with open(file, "r", encoding="utf-8") as handle:
+                    loaded = yaml.load(handle.read(), Loader=self.yaml_loader)
+            except (yaml.YAMLError, UnicodeDecodeError) as err:
+                mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None) or type(err).__name__
+                where = f" on line {mark.line + 1}" if mark is not None else ""
+                raise _config_error(f"config file '{file}' is not valid YAML{where} ({problem}): fix it (key: value, one per line)") from None
+            if loaded is not None and not isinstance(loaded, dict):
+                raise _config_error(f"config file '{file}' holds a {type(loaded).__name__}, not key: value lines: write one key: value per line")
+            merged.update(loaded or {})
+        return merged
+
+    def _set_eval_neg_sample_args(self, phase):
+        """RecBole's, after checking the phase's ``eval_args`` mode: ``uni0`` (every metric 1.0), ``pop-5``, ``uniabc`` refused."""
+        mode = self.final_config_dict["eval_args"]["mode"][phase]
+        if isinstance(mode, str) and mode[:3] in ("uni", "pop") and not (mode[3:].isdigit() and int(mode[3:]) >= 1):
+            raise _config_error(
+                f"config key 'eval_args' mode '{mode}' ({phase}) needs a number of sampled negatives >= 1 after "
+                f"'{mode[:3]}' (e.g. {mode[:3]}100), or full: with none, every metric is 1.0"
+            )
+        return super()._set_eval_neg_sample_args(phase)
+
     def _init_device(self):
         """RecBole's, except that a DDP process without CUDA uses the gloo backend on CPU (recbole_llm.compat)."""
         from recbole_llm.compat import init_distributed_device
@@ -263,6 +293,9 @@ def validate_config(config):
             raise _config_error(f"config key '{key}' must be a number in [0, 1), got {value!r}")
     if "offset" in external:
         positive_int("offset", minimum=0)
+    duplicates = config["duplicate_interactions"]
+    if duplicates is not None and duplicates not in ("keep", "drop", "error"):
+        raise _config_error(f"config key 'duplicate_interactions' must be 'keep', 'drop' or 'error', got {duplicates!r}")
     train_mode = config["train_mode"]
     if train_mode is not None and train_mode not in ("prefix", "all_positions"):
         raise _config_error(f"config key 'train_mode' must be 'prefix' or 'all_positions', got {train_mode!r}")

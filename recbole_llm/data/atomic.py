@@ -18,12 +18,21 @@ from logging import getLogger
 from recbole_llm.errors import ConfigError, DataFileError
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def atomic_header(path):
-    """[(name, type), ...] of an atomic file's header line; None when the file does not exist."""
+    """[(name, type), ...] of an atomic file's header line; None when the file does not exist. A byte-order mark,
+    a cell that is not ``<name>:<type>`` or a name given twice is one line naming the file and the fix."""
     if not os.path.isfile(path):
         return None
     with open(path, "rb") as handle:
         raw = handle.readline()
+    if raw.startswith(BOM):  # Excel's "UTF-8" adds one; RecBole would read it as part of the first column's name
+        raise DataFileError(
+            f"atomic file '{path}' starts with a UTF-8 byte-order mark (BOM): save it as UTF-8 without BOM "
+            f"(e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' '{path}')"
+        )
     try:
         line = raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:
@@ -36,8 +45,45 @@ def atomic_header(path):
                 f"atomic file '{path}' header cell '{cell}' is not <name>:<type> with type token, token_seq, float or "
                 "float_seq: fix line 1 (tab-separated, e.g. user_id:token<TAB>item_id:token<TAB>timestamp:float)"
             )
+        if name in [n for n, _ in columns]:
+            raise DataFileError(f"atomic file '{path}' names column '{name}' twice on line 1 (the header): rename or drop one of them")
         columns.append((name, kind))
     return columns
+
+
+def check_field_counts(path, encoding="utf-8", separator="\t"):
+    """Raise DataFileError naming the first row whose number of tab-separated fields is not the header's: a tab or a
+    line break inside a value (atomic files have no quoting). Blank lines are skipped, as pandas does."""
+    sep = separator.encode(encoding)
+    with open(path, "rb") as handle:
+        fields = handle.readline().count(sep) + 1
+        for number, raw in enumerate(handle, 2):
+            line = raw.rstrip(b"\r\n")
+            count = line.count(sep) + 1
+            if line and count != fields:
+                text = line.decode(encoding, errors="replace")
+                raise DataFileError(
+                    f"atomic file '{path}' line {number} has {count} tab-separated fields, the header has "
+                    f"{fields} ({text[:60]!r}): a tab or a line break inside a value? replace them with spaces (one row per line)"
+                )
+
+
+def data_lines(path, rows):
+    """File line numbers (1 = header) of the data rows at positions ``rows`` (0 = the first row, blank lines skipped)."""
+    wanted = sorted(set(int(r) for r in rows))
+    found, position, index = {}, 0, 0
+    with open(path, "rb") as handle:
+        handle.readline()
+        for number, raw in enumerate(handle, 2):
+            if index == len(wanted):
+                break
+            if not raw.strip(b"\r\n"):
+                continue
+            if position == wanted[index]:
+                found[position] = number
+                index += 1
+            position += 1
+    return [found.get(int(r)) for r in rows]
 
 
 def check_encoding(path, encoding="utf-8", block=1 << 24):
@@ -121,15 +167,93 @@ def check_item_attributes(config):
         )
 
 
+DUPLICATE_MODES = ("keep", "drop", "error")
+
+
+def check_time_values(frame, path, time_field):
+    """A NaN, inf or empty time (RecBole fills the mean, and the rows of that user reorder) is refused by line."""
+    import numpy as np
+
+    if time_field is None or time_field not in frame:
+        return
+    values = frame[time_field].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(bad.argmax())
+        line = data_lines(path, [row])[0]
+        raise DataFileError(
+            f"atomic file '{path}' line {line} has {'no' if np.isnan(values[row]) else 'an infinite'} {time_field} "
+            f"(rows without a finite {time_field}: {int(bad.sum())}): every interaction needs one; fix or remove those rows"
+        )
+
+
+def _hashable(frame):
+    """``frame`` with its sequence columns (arrays once RecBole has split them) as tuples, so rows compare."""
+    columns = {c: frame[c].map(tuple) for c in frame.columns if frame[c].dtype == object and len(frame)
+               and not isinstance(frame[c].iloc[0], str)}
+    return frame.assign(**columns) if columns else frame
+
+
+def duplicate_rows(frame, path, mode):
+    """``frame`` without its exact duplicate rows (``drop``, with a warning that counts them), or as it is (``keep``,
+    warned as well); ``error`` refuses the file. Null keeps them too (checkpoints from before the key did)."""
+    if mode is not None and mode not in DUPLICATE_MODES:
+        raise ConfigError(f"config key 'duplicate_interactions' must be one of {list(DUPLICATE_MODES)}, got {mode!r}")
+    rows = _hashable(frame)
+    dup = rows.duplicated(keep="first").to_numpy()
+    count = int(dup.sum())
+    if count == 0:
+        return frame
+    row = int(dup.argmax())
+    groups = rows.groupby(list(rows.columns), sort=False, dropna=False).ngroup().to_numpy()
+    first = int((groups == groups[row]).argmax())  # the earlier copy of that row
+    line, earlier = data_lines(path, [row, first])
+    what = f"atomic file '{path}' has {count} exact duplicate rows (line {line} repeats line {earlier})"
+    if mode == "error":
+        raise DataFileError(f"{what}: remove them, or set duplicate_interactions: drop (or keep)")
+    if mode == "drop":
+        getLogger().warning(f"{what}: dropped them (duplicate_interactions: drop; keep leaves them in)")
+        return frame[~dup].reset_index(drop=True)
+    getLogger().warning(f"{what}: kept them as separate interactions (duplicate_interactions: keep; drop removes them)")
+    return frame
+
+
+def check_unique_ids(frame, path, field):
+    """A user / item id listed twice in ``.user`` / ``.item`` (RecBole keeps the first silently) is refused by line."""
+    if field is None or field not in frame:
+        return
+    dup = frame[field].duplicated(keep="first").to_numpy()
+    if dup.any():
+        row = int(dup.argmax())
+        first = int((frame[field].iloc[:row] == frame[field].iloc[row]).to_numpy().argmax())
+        line, earlier = data_lines(path, [row, first])
+        raise DataFileError(
+            f"atomic file '{path}' lists {field} '{frame[field].iloc[row]}' twice (line {line}, first on line {earlier}; "
+            f"ids repeated: {int(dup.sum())}): keep one row per {field}"
+        )
+
+
 class AtomicFilesMixin:
     """Put in front of a RecBole Dataset class: a bad file is one line naming it, the line and the fix; the
     interactions RecBole filters out are reported, not dropped silently."""
 
     def _load_feat(self, filepath, source):
         if os.path.isfile(filepath):
-            check_encoding(filepath, self.config["encoding"] or "utf-8")
+            encoding = self.config["encoding"] or "utf-8"
+            check_encoding(filepath, encoding)
             atomic_header(filepath)
-        return super()._load_feat(filepath, source)
+            check_field_counts(filepath, encoding, self.config["field_separator"] or "\t")
+        frame = super()._load_feat(filepath, source)
+        if frame is None:
+            return frame
+        from recbole.utils import FeatureSource
+
+        if source == FeatureSource.INTERACTION:
+            check_time_values(frame, filepath, self.time_field)
+            frame = duplicate_rows(frame, filepath, self.config["duplicate_interactions"])
+        elif source in (FeatureSource.ITEM, FeatureSource.USER):
+            check_unique_ids(frame, filepath, self.iid_field if source == FeatureSource.ITEM else self.uid_field)
+        return frame
 
     def _filter_inter_by_user_or_item(self):
         before = len(self.inter_feat)
