@@ -20,6 +20,7 @@ import json
 import os
 import re
 import statistics
+import textwrap
 
 import yaml
 
@@ -289,10 +290,10 @@ def glance_table(spec, tables, prefix):
     lines = ["| model | " + " | ".join(heads) + " |", "|---|" + "---|" * len(columns)]
     for row in glance.get("rows") or []:
         lines.append(f"| {row} | " + " | ".join(glance_cell(c, row, tables) for c in columns) + " |")
-    lines += ["", "Against SASRec: the change paired on the seeds both ran, with its 95% interval in brackets; SASRec's "
-              "own row and the `cold items` column: NDCG@10, mean ± half-width of the 95% interval over seeds; `epoch "
-              "time`: per epoch, against SASRec's, in the same runs; `not run`: no record of that model in that set."]
-    return lines
+    note = ("Against SASRec: the change paired on the seeds both ran, with its 95% interval in brackets. SASRec's own row "
+            "and the `cold items` column: NDCG@10, mean ± half-width of the 95% interval over seeds. `epoch time`: per "
+            "epoch, against SASRec's, in the same runs. `not run`: no record of that model in that set.")
+    return lines + [""] + textwrap.wrap(note, 118, break_on_hyphens=False)
 
 
 def build_page(spec, tables, archived, page_dir, root, plots):
