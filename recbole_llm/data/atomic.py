@@ -218,17 +218,20 @@ def duplicate_rows(frame, path, mode):
     return frame
 
 
-def check_unique_ids(frame, path, field):
-    """A user / item id listed twice in ``.user`` / ``.item`` (RecBole keeps the first silently) is refused by line."""
-    if field is None or field not in frame:
+def check_unique_ids(frame, path, field, column=None):
+    """A user / item id listed twice in ``.user`` / ``.item`` (RecBole keeps the first silently) is refused by line
+    (``column``: the frame's name of ``field`` when it is not ``field``)."""
+    column = column or field
+    if field is None or column not in frame:
         return
-    dup = frame[field].duplicated(keep="first").to_numpy()
+    ids = frame[column]
+    dup = ids.duplicated(keep="first").to_numpy()
     if dup.any():
         row = int(dup.argmax())
-        first = int((frame[field].iloc[:row] == frame[field].iloc[row]).to_numpy().argmax())
+        first = int((ids.iloc[:row] == ids.iloc[row]).to_numpy().argmax())
         line, earlier = data_lines(path, [row, first])
         raise DataFileError(
-            f"atomic file '{path}' lists {field} '{frame[field].iloc[row]}' twice (line {line}, first on line {earlier}; "
+            f"atomic file '{path}' lists {field} '{ids.iloc[row]}' twice (line {line}, first on line {earlier}; "
             f"ids repeated: {int(dup.sum())}): keep one row per {field}"
         )
 

@@ -77,6 +77,11 @@ def select_cold_items(item_ids, tokens, ratio, selection, seed, first_times=None
         raise ColdItemError(
             f"config key 'cold_item_ratio' = {ratio} selects no item of the {len(item_ids)} items with interactions: raise it"
         )
+    if n_cold >= len(item_ids):
+        raise ColdItemError(
+            f"config key 'cold_item_ratio' = {ratio} makes all {len(item_ids)} items with interactions cold, so training "
+            "has no item: lower it"
+        )
     tokens = np.asarray([str(t) for t in tokens])
     if selection == "random":
         by_token = item_ids[np.argsort(tokens, kind="stable")]
@@ -106,6 +111,7 @@ class ColdItemsMixin:
         first_times = None
         if selection == "newest":
             times = inter[self.time_field].numpy().astype(np.float64)
+            warn_if_positions(users, times, self.time_field, self.dataset_name)
             first = np.full(self.item_num, np.inf)
             np.minimum.at(first, items, times)
             first_times = first[candidates]
@@ -162,7 +168,31 @@ class ColdItemsMixin:
         warm = ~self.cold_items[train.inter_feat[self.iid_field].long()]
         if not warm.all():  # users with too few rows for a valid row: their cold valid target fell into train
             datasets[0] = train.copy(train.inter_feat[warm])
+        if len(datasets[0].inter_feat) == 0:
+            ratio = self.config["cold_item_ratio"]
+            raise ColdItemError(
+                f"config key 'cold_item_ratio' = {ratio} leaves no training row ({int(self.cold_items.sum())} of the items "
+                f"are cold, and no user of {self.dataset_name} has a warm item with a warm history before it): lower it"
+            )
         return datasets
+
+
+def warn_if_positions(users, times, time_field, dataset):
+    """``newest`` on timestamps that are positions in each user's sequence (0, 1, 2, ... per user: the shared datasets')
+    picks the items first seen late in someone's history, not new items: warn. ``users`` sorted, times by user."""
+    if not len(times) or not np.array_equal(times, np.round(times)):
+        return
+    starts = np.ones(len(users), dtype=bool)
+    starts[1:] = users[1:] != users[:-1]
+    position = np.arange(len(users)) - np.maximum.accumulate(np.where(starts, np.arange(len(users)), 0))
+    offset = times - position
+    if np.all(offset == offset[0]) and offset[0] in (0, 1):
+        getLogger().warning(
+            f"cold_item_selection: newest orders items by the {time_field} of their first interaction, but {dataset}'s "
+            f"{time_field} is each interaction's position in its user's sequence ({int(offset[0])}, {int(offset[0]) + 1}, ...): "
+            "newest then picks the items first seen late in some history (ties by token), not new items; use random, "
+            "or a real time"
+        )
 
 
 def check_sequential(dataset_class):

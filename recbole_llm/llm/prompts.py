@@ -62,10 +62,16 @@ def read_item_text(dataset_dir, dataset, text_fields=None, field_names=None, lis
             f"item text file '{path}' not found: LLM features need <dataset>.item with text columns "
             f"(e.g. title:token) next to {dataset}.inter"
         )
+    from recbole_llm.data.atomic import atomic_header, check_encoding, check_field_counts, check_unique_ids
+
+    check_encoding(path)
+    atomic_header(path)  # a byte-order mark, a header cell that is not name:type, a column named twice
+    check_field_counts(path)  # a tab or a line break inside a title (pandas: ParserError, or a row cut in two)
     frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3, encoding="utf-8")
     columns = _column_map(frame.columns)
     if item_field not in columns:
         raise DataFileError(f"'{path}' has no '{item_field}' column (columns: {list(columns)})")
+    check_unique_ids(frame, path, item_field, columns[item_field][0])
     if text_fields is None:
         text_fields = [f for f in columns if f != item_field]
     missing = [f for f in text_fields if f not in columns]

@@ -96,11 +96,15 @@ def build_similar_users(dataset, features, seqs, lens, k):
 
 def load_similar_users(path, dataset, lens, k):
     """(U, k) internal user ids of the similar users of every internal user id of ``dataset``."""
-    artifact = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(artifact, dict) or "user_tokens" not in artifact or "neighbors" not in artifact:
-        raise SimilarUsersError(
-            f"similar-user file '{path}' is not one (no user_tokens/neighbors): delete it, or set llmesr_similar_users: auto"
-        )
+    not_one = (f"similar-user file '{path}' is not one (a torch file of user_tokens and a 2-D neighbors tensor, read with "
+               "weights_only=True, so nothing in it runs): delete it, or set llmesr_similar_users: auto")
+    try:
+        artifact = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (torch raises UnpicklingError, KeyError, RuntimeError, ... for what is not one)
+        raise SimilarUsersError(f"{not_one} ({type(err).__name__})") from None
+    if (not isinstance(artifact, dict) or "user_tokens" not in artifact or not isinstance(artifact.get("neighbors"), torch.Tensor)
+            or artifact["neighbors"].dim() != 2):
+        raise SimilarUsersError(not_one)
     tokens, neighbors = [str(t) for t in artifact["user_tokens"]], artifact["neighbors"]
     if neighbors.size(1) < k:
         raise SimilarUsersError(f"similar-user file '{path}' has {neighbors.size(1)} neighbours per user, the config asks for {k}")
