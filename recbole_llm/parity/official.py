@@ -1,0 +1,86 @@
+"""Running an official checkout on our exported inputs, and reading its results back.
+
+The checkout is copied (without ``.git``) into a scratch folder; the exported inputs go into that copy; the
+official script runs there through :mod:`recbole_llm.parity.shim`, in a child process whose output is logged.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from recbole_llm.parity.export import ParityError
+
+# the official printouts (LLM-ESR / LLMEmb trainers/sequence_trainer.py) -> our metric names
+SEQREC_METRICS = {
+    "NDCG@10": "ndcg@10", "HR@10": "hit@10",
+    "Tail NDCG@10": "ndcg_tail@10", "Tail HR@10": "hit_tail@10",
+    "Popular NDCG@10": "ndcg_head@10", "Popular HR@10": "hit_head@10",
+    "Short NDCG@10": "ndcg_short@10", "Short HR@10": "hit_short@10",
+    "Long NDCG@10": "ndcg_long@10", "Long HR@10": "hit_long@10",
+}
+LEARN_METRICS = {"NDCG@10": "ndcg@10", "Recall@10": "recall@10"}
+ENTRY = {"llmesr": "main.py", "llmemb": "main.py", "learn": os.path.join("src", "training", "main_amazon.py")}
+
+
+def scratch_copy(checkout, scratch, method):
+    """A copy of ``checkout`` in ``scratch`` (refreshed when the checkout changed); the checkout is never written."""
+    checkout, scratch = os.path.abspath(checkout), os.path.abspath(scratch)
+    if not os.path.isfile(os.path.join(checkout, ENTRY[method])):
+        raise ParityError(f"--official '{checkout}' has no {ENTRY[method]}: give a checkout of the {method} repository")
+    if scratch == checkout or scratch.startswith(checkout + os.sep):
+        raise ParityError(f"the scratch folder '{scratch}' lies inside the official checkout: choose another --out")
+    shutil.copytree(checkout, scratch, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git", "saved", "log", "exp"))
+    return scratch
+
+
+def as_flags(args):
+    """``{key: value}`` -> ``--key value`` (True: a bare flag; False/None: left out)."""
+    out = []
+    for key, value in args.items():
+        if value is True:
+            out.append(f"--{key}")
+        elif value is not False and value is not None:
+            out += [f"--{key}", str(value)]
+    return out
+
+
+def run_official(method, scratch, flags, log_path, times_path):
+    """Run the official script in ``scratch`` (its output into ``log_path``); returns the exit code."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    cmd = [sys.executable, "-m", "recbole_llm.parity.shim", method, scratch, times_path, "--"] + flags
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        return subprocess.call(cmd, cwd=scratch, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def parse_seqrec_log(text):
+    """Test metrics, best epoch and parameter count from an LLM-ESR / LLMEmb log (the part after 'Running test')."""
+    if "Running test" not in text:
+        raise ParityError("the official run printed no test results (see its log)")
+    test = text.rsplit("Running test", 1)[1]
+    metrics = {}
+    for name, value in re.findall(r"^\s*((?:Tail |Popular |Short |Long )?(?:NDCG|HR)@10): ([0-9.]+)\s*$", test, re.M):
+        metrics[SEQREC_METRICS[name]] = float(value)
+    best = re.findall(r"The best epoch is (\d+)", text)
+    params = re.findall(r"# of model parameters: (\d+)", text)
+    return metrics, (int(best[-1]) if best else None), (int(params[-1]) if params else None)
+
+
+def read_times(times_path):
+    if not os.path.isfile(times_path):
+        return {"epoch_seconds": [], "evals": []}
+    with open(times_path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def learn_result(times):
+    """LEARN evaluates the test users after every epoch (no model selection): the last evaluation counts."""
+    if not times["evals"]:
+        raise ParityError("the official LEARN run finished no evaluation (see its log)")
+    last = times["evals"][-1]
+    return {ours: float(last[theirs]) for theirs, ours in LEARN_METRICS.items() if theirs in last}

@@ -1,0 +1,200 @@
+"""``python -m recbole_llm.parity --method=llmesr|llmemb|learn --official=PATH --dataset=NAME [--data_path=...]
+[--seeds=42,43,44] [--epochs=N] [--patience=N] [--sides=official,ours] [--out=DIR]``
+
+Records are suite records (:mod:`recbole_llm.suite`): ``<out>/runs/<dataset>/{official,ours}/<seed>.json``, one per
+finished run, skipped on a rerun while their spec is unchanged; our runs go through the suite engine
+(``suite.execute_run``) with the artifact keys built once; ``<out>/results.md`` and ``results.json`` are written
+atomically by the suite's table code, with the pair official -> ours (paired per seed, 95% interval).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+
+import yaml
+
+from recbole_llm import suite as engine
+from recbole_llm.errors import UserError
+from recbole_llm.parity import official, protocol
+from recbole_llm.parity.export import ParityError, tail_thresholds, write_handled, write_learn
+
+METHODS_FILE = os.path.join(os.path.dirname(__file__), "methods.yaml")
+SEQREC_METRICS = ["ndcg@10", "ndcg_tail@10", "ndcg_head@10", "hit@10", "hit_tail@10", "hit_head@10",
+                  "ndcg_short@10", "ndcg_long@10"]
+LEARN_METRICS = ["ndcg@10", "recall@10"]
+
+
+def load_methods():
+    with open(METHODS_FILE, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m recbole_llm.parity", description=__doc__.split("\n\n")[0])
+    p.add_argument("--method", required=True, choices=["llmesr", "llmemb", "learn"])
+    p.add_argument("--official", required=True, help="a checkout of the official repository (read only)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data_path", default=None)
+    p.add_argument("--seeds", default="42,43,44")
+    p.add_argument("--epochs", type=int, default=None, help="epoch cap of both sides (official: 200; LEARN 200)")
+    p.add_argument("--patience", type=int, default=20, help="early-stopping patience of both sides (official 20)")
+    p.add_argument("--sides", default="official,ours")
+    p.add_argument("--out", default=None, help="default benchmarks/parity/<method>_<dataset>")
+    args = p.parse_args(argv)
+    args.seeds = [int(s) for s in str(args.seeds).split(",") if s]
+    args.sides = [s for s in args.sides.split(",") if s]
+    args.out = os.path.abspath(args.out or os.path.join("benchmarks", "parity", f"{args.method}_{args.dataset}"))
+    return args
+
+
+def our_suite(args, spec, thresholds):
+    """The in-memory suite of our side: one row 'ours', the method's keys, the shared budget and thresholds."""
+    mode = "full" if args.method == "learn" else "uni100"
+    config = dict(spec["ours"])
+    config.update(epochs=args.epochs or 200, stopping_step=args.patience, valid_metric="NDCG@10")
+    if thresholds:
+        config.update(tail_threshold=thresholds[0], short_history_threshold=thresholds[1])
+    return {"path": "parity", "datasets": [args.dataset], "data_path": args.data_path, "seeds": args.seeds,
+            "eval_modes": [mode], "config": config, "rows": {"ours": {"model": spec["model"], **config}},
+            "pairs": [["official", "ours"]], "workers": 1, "out": args.out,
+            "metrics": LEARN_METRICS if args.method == "learn" else SEQREC_METRICS}
+
+
+def export(args, spec, shared, data, scratch):
+    """The official inputs for ``data`` in the scratch copy; returns the dataset name the official side uses."""
+    if args.method == "learn":
+        name = args.dataset.capitalize()
+        write_learn(data, scratch, name, "llm")
+        return name
+    folder = os.path.join(scratch, "data", args.dataset, "handled")
+    if args.method == "llmesr":
+        write_handled(data, folder, {"itm_emb_np": "llm", "pca64_itm_emb_np": "pca"})
+    else:
+        write_handled(data, folder, {spec["official_args"]["llm_emb_file"]: "llm", "itm_emb_sasrec": "teacher"})
+    return args.dataset
+
+
+def official_flags(args, spec, name, seed, thresholds):
+    flags = dict(spec["official_args"])
+    if args.method == "learn":
+        base = os.path.join(".", "amazon_2018", "finetune_data")
+        flags.update({"train-data": f"{base}/{name}/", "emb-path": f"{base}/{name}_lmdb", "ft-data": name,
+                      "test-user-data": f"{base}/{name}/", "test-item-data": f"{base}/{name}/smap.json",
+                      "test-emb-lmdb": f"{base}/{name}_lmdb", "max-epochs": args.epochs or 200, "seed": seed,
+                      "log_dir": "./exp/", "name": f"parity_{name}_{seed}"})
+        return official.as_flags(flags)
+    flags.update(dataset=name, model_name=spec["official_model"], seed=seed, num_train_epochs=args.epochs or 200,
+                 patience=args.patience, ts_item=thresholds[0],
+                 ts_user=protocol.matching_user_threshold(thresholds[1]))
+    return official.as_flags(flags)
+
+
+def spec_hash(payload):
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def done(path, spec):
+    if not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    return record.get("status") == "ok" and record.get("spec") == spec
+
+
+def run_official_seed(args, spec, scratch, name, seed, thresholds, mode):
+    """One official run; its record (suite layout) written to runs/<dataset>/official/<seed>.json."""
+    flags = official_flags(args, spec, name, seed, thresholds)
+    path = os.path.join(args.out, "runs", args.dataset, "official", f"{seed}.json")
+    record = {"dataset": args.dataset, "row": "official", "model": spec.get("official_model", "LEARN"), "seed": seed,
+              "keys": {"flags": flags}, "spec": spec_hash([args.method, flags, os.path.basename(scratch)])}
+    if done(path, record["spec"]):
+        return
+    log, times_path = os.path.join(args.out, "logs", f"official_{seed}.log"), os.path.join(args.out, "logs", f"official_{seed}.times.json")
+    start = time.perf_counter()
+    code = official.run_official(args.method, scratch, flags, log, times_path)
+    times = official.read_times(times_path)
+    try:
+        if code != 0:
+            raise ParityError(f"exit code {code} (see {log})")
+        if args.method == "learn":
+            metrics, best, params = official.learn_result(times), None, None
+        else:
+            with open(log, encoding="utf-8") as f:
+                metrics, best, params = official.parse_seqrec_log(f.read())
+        record.update(status="ok", modes={mode: metrics}, best_epoch=best, params=params or 0)
+    except ParityError as err:
+        record.update(status="failed", error=str(err))
+    seconds = times["epoch_seconds"]
+    record.update(sec_per_epoch=statistics.mean(seconds) if seconds else 0.0, epochs=len(seconds),
+                  wall_seconds=time.perf_counter() - start)
+    engine.write_record(path, record)
+    print(f"official seed {seed}: {record['status']}", flush=True)
+
+
+def run_ours(suite, args, shared):
+    for seed in args.seeds:
+        path = engine.run_path(suite, args.dataset, "ours", seed)
+        if not done(path, engine.run_spec(suite, args.dataset, "ours", seed)):
+            engine.execute_run(suite, args.dataset, "ours", seed, shared=shared, threads=1)
+
+
+def report(args, suite, thresholds, shift=None):
+    paths = [engine.run_path(suite, args.dataset, row, seed) for row in ("official", "ours") for seed in args.seeds]
+    records = []
+    for path in paths:
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                records.append(json.load(f))
+    header = (f"Parity `{args.method}` on {args.dataset} (`python -m recbole_llm.parity --method={args.method} "
+              f"--dataset={args.dataset} --seeds={','.join(map(str, args.seeds))} --epochs={args.epochs} "
+              f"--patience={args.patience}`, {time.strftime('%Y-%m-%d')}); tail/short thresholds {thresholds}.")
+    if shift:
+        header += (f" Test targets that are tail by training popularity (ours): {shift['tail_ours']} of {shift['rows']};"
+                   f" by popularity with the test item (official): {shift['tail_official']}; rows in one group only: {shift['moved']}.")
+    table = engine.build_tables(records, suite["pairs"], suite["eval_modes"], suite["metrics"], header)
+    from recbole_llm.fileio import atomic_write_text
+
+    atomic_write_text(os.path.join(args.out, "results.md"), table + "\n")
+    atomic_write_text(os.path.join(args.out, "results.json"), json.dumps(records, indent=1))
+    print(table)
+
+
+def run(args):
+    from recbole_llm.parity.source import gather
+
+    spec = load_methods()[args.method]
+    probe = our_suite(args, spec, None)
+    model, config = engine.run_config(probe, args.dataset, "ours", args.seeds[0])
+    ours_config, shared, data = gather(args.method, model, args.dataset, config)
+    thresholds = None if args.method == "learn" else given_thresholds(ours_config, data)
+    suite = our_suite(args, spec, thresholds)
+    if "official" in args.sides:
+        scratch = official.scratch_copy(args.official, os.path.join(args.out, "scratch"), args.method)
+        name = export(args, spec, shared, data, scratch)
+        for seed in args.seeds:
+            run_official_seed(args, spec, scratch, name, seed, thresholds, suite["eval_modes"][0])
+    if "ours" in args.sides:
+        run_ours(suite, args, shared)
+    shift = protocol.group_shift(data.sequences, data.n_items, thresholds[0]) if thresholds else None
+    report(args, suite, thresholds, shift)
+
+
+def given_thresholds(config, data):
+    """The dataset's own thresholds (beauty 4 / 9), else the 80%-tail and median computed from the split."""
+    computed = tail_thresholds(data.sequences, data.n_items, float(config["tail_ratio"] or 0.8))
+    item = config["tail_threshold"] or computed[0]
+    user = config["short_history_threshold"] or computed[1]
+    return int(item), int(user)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        run(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2)

@@ -1,0 +1,130 @@
+"""The process that runs an official script: ``python -m recbole_llm.parity.shim METHOD CHECKOUT TIMES -- ARGS``.
+
+It runs in the scratch copy of the checkout (their scripts read ``./data`` and ``./amazon_2018``) and patches, in
+this process only, what the official code needs to run here; none of their files is edited:
+
+- LLM-ESR / LLMEmb: ``--dataset`` accepts any name (theirs: yelp|fashion|beauty); ``torch.autograd.set_detect_anomaly``
+  is left off (their main.py switches it on: several times slower, the same numbers); every training epoch is
+  timed into TIMES (JSON: seconds per epoch).
+- LEARN: ``.cuda()`` of modules and tensors stays on the CPU, ``torch.cuda.set_device`` is a no-op, the process
+  group is gloo with one process, DDP is a plain wrapper exposing ``.module``, ``clip.LEARN`` (their import) is their
+  ``src/model/LEARN.py``, the bert-base-uncased config comes from transformers' defaults (the same values, no
+  download), wandb is absent; TIMES gets the seconds of every training epoch and each evaluation's metrics.
+"""
+
+import argparse
+import json
+import os
+import runpy
+import sys
+import time
+import types
+
+from recbole_llm.fileio import atomic_write_text
+
+
+def _record(path, times, evals=None):
+    atomic_write_text(path, json.dumps({"epoch_seconds": times, "evals": evals or []}))
+
+
+def timed(function, times, path, evals=None):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        result = function(*args, **kwargs)
+        times.append(time.perf_counter() - start)
+        _record(path, times, evals)
+        return result
+
+    return wrapper
+
+
+def patch_dataset_choices():
+    original = argparse.ArgumentParser.add_argument
+
+    def add_argument(self, *names, **kwargs):
+        if "--dataset" in names:
+            kwargs.pop("choices", None)
+        return original(self, *names, **kwargs)
+
+    argparse.ArgumentParser.add_argument = add_argument
+
+
+def run_seqrec(checkout, times_path, argv):
+    """LLM-ESR's or LLMEmb's main.py."""
+    import torch
+
+    patch_dataset_choices()
+    torch.autograd.set_detect_anomaly = lambda *a, **k: None
+    sys.path.insert(0, checkout)
+    import trainers.sequence_trainer as st
+
+    times = []
+    st.SeqTrainer._train_one_epoch = timed(st.SeqTrainer._train_one_epoch, times, times_path)
+    sys.argv = [os.path.join(checkout, "main.py")] + argv
+    runpy.run_path(sys.argv[0], run_name="__main__")
+
+
+class PlainParallel:
+    """DistributedDataParallel on one CPU process: the module itself, reachable as ``.module``."""
+
+    def __new__(cls, module, *args, **kwargs):
+        object.__setattr__(module, "module", module)  # not a registered submodule: no cycle in state_dict
+        return module
+
+
+def patch_cpu():
+    import torch
+    import torch.distributed as dist
+    from transformers import BertConfig
+
+    torch.nn.Module.cuda = lambda self, *a, **k: self
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    torch.cuda.set_device = lambda *a, **k: None
+    init = dist.init_process_group
+    dist.init_process_group = lambda *a, **k: init(backend="gloo", world_size=1, rank=0)
+    torch.nn.parallel.DistributedDataParallel = PlainParallel
+    BertConfig.from_pretrained = classmethod(lambda cls, *a, **k: cls())
+    sys.modules.setdefault("wandb", types.ModuleType("wandb"))
+    os.environ.update({"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+
+
+def run_learn(checkout, times_path, argv):
+    """LEARN's src/training/main_amazon.py (finetune stage) on the CPU."""
+    patch_cpu()
+    src = os.path.join(checkout, "src")
+    sys.path.insert(0, src)
+    import model as model_package
+    import model.LEARN as learn_module
+
+    sys.modules["clip"], sys.modules["clip.LEARN"] = model_package, learn_module
+    import training.train_amazon as train_module
+
+    times, evals = [], []
+    evaluate = train_module.evaluate_amazon
+
+    def evaluate_and_keep(*args, **kwargs):
+        metrics = evaluate(*args, **kwargs)
+        evals.append({k: float(v) for k, v in metrics.items()})
+        _record(times_path, times, evals)
+        return metrics
+
+    train_module.train_amazon = timed(train_module.train_amazon, times, times_path, evals)
+    train_module.evaluate_amazon = evaluate_and_keep
+    import training.main_amazon as main_module
+
+    sys.argv = [os.path.join(src, "training", "main_amazon.py")] + argv
+    main_module.main()
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) < 4 or argv[3] != "--":
+        raise SystemExit("usage: python -m recbole_llm.parity.shim llmesr|llmemb|learn CHECKOUT TIMES.json -- ARGS")
+    method, checkout, times_path, rest = argv[0], os.path.abspath(argv[1]), os.path.abspath(argv[2]), argv[4:]
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # their checkpoints hold optimizer states
+    (run_learn if method == "learn" else run_seqrec)(checkout, times_path, rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""The parity harness without the official code: exported files read back as the official loaders read them
+(readers written from their documented formats), the evaluator cross-check, the shim's patches, log parsing."""
+
+import argparse
+import json
+import os
+import pickle
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+from recbole.evaluator.collector import DataStruct
+from recbole.evaluator.metrics import NDCG, Hit
+
+from recbole_llm.compat import numpy_compatibility_settings
+from recbole_llm.evaluator.longtail import GROUPED_METRICS, ITEM_POP_KEY, TARGET_KEY, USER_KEY, USER_LEN_KEY
+from recbole_llm.parity import official, protocol
+from recbole_llm.parity.export import (
+    ParityData, ParityError, check_against_split, dense_sequences, tail_thresholds, user_sequences_in_time_order,
+    write_handled, write_learn,
+)
+from recbole_llm.parity.shim import PlainParallel, patch_dataset_choices
+
+numpy_compatibility_settings()
+
+SEQS = [[1, 2, 3, 4], [2, 3, 5], [5, 1, 2, 6, 3], [4, 6, 1]]  # users 1..4, items 1..6
+
+
+def tiny_data():
+    rng = np.random.default_rng(0)
+    data = ParityData(sequences=[list(s) for s in SEQS], n_items=6, user_tokens=["[PAD]", "a", "b", "c", "d"],
+                      item_tokens=["[PAD]"] + [f"i{k}" for k in range(1, 7)])
+    data.tables = {"llm": rng.normal(size=(6, 8)).astype(np.float32), "pca": rng.normal(size=(6, 4)).astype(np.float32)}
+    data.similar = np.array([[1, 2], [0, 3], [3, 0], [2, 1]])
+    return data
+
+
+# ---- readers written from the official formats -------------------------------------------------------------
+def read_like_llmesr_generator(folder):
+    """generators/generator.py: inter.txt -> {u: items}; train = all but the last two, valid, test."""
+    users = defaultdict(list)
+    with open(os.path.join(folder, "inter.txt")) as f:
+        for line in f:
+            u, i = line.rstrip().split(" ")
+            users[int(u)].append(int(i))
+    train = {u: s[:-2] for u, s in users.items()}
+    return users, train, {u: [s[-2]] for u, s in users.items()}, {u: [s[-1]] for u, s in users.items()}
+
+
+def official_table(folder, stem):
+    """models/DualLLMSRS.py: the pickle with a zero row prepended (row 0 = padding), then one appended."""
+    table = pickle.load(open(os.path.join(folder, f"{stem}.pkl"), "rb"))
+    table = np.insert(table, 0, values=np.zeros((1, table.shape[1])), axis=0)
+    return np.concatenate([table, np.zeros((1, table.shape[1]))], axis=0)
+
+
+def test_handled_files_read_back_in_the_official_shapes_and_orders(tmp_path):
+    data = tiny_data()
+    folder = write_handled(data, str(tmp_path / "data" / "x" / "handled"), {"itm_emb_np": "llm", "pca64_itm_emb_np": "pca"})
+    users, train, valid, test = read_like_llmesr_generator(folder)
+    assert list(users) == [1, 2, 3, 4] and max(max(s) for s in users.values()) == 6  # their user_num / item_num
+    assert [users[u] for u in users] == SEQS and test[3] == [3] and valid[3] == [6] and train[3] == [5, 1, 2]
+    llm = official_table(folder, "itm_emb_np")
+    assert llm.shape == (8, 8) and np.allclose(llm[3], data.tables["llm"][2]) and not llm[0].any()
+    assert np.allclose(official_table(folder, "pca64_itm_emb_np")[6], data.tables["pca"][5])
+    sims = pickle.load(open(os.path.join(folder, "sim_user_100.pkl"), "rb"))
+    # their Seq2SeqDatasetAllUser: self.data = list(users) order; sims[index] are indices into it
+    data_list = [train[u] for u in users]
+    assert sims.shape == (4, 2) and data_list[sims[0][0]] == train[2] and data_list[sims[2][0]] == train[4]
+
+
+def test_learn_files_read_back_as_their_loaders_do(tmp_path):
+    lmdb = pytest.importorskip("lmdb")
+    data = tiny_data()
+    write_learn(data, str(tmp_path), "Tiny", "llm")
+    base = tmp_path / "amazon_2018" / "finetune_data"
+    smap = json.load(open(base / "Tiny" / "smap.json"))
+    product2emb = pickle.load(open(base / "product2emb_Tiny.pkl", "rb"))
+    gallery = np.stack([product2emb[p] for p in smap])  # AmazonDatasetFinetune.idx2embedding, smap order
+    assert gallery.shape == (6, 4096) and not gallery[:, 8:].any()
+    assert np.allclose(gallery[smap["i4"], :8], data.tables["llm"][3])
+    train = json.load(open(base / "Tiny" / "train_product.json"))
+    val, test = (json.load(open(base / "Tiny" / f"{s}_product.json")) for s in ("val", "test"))
+    assert train["c"] == ["i5", "i1", "i2"] and val["c"] == ["i6"] and test["c"] == ["i3"]
+    env = lmdb.open(str(base / "Tiny_lmdb"), readonly=True, lock=False)
+    with env.begin(buffers=True) as txn:  # AmazonDatasetTestUser.itemid_to_emb
+        vector = pickle.loads(txn.get("i2".encode("utf-8")).tobytes())
+    assert np.allclose(vector[:8], data.tables["llm"][1])
+
+
+def test_sequences_checked_against_recbole_split_and_thresholds():
+    by_user = user_sequences_in_time_order([2, 1, 1, 2, 1, 2], [7, 3, 4, 8, 5, 9], [0, 2, 1, 1, 0, 2])
+    assert by_user == {1: [5, 4, 3], 2: [7, 8, 9]}
+    check_against_split(by_user, {"valid": ([1, 2], [4, 8]), "test": ([1, 2], [3, 9])})
+    with pytest.raises(ParityError, match="position -1"):
+        check_against_split(by_user, {"valid": ([1], [4]), "test": ([1], [4])})
+    with pytest.raises(ParityError, match="fewer than 3"):
+        dense_sequences({1: [1, 2]}, 1)
+    # training popularity (all but the last two) of items 1..6: [2, 3, 0, 1, 1, 0]: 4 of 6 below 2, 5 of 6 below 3;
+    # training lengths [2, 1, 3, 1]: median 1.5, rounded up
+    assert tail_thresholds(SEQS, 6) == (3, 2)
+
+
+# ---- the evaluator cross-check ---------------------------------------------------------------------------------
+SCORES = np.array([  # column 0 = the target, 1..5 sampled negatives; k = 3
+    [0.9, 0.1, 0.2, 0.3, 0.0, 0.4],  # rank 0
+    [0.5, 0.6, 0.7, 0.1, 0.2, 0.3],  # rank 2
+    [0.1, 0.9, 0.8, 0.7, 0.6, 0.5],  # rank 5: miss
+    [0.4, 0.5, 0.1, 0.2, 0.3, 0.0],  # rank 1
+])
+TARGETS = np.array([4, 5, 3, 1])  # the users' test items (last of SEQS)
+
+
+def ours_on_scores(pop, user_len, users, k=3, tail=2, short=3):
+    """Our metrics from the same score matrix, as RecBole's collector builds rec.topk for sampled candidates."""
+    top = torch.topk(torch.tensor(SCORES), k, dim=1).indices
+    topk = torch.cat([(top == 0).int(), torch.ones(len(SCORES), 1, dtype=torch.int)], dim=1)
+    struct = DataStruct()
+    for key, value in (("rec.topk", topk), (TARGET_KEY, torch.tensor(TARGETS)), (USER_KEY, torch.tensor(users)),
+                       (ITEM_POP_KEY, torch.tensor(pop)), (USER_LEN_KEY, torch.tensor(user_len))):
+        struct.set(key, value)
+    config = {"topk": [k], "metric_decimal_place": 6, "tail_threshold": tail, "tail_ratio": 0.8,
+              "short_history_threshold": short}
+    out = {**NDCG(config).calculate_metric(struct), **Hit(config).calculate_metric(struct)}
+    for name in ("ndcg_tail", "ndcg_head", "hit_tail", "hit_head", "ndcg_short", "ndcg_long", "hit_short", "hit_long"):
+        out.update(GROUPED_METRICS[name](config).calculate_metric(struct))
+    return {key: float(value) for key, value in out.items()}
+
+
+def test_same_scores_give_the_same_numbers_through_both_evaluators():
+    ranks = protocol.ranks_from_scores(SCORES)
+    assert ranks.tolist() == [0, 2, 5, 1]
+    pop = protocol.popularity(SEQS, 6, with_test=False)  # ours: training only; tail (< 2): items 3, 4, 5, 6
+    assert pop.tolist() == [0, 2, 3, 0, 1, 1, 0]
+    theirs = {**protocol.overall(ranks, k=3), **protocol.item_groups(ranks, TARGETS, pop, 2, skip_first=False, k=3)}
+    lengths = [len(s) - 2 for s in SEQS]
+    theirs.update(protocol.user_groups(ranks, lengths, 3, k=3))
+    ours = ours_on_scores(pop.tolist(), [0] + lengths, [1, 2, 3, 4])
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value, abs=1e-6), key
+    assert theirs["ndcg@3"] == pytest.approx((1 + 0.5 + 0 + 1 / np.log2(3)) / 4)
+
+
+def test_official_quirks_measured_on_the_hand_example():
+    ranks = protocol.ranks_from_scores(SCORES)
+    train_pop = protocol.popularity(SEQS, 6, with_test=False)
+    clean = protocol.item_groups(ranks, TARGETS, train_pop, 2, skip_first=False, k=3)
+    # tail rows 0, 1, 2 (ranks 0, 2, 5), head row 3 (rank 1)
+    assert clean["hit_tail@3"] == pytest.approx(2 / 3) and clean["hit_head@3"] == 1.0
+    # 1. the first row left out of the numerators: its tail hit (rank 0) vanishes, its count stays
+    skipped = protocol.item_groups(ranks, TARGETS, train_pop, 2, skip_first=True, k=3)
+    assert skipped["hit_tail@3"] == pytest.approx(1 / 3) and skipped["ndcg_tail@3"] == pytest.approx(0.5 / 3)
+    # 2. popularity with the test item: every target gains its own user; items 4, 5, 3 reach 2 users: all head
+    full_pop = protocol.popularity(SEQS, 6, with_test=True)
+    assert full_pop.tolist() == [0, 3, 3, 3, 2, 2, 2]
+    leaked = protocol.item_groups(ranks, TARGETS, full_pop, 2, skip_first=False, k=3)
+    assert leaked["hit_tail@3"] == 0.0 and leaked["hit_head@3"] == pytest.approx(3 / 4)
+    assert protocol.group_shift(SEQS, 6, 2) == {"rows": 4, "tail_ours": 3, "tail_official": 0, "moved": 3}
+    # 3. the user length: train + valid items on their side, so ts_user = ours + 1 gives the same groups
+    ours_short = np.array([len(s) - 2 for s in SEQS]) < 2
+    assert (np.array([len(s) - 1 for s in SEQS]) < protocol.matching_user_threshold(2)).tolist() == ours_short.tolist()
+
+
+# ---- running the official code --------------------------------------------------------------------------------
+def test_official_log_is_parsed_into_our_metric_names():
+    log = ("# of model parameters: 1234\nThe best epoch is 7\n********** Running test **********\n"
+           "Overall Performance:\n\t NDCG@10: 0.41000\n\t HR@10: 0.60000\nUser Group Performance:\n"
+           "\t Short NDCG@10: 0.30000\n\t Short HR@10: 0.50000\n\t Long NDCG@10: 0.45000\n\t Long HR@10: 0.65000\n"
+           "Item Group Performance:\n\t Tail NDCG@10: 0.10000\n\t Tail HR@10: 0.20000\n"
+           "\t Popular NDCG@10: 0.50000\n\t Popular HR@10: 0.70000\n")
+    metrics, best, params = official.parse_seqrec_log("\t NDCG@10: 0.9\n" + log)  # validation lines ignored
+    assert metrics["ndcg@10"] == 0.41 and metrics["ndcg_tail@10"] == 0.1 and metrics["hit_head@10"] == 0.7
+    assert metrics["ndcg_short@10"] == 0.3 and best == 7 and params == 1234 and len(metrics) == 10
+    with pytest.raises(ParityError):
+        official.parse_seqrec_log("Epoch 1 eval")
+    assert official.as_flags({"a": 1, "flag": True, "off": False, "x-y": "z"}) == ["--a", "1", "--flag", "--x-y", "z"]
+
+
+def test_scratch_copy_refuses_a_folder_inside_the_checkout(tmp_path):
+    (tmp_path / "co").mkdir()
+    (tmp_path / "co" / "main.py").write_text("")
+    with pytest.raises(ParityError, match="inside"):
+        official.scratch_copy(str(tmp_path / "co"), str(tmp_path / "co" / "scratch"), "llmesr")
+    with pytest.raises(ParityError, match="no main.py"):
+        official.scratch_copy(str(tmp_path), str(tmp_path / "s"), "llmesr")
+    assert os.path.isfile(os.path.join(official.scratch_copy(str(tmp_path / "co"), str(tmp_path / "s"), "llmesr"), "main.py"))
+
+
+def test_shim_patches(monkeypatch):
+    monkeypatch.setattr(argparse.ArgumentParser, "add_argument", argparse.ArgumentParser.add_argument)
+    patch_dataset_choices()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", choices=["yelp", "beauty"])
+    parser.add_argument("--model", choices=["a"])
+    assert parser.parse_args(["--dataset", "scientific", "--model", "a"]).dataset == "scientific"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "b"])
+    module = torch.nn.Linear(2, 2)
+    wrapped = PlainParallel(module, device_ids=[0])
+    assert wrapped is module and wrapped.module is module and set(module.state_dict()) == {"weight", "bias"}
+
+
+def test_gather_exports_what_our_llmesr_reads(tmp_path):
+    from conftest import write_tiny_dataset
+    from test_llmemb import llm_config, write_features
+
+    from recbole_llm.parity.source import gather
+
+    data_path = write_tiny_dataset(str(tmp_path / "data"))
+    write_features(str(tmp_path / "features"), dim=16)
+    cfg = llm_config(data_path, tmp_path, llmesr_alpha=0.1, hidden_size=8, llmesr_sim_users=3, MAX_ITEM_LIST_LENGTH=20)
+    config, shared, data = gather("llmesr", "LLMESRSASRec", "tiny", cfg)
+    assert shared["llm_feature"] == "rand" and len(data.sequences) == 40 and data.n_items == 30
+    assert data.tables["llm"].shape == (30, 16) and data.tables["pca"].shape == (30, 8)
+    assert data.similar.shape == (40, 3) and data.similar.min() >= 0 and data.similar.max() < 40
+    assert all(data.similar[u, 0] != u for u in range(40))
+    from recbole_llm.llm.features import feature_base, load_features
+
+    tokens, matrix, _ = load_features(feature_base(str(tmp_path / "features"), "tiny", "rand"), float32=True)
+    for row in (0, 4, 29):  # export row r = the feature row of our item r + 1, found by its token
+        assert np.allclose(data.tables["llm"][row], matrix[tokens.index(data.item_tokens[row + 1])])
+    # the similar users are our artifact's, in 0-based rows: user u's first neighbour is our model's
+    from recbole_llm.model.similar_users import similar_users_path
+
+    artifact = torch.load(similar_users_path(config, "rand", 3), weights_only=True)
+    assert (artifact["neighbors"][1:] - 1).clamp(min=0).numpy().tolist() == data.similar.tolist()
