@@ -118,3 +118,24 @@ def test_readme_without_the_markers_is_refused(tmp_path, capsys):
         handle.write("# toy\n")
     assert main([f"--sources={sources}", f"--out={root}/r.md", f"--root={root}", f"--readme={readme}", "--no_plots"]) == 2
     assert BEGIN in capsys.readouterr().err and open(readme).read() == "# toy\n"
+
+
+def test_a_suite_store_is_read_through_the_suite(tmp_path):
+    """A source given as a suite file reads that suite's store (<out>/runs/<dataset>/<row>/<seed>.json)."""
+    root = str(tmp_path)
+    with open(os.path.join(root, "toy.yaml"), "w") as handle:
+        yaml.safe_dump({"datasets": ["toy"], "seeds": [1, 2], "rows": {"SASRec": {"model": "SASRec"},
+                        "LLMEmbSASRec": {"model": "LLMEmbSASRec"}}, "out": "elsewhere"}, handle)
+    for row, values in {"SASRec": (0.10, 0.20), "LLMEmbSASRec": (0.12, 0.22)}.items():
+        for seed, ndcg in zip((1, 2), values):
+            path = os.path.join(root, "store", "runs", "toy", row, f"{seed}.json")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as handle:
+                json.dump({"dataset": "toy", "row": row, "model": row, "seed": seed, "status": "ok", "sec_per_epoch": 1.0,
+                           "modes": {"full": {"ndcg@10": ndcg, "ndcg_tail@10": ndcg, "ndcg_head@10": ndcg}}}, handle)
+    with open(os.path.join(root, "sources.yaml"), "w") as handle:
+        yaml.safe_dump({"sources": [{"id": "s", "title": "toy suite", "suite": "toy.yaml", "out": "store"}]}, handle)
+    out = os.path.join(root, "results.md")
+    assert main([f"--sources={root}/sources.yaml", f"--out={out}", f"--root={root}", "--no_plots"]) == 0
+    line = row_line(open(out).read(), "| LLMEmbSASRec | full | 2 |")
+    assert "+15.0% [" in line and "paired, 2 seeds" in line  # +20% and +10% per seed
