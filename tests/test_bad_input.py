@@ -86,19 +86,30 @@ def test_a_file_that_is_not_a_checkpoint(cli, tmp_path):
 
 
 def test_export_bert4rec(tiny_data, tmp_path):
-    """BERT4Rec is exported with the user state it scores with (a mask token after the history)."""
+    """BERT4Rec is exported with the user state it scores with (a mask token after the history), also for histories
+    that fill MAX_ITEM_LIST_LENGTH (ml-100k has them: the export stopped at 'index 50 is out of bounds')."""
     import numpy as np
 
     from recbole_llm import run_recbole_llm
-    from recbole_llm.export import export_embeddings
+    from recbole_llm.export import export_embeddings, full_histories
+    from recbole_llm.quick_start import load_model_file
 
     result = run_recbole_llm(model="BERT4Rec", dataset="tiny", config_dict={
         "data_path": tiny_data, "checkpoint_dir": str(tmp_path / "saved"), "epochs": 1, "state": "WARNING", "show_progress": False,
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1,
+        "MAX_ITEM_LIST_LENGTH": 6,
     })
     n_users, n_items = export_embeddings(result["model_file"], str(tmp_path / "out"))
     users = np.load(tmp_path / "out" / "users.npy")
     assert users.shape == (n_users, 16) and np.isfinite(users).all() and n_items == 30
+    _, model, _, _, test = load_model_file(result["model_file"], {"state": "WARNING"})
+    model.eval()
+    seq, seq_len = full_histories(test._dataset, 6)
+    assert (seq_len == 6).any() and (seq_len < 6).any()  # full and shorter histories
+    with torch.no_grad():
+        scores = model.full_sort_predict({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: seq_len})
+    table = model.item_embedding.weight[: model.n_items].detach().numpy()
+    np.testing.assert_allclose(users @ table.T + model.output_bias.detach().numpy(), scores.numpy(), rtol=1e-4, atol=1e-4)
 
 
 # ---- a user's own files ------------------------------------------------------------------------------------

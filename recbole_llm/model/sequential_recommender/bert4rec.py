@@ -59,9 +59,11 @@ class BERT4Rec(SampledSoftmaxMixin, RecBoleBERT4Rec):
             self.register_buffer("output_bias", torch.zeros(self.n_items))
 
     def user_embeddings(self, item_seq, item_seq_len):
-        """(B, H) user states as full_sort_predict scores them: the output at a mask token after the history."""
+        """(B, H) user states as full_sort_predict scores them: the output at a mask token after the history. As in
+        RecBole, the mask goes to position ``len`` and the first column is dropped, so it sits at ``len - 1``; a
+        history that fills MAX_ITEM_LIST_LENGTH loses its oldest item to make room."""
         masked = self.reconstruct_test_data(item_seq, item_seq_len)
-        return self.gather_indexes(self.forward(masked), item_seq_len)
+        return self.gather_indexes(self.forward(masked), item_seq_len - 1)
 
     def forward(self, item_seq):
         """(B, L, H) states of left-aligned ``item_seq`` (RecBole's forward, per length group)."""
