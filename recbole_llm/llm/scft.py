@@ -28,7 +28,7 @@ import torch
 from recbole_llm.errors import DataFileError, UserError
 from recbole_llm.fileio import atomic_torch_save, build_once, file_fingerprint, load_plain, plain
 from recbole_llm.llm import features as feature_io
-from recbole_llm.llm.embed import embed_texts, llm_short_name, load_llm, pool, resolve_llm_path
+from recbole_llm.llm.embed import embed_texts, last_hidden, llm_short_name, load_llm, pool, resolve_llm_path
 from recbole_llm.llm.extract import dataset_item_tokens, ensure_pca_companion, is_current
 from recbole_llm.llm.prompts import build_prompts, llmemb_prompt, prompt_config, read_item_text, template_hash
 from recbole_llm.llm.contrastive import info_nce_loss, soft_contrastive_loss
@@ -101,6 +101,11 @@ def lora_targets(model, requested=None):
         found = [t for t in family if t in names]
         if found:
             return found
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in PEFT_TARGETS:  # other architectures (GPT-2's fused c_attn, Falcon's query_key_value): peft's choice
+        return list(PEFT_TARGETS[model_type])
     raise ValueError(f"cannot choose LoRA targets automatically (linear layers: {sorted(names)}): pass --target_modules")
 
 
@@ -109,7 +114,7 @@ def embed_batch(model, tokenizer, texts, max_length, pooling, device):
     batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
     autocast = torch.device(device).type == "cuda"
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
-        hidden = model(**batch).last_hidden_state
+        hidden = last_hidden(model, batch)
     return pool(hidden.float(), batch["attention_mask"], pooling)
 
 
