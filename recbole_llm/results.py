@@ -1,7 +1,7 @@
 """The results page: ``python -m recbole_llm.results`` builds docs/results.md from the stored run records.
 
     python -m recbole_llm.results [--sources=benchmarks/results.yaml] [--out=docs/results.md] [--readme=README.md]
-                                  [--no_plots]
+                                  [--no_plots] [--check]
 
 ``--sources`` lists the record sets (benchmarks/results.yaml says how): raw JSONs of the former
 benchmarks/llmemb_vs_sasrec.py (read by :func:`recbole_llm.suite.legacy_records`), ``python -m recbole_llm.benchmark``
@@ -12,7 +12,8 @@ number of seeds, the change against the row's baseline (SASRec unless the set na
 both ran, and the epoch time; with a head/tail (warm/cold) bar plot per protocol under ``<out folder>/results/``.
 A "Results at a glance" table picks cells from those tables; ``--readme`` also writes it between the README's
 ``<!-- results-at-a-glance -->`` and ``<!-- /results-at-a-glance -->`` lines. Everything is written atomically, and
-the page holds no build time, so the same records give the same page.
+the page holds no build time, so the same records give the same page: ``--check`` writes nothing and exits 1 when
+the page (or the README's block) is not what the records give.
 """
 
 import argparse
@@ -202,8 +203,9 @@ def source_table(source, rows):
     return lines
 
 
-def plot_source(source, rows, out_dir):
-    """One bar plot per protocol (head / tail; warm / cold for the cold protocol); the paths written."""
+def plot_source(source, rows, out_dir, draw=True):
+    """One bar plot per protocol (head / tail; warm / cold for the cold protocol); their paths (``draw=False``: the
+    paths only, nothing written)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,7 +225,7 @@ def plot_source(source, rows, out_dir):
             bars.append(bar)
         if bars:
             path = os.path.join(out_dir, f"{source['id']}-{mode}.png")
-            paths.append(grouped_bars(bars, groups, f"{source['title']} ({protocol_label(source, mode)})", path))
+            paths.append(grouped_bars(bars, groups, f"{source['title']} ({protocol_label(source, mode)})", path) if draw else path)
     return paths
 
 
@@ -322,8 +324,8 @@ def build_page(spec, tables, archived, page_dir, root, plots):
     return "\n".join(lines)
 
 
-def rewrite_readme(path, fragment):
-    """Put ``fragment`` between the README's glance markers (the rest of the file as it is)."""
+def readme_with(path, fragment):
+    """(the README's text, the text with ``fragment`` between its glance markers)."""
     try:
         with open(path) as handle:
             text = handle.read()
@@ -332,7 +334,7 @@ def rewrite_readme(path, fragment):
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < start:
         raise ConfigError(f"--readme: '{path}' has no '{BEGIN}' ... '{END}' block: add the two lines where the table goes")
-    atomic_write_text(path, text[:start + len(BEGIN)] + "\n" + fragment.strip("\n") + "\n" + text[end:])
+    return text, text[:start + len(BEGIN)] + "\n" + fragment.strip("\n") + "\n" + text[end:]
 
 
 def parse_args(argv):
@@ -343,14 +345,13 @@ def parse_args(argv):
     parser.add_argument("--root", default=".", help="the folder the sources' paths are relative to (the checkout)")
     parser.add_argument("--readme", default=None, help="also write the glance table into this README's marked block")
     parser.add_argument("--no_plots", action="store_true", help="leave the plots out")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 when the page (and --readme's block) differ from what the records give")
     return parser.parse_args(argv)
 
 
-@cli_entry
-def main(argv=None):
-    args = parse_args(argv)
-    spec = load_sources(args.sources)
-    root, page_dir = os.path.abspath(args.root), os.path.dirname(os.path.abspath(args.out))
+def build_tables(spec, root, plot_dir, draw):
+    """({source id: (source, rows)}, [archived sources], {source id: [plot paths]})."""
     tables, archived, plots = {}, [], {}
     for source in spec["sources"]:
         if source.get("archived"):
@@ -360,16 +361,42 @@ def main(argv=None):
         if not rows:
             raise ConfigError(f"results source '{source['id']}': no finished run of {source.get('rows') or 'any row'} in its records")
         tables[source["id"]] = (source, rows)
-        if not args.no_plots:
-            plots[source["id"]] = plot_source(source, rows, os.path.join(page_dir, "results"))
-    page = build_page(spec, tables, archived, page_dir, root, plots)
-    atomic_write_text(os.path.abspath(args.out), page)
-    print(f"wrote {args.out}" + (f" and {sum(len(p) for p in plots.values())} plots in {os.path.join(page_dir, 'results')}" if plots else ""))
+        if plot_dir:
+            plots[source["id"]] = plot_source(source, rows, plot_dir, draw)
+    return tables, archived, plots
+
+
+def current(path, text):
+    """Whether ``path`` holds ``text`` already."""
+    try:
+        with open(path) as handle:
+            return handle.read() == text
+    except OSError:
+        return False
+
+
+@cli_entry
+def main(argv=None):
+    args = parse_args(argv)
+    spec = load_sources(args.sources)
+    root, out = os.path.abspath(args.root), os.path.abspath(args.out)
+    plot_dir = None if args.no_plots else os.path.join(os.path.dirname(out), "results")
+    tables, archived, plots = build_tables(spec, root, plot_dir, draw=not args.check)
+    outputs = {out: build_page(spec, tables, archived, os.path.dirname(out), root, plots)}
     if args.readme:
-        readme_dir = os.path.dirname(os.path.abspath(args.readme))
-        prefix = os.path.relpath(os.path.abspath(args.out), readme_dir).replace(os.sep, "/")
-        rewrite_readme(args.readme, "\n".join(glance_table(spec, tables, prefix)))
-        print(f"wrote the glance table into {args.readme}")
+        prefix = os.path.relpath(out, os.path.dirname(os.path.abspath(args.readme))).replace(os.sep, "/")
+        outputs[os.path.abspath(args.readme)] = readme_with(args.readme, "\n".join(glance_table(spec, tables, prefix)))[1]
+    if args.check:
+        stale = [path for path, text in outputs.items() if not current(path, text)]
+        for path in stale:
+            print(f"{os.path.relpath(path)} is not what its records give: run python -m recbole_llm.results"
+                  + (f" --readme={args.readme}" if args.readme else ""))
+        return 1 if stale else 0
+    for path, text in outputs.items():
+        atomic_write_text(path, text)
+        print(f"wrote {os.path.relpath(path)}")
+    if plots:
+        print(f"wrote {sum(len(p) for p in plots.values())} plots in {os.path.relpath(plot_dir)}")
     return 0
 
 

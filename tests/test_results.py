@@ -139,3 +139,22 @@ def test_a_suite_store_is_read_through_the_suite(tmp_path):
     assert main([f"--sources={root}/sources.yaml", f"--out={out}", f"--root={root}", "--no_plots"]) == 0
     line = row_line(open(out).read(), "| LLMEmbSASRec | full | 2 |")
     assert "+15.0% [" in line and "paired, 2 seeds" in line  # +20% and +10% per seed
+
+
+def test_check_finds_a_page_its_records_no_longer_give(tmp_path, capsys):
+    code, _, _, root = build(tmp_path)
+    args = [f"--sources={root}/sources.yaml", f"--out={root}/docs/results.md", f"--root={root}", f"--readme={root}/README.md", "--check"]
+    assert code == 0 and main(args) == 0
+    path = os.path.join(root, "cold", "runs", "LEARN-2.json")
+    run = json.load(open(path))
+    run["test"]["ndcg_cold@10"] = 0.07
+    json.dump(run, open(path, "w"))
+    assert main(args) == 1
+    assert "results.md is not what its records give" in capsys.readouterr().out
+
+
+def test_the_committed_page_and_readme_block_are_what_the_records_give():
+    """docs/results.md and the README's glance block are generated: after new records, run the command it prints."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert main([f"--sources={root}/benchmarks/results.yaml", f"--out={root}/docs/results.md", f"--root={root}",
+                 f"--readme={root}/README.md", "--check"]) == 0
