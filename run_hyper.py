@@ -5,7 +5,8 @@
         [--cpus_per_trial=1 --gpus_per_trial=0] [--address=auto|ray://host:port] [--output=DIR] \
         [--config_files="a.yaml b.yaml"] [--<config key>=<value> ...]
 
-Extra ``--key=value`` flags are fixed config values for every trial (e.g. ``--epochs=20``).
+Extra ``--key=value`` flags are fixed config values for every trial (e.g. ``--epochs=20``). The params file's keys
+and the fixed config are checked before Ray starts (exit code 2); the exit code is 1 when every trial failed.
 """
 
 import argparse
@@ -42,10 +43,14 @@ def main(argv=None):
     from recbole_llm.tune import HyperFileError, run_search
 
     try:
-        run_search(args)
+        rows, _ = run_search(args)
     except (UnknownNameError, HyperFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    failed = [r for r in rows if r["status"] == "ERROR"]
+    if rows and len(failed) == len(rows):  # nothing was tuned: say so in the exit code, not only in the table
+        print(f"error: all {len(rows)} trials failed (first: {failed[0]['error'] or 'see its Ray log'}); see trials.csv", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -66,6 +66,22 @@ def parse_hyper_file(path):
     return space
 
 
+def check_space_keys(space, path):
+    """Every parameter of the params file must be a config key some code reads (else every trial fails): one line
+    naming the file, the key and the nearest known name."""
+    import difflib
+
+    from recbole_llm.config import known_config_keys
+
+    known = known_config_keys()
+    for name in space:
+        if name not in known:
+            near = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise HyperFileError(f"params file '{path}': unknown config key '{name}'{hint}: no RecBole or recbole-llm code reads it; "
+                                 "fix its name or drop the line")
+
+
 def to_ray_space(space, search="random"):
     from ray import tune
 
@@ -195,6 +211,7 @@ def run_search(args):
     from recbole_llm.config import parse_overrides
 
     base_config = {"state": "WARNING", "show_progress": False, **parse_overrides(args.extra or [])}
+    check_space_keys(space, args.params_file)  # before the base config builds any artifact, and before Ray starts
     shared, config = prepare_shared_artifacts(args.model, args.dataset, config_file_list, base_config)
     base_config.update(shared)
     base_config["data_path"] = os.path.dirname(os.path.abspath(config["data_path"]))

@@ -70,3 +70,36 @@ def test_two_trial_search_records_failure_and_best_config_reruns(tiny_data, tmp_
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "test result" in rerun.stdout
+
+
+def test_unknown_key_in_params_file_stops_before_ray(tiny_data, tmp_path, capsys):
+    """A misspelt key made every trial fail and the search exit 0; now one line, exit 2, before any artifact or Ray."""
+    import run_hyper
+
+    params = tmp_path / "p.hyper"
+    params.write_text("learning_rate loguniform -8,-5\nhiden_size choice [16,32]\n")
+    out = tmp_path / "search"
+    code = run_hyper.main(["--model=SASRec", "--dataset=tiny", f"--data_path={tiny_data}", f"--params_file={params}", f"--output={out}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"params file '{params}': unknown config key 'hiden_size' (did you mean 'hidden_size'?)" in err
+    assert not out.exists()
+    code = run_hyper.main(["--model=SASRec", "--dataset=tiny", f"--data_path={tiny_data}", f"--params_file={os.path.join(ROOT, 'hyper', 'sasrec.hyper')}",
+                           f"--output={out}", "--epoch=1"])  # the fixed config is checked before Ray too
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown config key 'epoch' (did you mean 'epochs'?)" in err and not out.exists()
+
+
+def test_every_trial_failing_exits_non_zero(tiny_data, tmp_path):
+    params = tmp_path / "p.hyper"
+    params.write_text("n_heads choice [3]\n")  # 3 heads do not divide hidden 16: the only trial fails
+    out = tmp_path / "search"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run_hyper.py"), "--model=SASRec", "--dataset=tiny", f"--data_path={tiny_data}",
+         f"--params_file={params}", "--search=grid", "--scheduler=fifo", "--num_cpus=1", f"--output={out}", "--epochs=1",
+         "--hidden_size=16", "--inner_size=32", "--load_col={'inter':['user_id','item_id','timestamp']}"],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "error: all 1 trials failed" in proc.stderr and "attention heads" in proc.stderr
+    assert list(csv.DictReader(open(out / "trials.csv")))[0]["status"] == "ERROR"
