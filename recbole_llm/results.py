@@ -238,7 +238,7 @@ def link(path, page_dir, root):
 
 def records_links(source, page_dir, root):
     paths = source.get("legacy") or [source.get("runs") or source.get("suite")]
-    return ", ".join(f"[{os.path.basename(p.rstrip('/')) or p}]({link(p, page_dir, root)})" for p in paths)
+    return ", ".join(f"[{p}]({link(p, page_dir, root)})" for p in paths)
 
 
 def source_section(source, rows, page_dir, root, plots):

@@ -84,7 +84,7 @@ def test_page_numbers_are_the_paired_changes_on_common_seeds(tmp_path):
     # the cold protocol: LEARN's cold NDCG@10 over its two seeds, n/a against SASRec's 0
     learn = row_line(page, "| LEARN | cold (full ranking) | 2 |")
     assert "0.0400 ± " in learn and "| n/a |" in learn
-    assert "Records: [toy.json](../records/toy.json); run 2026-12-02." in page
+    assert "Records: [records/toy.json](../records/toy.json); run 2026-12-02." in page
     assert os.path.isfile(os.path.join(root, "docs", "results", "toy-full.png"))
     assert os.path.isfile(os.path.join(root, "docs", "results", "cold-full.png"))
     assert "](results/cold-full.png)" in page
