@@ -137,6 +137,7 @@ def init_distributed_device(final, recbole_init_device):
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        avoid_detail_debug_crash(final["local_rank"] == 0)
         dist.init_process_group(
             backend="gloo",
             rank=int(final["local_rank"]) + int(final["offset"]),
@@ -149,6 +150,21 @@ def init_distributed_device(final, recbole_init_device):
         final["state"] = "error"
         final["show_progress"] = False
         final["verbose"] = False
+
+
+def avoid_detail_debug_crash(warn=True):
+    """``TORCH_DISTRIBUTED_DEBUG=DETAIL`` wraps a gloo group in torch's ProcessGroupWrapper, and with it (torch 2.13.0
+    CPU) ``DistributedDataParallel(...)`` dies with SIGSEGV in its construction logging, in plain torch as well
+    (docs/distributed.md): such a process runs at INFO instead, with one line saying so (idempotent)."""
+    import sys
+
+    import torch.distributed as dist
+
+    if dist.get_debug_level() == dist.DebugLevel.DETAIL:
+        dist.set_debug_level(dist.DebugLevel.INFO)
+        if warn:
+            print("warning: TORCH_DISTRIBUTED_DEBUG=DETAIL crashes torch's DDP on a gloo (CPU) group (SIGSEGV): running "
+                  "with INFO instead (docs/distributed.md)", file=sys.stderr)
 
 
 def install_ddp_wrapper():
