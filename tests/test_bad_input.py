@@ -47,6 +47,12 @@ CASES = [
     (["--metrics=['NDCG', 'Nope']"], "There is no metric named 'Nope'"),
     (["--hidden_dropout_prob=1.5"], "config key 'hidden_dropout_prob' must be a number in [0, 1)"),
     (["--cold_item_ratio=2"], "config key 'cold_item_ratio' must be a number in [0, 1)"),
+    (["--eval_args={'mode': 'uni0'}"], "config key 'eval_args' mode 'uni0' (valid) needs a number of sampled negatives >= 1"),
+    (["--eval_args={'mode': {'valid': 'full', 'test': 'pop-5'}}"], "mode 'pop-5' (test) needs a number of sampled negatives >= 1"),
+    (["--eval_args={'mode': 'uniabc'}"], "mode 'uniabc' (valid) needs a number of sampled negatives >= 1"),
+    (["--cold_item_ratio=0.99"], "cold_item_ratio' = 0.99 makes all 30 items with interactions cold, so training has no item: lower it"),
+    (["--duplicate_interactions=maybe"], "config key 'duplicate_interactions' must be 'keep', 'drop' or 'error', got 'maybe'"),
+    (["--config_files=no_such_config.yaml"], "config file 'no_such_config.yaml' (--config_files) does not exist"),
     (["--model=SASRecc"], "Unknown model 'SASRecc'"),
     (["--dataset=no_such_data"], "Unknown dataset 'no_such_data'"),
 ]
@@ -65,6 +71,38 @@ def test_bad_command_line_is_one_line_and_exit_2(cli, args, fragment):
 def test_gpu_asked_on_a_machine_without_one(cli, arg):
     code, err = cli("--model=SASRec", arg)
     assert code == 2 and "sees no CUDA device" in err
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("epochs: [1\n", "is not valid YAML on line 2 (expected ',' or ']'"),
+    ("epochs: 1\n  stopping_step: 2\n", "is not valid YAML on line 2 (mapping values are not allowed here)"),
+    ("- epochs\n- 1\n", "holds a list, not key: value lines"),
+])
+def test_config_file_that_is_not_yaml(cli, tmp_path, text, fragment):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    code, err = cli("--model=SASRec", f"--config_files={bad}")
+    assert code == 2 and f"config file '{bad}' {fragment}" in err and err.count("\n") == 1, err
+
+
+def test_similar_user_file_that_is_not_one(tmp_path):
+    """weights_only=True refused a crafted file with torch's advice to pass weights_only=False: now one line naming it."""
+    import collections
+    import pickle
+
+    from recbole_llm.model.similar_users import SimilarUsersError, load_similar_users
+
+    text, crafted, plain_list = tmp_path / "text.pt", tmp_path / "crafted.pt", tmp_path / "list.pt"
+    text.write_text("hello")
+    with open(crafted, "wb") as handle:
+        pickle.dump(collections.OrderedDict(a=1), handle)  # a pickle, not a torch file
+    torch.save([1, 2], plain_list)
+    for path in (text, crafted, plain_list):
+        with pytest.raises(SimilarUsersError) as err:
+            load_similar_users(str(path), None, None, 3)
+        message = str(err.value)
+        assert f"similar-user file '{path}' is not one" in message and "llmesr_similar_users: auto" in message
+        assert "weights_only=False" not in message and "\n" not in message
 
 
 def test_debug_shows_the_traceback(cli):
@@ -171,23 +209,118 @@ def test_items_missing_from_item_file_are_reported(tmp_path, caplog):
     assert dataset.inter_num == 180 - n_missing
 
 
+INTER_ROWS = [f"u{u}\ti{(u * 3 + t) % 20}\t{t}" for u in range(30) for t in range(6)]
+ITEM_ROWS = [f"i{i}\titem {i}\tCat{i % 3}\t{i}.5" for i in range(20)]
+ITEM_HEADER = "item_id:token\ttitle:token\tcategories:token_seq\tprice:float"
+
+
+def with_row(rows, index, row):
+    return rows[:index] + [row] + rows[index + 1:]
+
+
 DATA_CASES = {
     "latin-1 .item": (dict(encoding="latin-1", item_rows=[f"i{i}\tcrème {i}\tCat\t1.0" for i in range(20)]), "own.item' is not utf-8 text on line 2"),
     "word in a float column": (dict(inter_rows=["u1\ti1\t1", "u1\ti2\tyesterday", "u1\ti3\t3"]), "own.inter' cannot be read"),
     "empty .inter": (dict(inter_rows=[]), "own.inter' has a header but no rows"),
     "bad header": (dict(inter_header="user_id\titem_id:token\ttimestamp:float"), "header cell 'user_id' is not <name>:<type>"),
     "no timestamp": (dict(inter_header="user_id:token\titem_id:token\tclicks:float"), "has no 'timestamp' column"),
+    # the second round (issue 28): each was a message about something else, a raw traceback, or silently wrong
+    "BOM .inter": (dict(inter_header="\ufeffuser_id:token\titem_id:token\ttimestamp:float"),
+                   "own.inter' starts with a UTF-8 byte-order mark (BOM): save it as UTF-8 without BOM"),
+    "BOM .item": (dict(item_header="\ufeff" + ITEM_HEADER), "own.item' starts with a UTF-8 byte-order mark (BOM)"),
+    "column named twice": (dict(inter_header="user_id:token\titem_id:token\ttimestamp:float\titem_id:token",
+                                inter_rows=[r + "\ti1" for r in INTER_ROWS]), "own.inter' names column 'item_id' twice on line 1"),
+    "tab in a title": (dict(item_rows=with_row(ITEM_ROWS, 5, "i5\tite\tm 5\tCat1\t1.0")),
+                       "own.item' line 7 has 5 tab-separated fields, the header has 4"),
+    "line break in a title": (dict(item_rows=with_row(ITEM_ROWS, 5, "i5\tite\nm 5\tCat1\t1.0")),
+                              "own.item' line 7 has 2 tab-separated fields, the header has 4"),
+    "NaN time": (dict(inter_rows=with_row(INTER_ROWS, 7, "u1\ti4\tnan")), "own.inter' line 9 has no timestamp (rows without a finite timestamp: 1)"),
+    "empty time": (dict(inter_rows=with_row(INTER_ROWS, 7, "u1\ti4\t")), "own.inter' line 9 has no timestamp"),
+    "inf time": (dict(inter_rows=with_row(INTER_ROWS, 7, "u1\ti4\tinf")), "own.inter' line 9 has an infinite timestamp"),
+    "item id twice": (dict(item_rows=with_row(ITEM_ROWS, 5, "i3\tother\tCat1\t1.0")),
+                      "own.item' lists item_id 'i3' twice (line 7, first on line 5; ids repeated: 1): keep one row per item_id"),
+    "duplicate rows, error": (dict(inter_rows=INTER_ROWS + INTER_ROWS[:40]),
+                              "own.inter' has 40 exact duplicate rows (line 182 repeats line 2): remove them", ["--duplicate_interactions=error"]),
 }
 
 
 @pytest.mark.parametrize("case", list(DATA_CASES))
 def test_bad_data_files_are_one_line_and_exit_2(tmp_path, capsys, case):
-    kwargs, fragment = DATA_CASES[case]
+    kwargs, fragment, *extra = DATA_CASES[case]
     data = write_own(str(tmp_path / "data"), **kwargs)
     run = load_cli("run_recbole_llm")
-    code = run.main(["--model=SASRec", "--dataset=own", f"--data_path={data}", "--epochs=1", f"--checkpoint_dir={tmp_path / 's'}", "--state=WARNING"])
+    code = run.main(["--model=SASRec", "--dataset=own", f"--data_path={data}", "--epochs=1", f"--checkpoint_dir={tmp_path / 's'}", "--state=WARNING",
+                     *(extra[0] if extra else [])])
     err = capsys.readouterr().err
     assert code == 2 and fragment in err and err.count("\n") == 1, err[-1500:]
+
+
+FEATURE_CASES = ["BOM .item", "tab in a title", "line break in a title", "item id twice"]
+
+
+@pytest.mark.parametrize("case", FEATURE_CASES)
+def test_features_command_refuses_bad_item_text(tmp_path, capsys, case):
+    """The features command reads .item itself (pandas: ParserError on a tab, a feature file that blamed itself on a
+    repeated id); now the same lines as a training run, before any model is loaded."""
+    from recbole_llm import features
+
+    kwargs, fragment, *_ = DATA_CASES[case]
+    data = write_own(str(tmp_path / "data"), **kwargs)
+    code = features.main(["--dataset=own", f"--data_path={data}", f"--feature_dir={tmp_path / 'f'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and err.count("\n") == 1, err[-1500:]
+    assert not (tmp_path / "f").exists() or not [f for f in os.listdir(tmp_path / "f") if f.endswith((".npy", ".json"))]
+
+
+def test_features_command_reads_item_text_of_a_yaml_dataset_with_checks(tmp_path):
+    from recbole_llm.errors import DataFileError
+    from recbole_llm.llm.prompts import read_item_text
+
+    data = write_own(str(tmp_path / "data"), item_rows=with_row(ITEM_ROWS, 5, "i5\tite\tm 5\tCat1\t1.0"))
+    with pytest.raises(DataFileError, match="own.item' line 7 has 5 tab-separated fields"):
+        read_item_text(os.path.join(data, "own"), "own")
+    data = write_own(str(tmp_path / "ok"))
+    assert len(read_item_text(os.path.join(data, "own"), "own")) == 20
+
+
+@pytest.mark.parametrize("mode, kept", [(None, 180), ("drop", 180), ("keep", 220)])
+def test_duplicate_interactions_are_counted(tmp_path, caplog, mode, kept):
+    """40 exact duplicate rows moved test NDCG@10 from 0.158 to 0.285 without a word; now counted, dropped by default."""
+    from recbole_llm import Config, create_dataset
+
+    data = write_own(str(tmp_path / "data"), inter_rows=INTER_ROWS + INTER_ROWS[:40])
+    keys = {"data_path": data, "state": "WARNING", **({"duplicate_interactions": mode} if mode else {})}
+    with caplog.at_level("WARNING"):
+        dataset = create_dataset(Config(model="SASRec", dataset="own", config_dict=keys))
+    message = [r.getMessage() for r in caplog.records if "exact duplicate rows" in r.getMessage()]
+    assert len(message) == 1 and "has 40 exact duplicate rows (line 182 repeats line 2)" in message[0]
+    assert ("dropped them" if kept == 180 else "kept them") in message[0]
+    assert dataset.inter_num == kept
+
+
+def test_newest_on_position_timestamps_is_warned(tmp_path, caplog):
+    from recbole_llm import Config, create_dataset
+
+    data = write_own(str(tmp_path / "data"))  # timestamp = 0, 1, 2, ... within each user, as the shared datasets
+    keys = {"data_path": data, "state": "WARNING", "cold_item_ratio": 0.2, "cold_item_selection": "newest"}
+    with caplog.at_level("WARNING"):
+        create_dataset(Config(model="SASRec", dataset="own", config_dict=keys)).build()
+    assert any("is each interaction's position in its user's sequence (0, 1, ...)" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    times = [f"u{u}\ti{(u * 3 + t) % 20}\t{1000 + 37 * u + 5 * t}" for u in range(30) for t in range(6)]  # real times
+    data = write_own(str(tmp_path / "real"), inter_rows=times)
+    with caplog.at_level("WARNING"):
+        create_dataset(Config(model="SASRec", dataset="own", config_dict={**keys, "data_path": data})).build()
+    assert not any("position in its user's sequence" in r.getMessage() for r in caplog.records)
+
+
+def test_cold_ratio_that_leaves_no_training_row(tmp_path, capsys):
+    data = write_own(str(tmp_path / "data"))
+    run = load_cli("run_recbole_llm")
+    code = run.main(["--model=SASRec", "--dataset=own", f"--data_path={data}", "--epochs=1", f"--checkpoint_dir={tmp_path / 's'}",
+                     "--state=WARNING", "--cold_item_ratio=0.95"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cold_item_ratio' = 0.95 leaves no training row (19 of the items are cold" in err and err.count("\n") == 1, err
 
 
 def test_benchmark_and_hyper_refuse_what_is_not_key_value(tiny_data, tmp_path, capsys):
