@@ -298,6 +298,17 @@ def test_duplicate_interactions_are_counted(tmp_path, caplog, mode, kept):
     assert dataset.inter_num == kept
 
 
+def test_rows_that_differ_in_a_column_not_loaded_are_not_duplicates(tmp_path, caplog):
+    from recbole_llm import Config, create_dataset
+
+    rows = [r + "\t5" for r in INTER_ROWS] + [r + "\t4" for r in INTER_ROWS[:10]]  # the same user, item, time; another rating
+    data = write_own(str(tmp_path / "data"), inter_header="user_id:token\titem_id:token\ttimestamp:float\trating:float", inter_rows=rows)
+    keys = {"data_path": data, "state": "WARNING", "load_col": {"inter": ["user_id", "item_id", "timestamp"]}}
+    with caplog.at_level("WARNING"):
+        dataset = create_dataset(Config(model="SASRec", dataset="own", config_dict=keys))
+    assert dataset.inter_num == 190 and not any("duplicate" in r.getMessage() for r in caplog.records)
+
+
 def test_newest_on_position_timestamps_is_warned(tmp_path, caplog):
     from recbole_llm import Config, create_dataset
 

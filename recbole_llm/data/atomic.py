@@ -187,33 +187,55 @@ def check_time_values(frame, path, time_field):
         )
 
 
-def _hashable(frame):
-    """``frame`` with its sequence columns (arrays once RecBole has split them) as tuples, so rows compare."""
-    columns = {c: frame[c].map(tuple) for c in frame.columns if frame[c].dtype == object and len(frame)
-               and not isinstance(frame[c].iloc[0], str)}
-    return frame.assign(**columns) if columns else frame
+def _data_rows(handle):
+    """(line number, line without its end) of every non-blank data line of an open atomic file (header skipped)."""
+    handle.readline()
+    for number, raw in enumerate(handle, 2):
+        line = raw.rstrip(b"\r\n")
+        if line:
+            yield number, line
 
 
-def duplicate_rows(frame, path, mode):
-    """``frame`` without its exact duplicate rows (``drop``, with a warning that counts them), or as it is (``keep``,
-    warned as well); ``error`` refuses the file. Null keeps them too (checkpoints from before the key did)."""
+def duplicate_lines(path):
+    """(data-row positions of the lines that repeat an earlier line exactly, (line, earlier line) of the first one);
+    positions count rows as pandas does (0 = the first row, blank lines skipped). 8 bytes a line: hashes first, then
+    only the lines whose hash repeats are compared as bytes."""
+    import array
+
+    import numpy as np
+
+    hashes = array.array("q")
+    with open(path, "rb") as handle:
+        for _, line in _data_rows(handle):
+            hashes.append(hash(line))
+    values, counts = np.unique(np.frombuffer(hashes, dtype=np.int64), return_counts=True)
+    candidates = set(values[counts > 1].tolist())
+    seen, repeats, example = {}, [], None
+    if candidates:
+        with open(path, "rb") as handle:
+            for position, (number, line) in enumerate(_data_rows(handle)):
+                if hashes[position] in candidates:
+                    earlier = seen.setdefault(line, number)
+                    if earlier != number:
+                        repeats.append(position)
+                        example = example or (number, earlier)
+    return repeats, example
+
+
+def duplicate_rows(frame, path, mode, repeats, example):
+    """``frame`` without the rows at ``repeats`` (:func:`duplicate_lines`: exact copies of an earlier line) for
+    ``drop``, with a warning that counts them; as it is for ``keep`` (warned as well); ``error`` refuses the file.
+    Null keeps them too (checkpoints from before the key did)."""
     if mode is not None and mode not in DUPLICATE_MODES:
         raise ConfigError(f"config key 'duplicate_interactions' must be one of {list(DUPLICATE_MODES)}, got {mode!r}")
-    rows = _hashable(frame)
-    dup = rows.duplicated(keep="first").to_numpy()
-    count = int(dup.sum())
-    if count == 0:
+    if not repeats:
         return frame
-    row = int(dup.argmax())
-    groups = rows.groupby(list(rows.columns), sort=False, dropna=False).ngroup().to_numpy()
-    first = int((groups == groups[row]).argmax())  # the earlier copy of that row
-    line, earlier = data_lines(path, [row, first])
-    what = f"atomic file '{path}' has {count} exact duplicate rows (line {line} repeats line {earlier})"
+    what = f"atomic file '{path}' has {len(repeats)} exact duplicate rows (line {example[0]} repeats line {example[1]})"
     if mode == "error":
         raise DataFileError(f"{what}: remove them, or set duplicate_interactions: drop (or keep)")
     if mode == "drop":
         getLogger().warning(f"{what}: dropped them (duplicate_interactions: drop; keep leaves them in)")
-        return frame[~dup].reset_index(drop=True)
+        return frame.drop(index=frame.index[repeats]).reset_index(drop=True)
     getLogger().warning(f"{what}: kept them as separate interactions (duplicate_interactions: keep; drop removes them)")
     return frame
 
@@ -246,14 +268,16 @@ class AtomicFilesMixin:
             check_encoding(filepath, encoding)
             atomic_header(filepath)
             check_field_counts(filepath, encoding, self.config["field_separator"] or "\t")
+        from recbole.utils import FeatureSource
+
+        inter = source == FeatureSource.INTERACTION and os.path.isfile(filepath)
+        repeats, example = duplicate_lines(filepath) if inter else ([], None)
         frame = super()._load_feat(filepath, source)
         if frame is None:
             return frame
-        from recbole.utils import FeatureSource
-
-        if source == FeatureSource.INTERACTION:
+        if inter:
             check_time_values(frame, filepath, self.time_field)
-            frame = duplicate_rows(frame, filepath, self.config["duplicate_interactions"])
+            frame = duplicate_rows(frame, filepath, self.config["duplicate_interactions"], repeats, example)
         elif source in (FeatureSource.ITEM, FeatureSource.USER):
             check_unique_ids(frame, filepath, self.iid_field if source == FeatureSource.ITEM else self.uid_field)
         return frame
