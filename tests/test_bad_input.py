@@ -350,3 +350,26 @@ def test_config_never_reads_the_command_line(tiny_data, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["prog", "--epochs=1", "--no_such_key=3", "stray"])
     config = Config(model="SASRec", dataset="tiny", config_dict={"data_path": tiny_data})
     assert config["epochs"] != 1 and config["no_such_key"] is None
+
+
+def test_ddp_under_detail_debug_runs_at_info_with_one_line(tiny_data, tmp_path):
+    """TORCH_DISTRIBUTED_DEBUG=DETAIL, what users set when DDP misbehaves, died with SIGSEGV in torch's DDP construction
+    on a gloo group (torch 2.13, plain torch too: docs/distributed.md); the processes now run at INFO and say so."""
+    import socket
+    import subprocess
+
+    from conftest import ROOT
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "TORCH_DISTRIBUTED_DEBUG": "DETAIL", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run_recbole_llm.py"), "--model=SASRec", f"--data_path={tiny_data}", *TINY, "--nproc=2",
+         "--epochs=1", f"--port={port}", f"--checkpoint_dir={tmp_path / 'saved'}", "--show_progress=False", "--hidden_size=16",
+         "--inner_size=32", "--n_layers=1", "--n_heads=1"],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path), env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("TORCH_DISTRIBUTED_DEBUG=DETAIL crashes torch's DDP on a gloo (CPU) group") == 1
+    assert "test result" in proc.stdout
