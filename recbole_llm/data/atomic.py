@@ -8,7 +8,11 @@ user sets win. LLM prompts already take every ``.item`` column when ``text_field
 
 :class:`AtomicFilesMixin`: RecBole's ``filter_inter_by_user_or_item`` (on by default) drops the
 interactions whose item is missing from a loaded ``.item`` file; the plugin's datasets warn with the count
-and the share of interactions dropped, and how to keep them.
+and the share of interactions dropped, and how to keep them. Before RecBole reads a file, one line naming it (and
+the line) refuses: a file that is not UTF-8, a byte-order mark, a header cell that is not ``<name>:<type>`` or a
+name given twice, a row with another number of fields than the header (a tab or line break inside a value); after,
+a NaN / inf / empty time and an id listed twice in ``.item`` / ``.user``. Exact duplicate lines of ``.inter`` are
+dropped, kept or refused (``duplicate_interactions``), counted in a warning (docs/data.md).
 """
 
 import codecs
@@ -68,21 +72,25 @@ def check_field_counts(path, encoding="utf-8", separator="\t"):
                 )
 
 
+def _data_rows(handle):
+    """(line number, line without its end) of every non-blank data line of an open atomic file (header skipped)."""
+    handle.readline()
+    for number, raw in enumerate(handle, 2):
+        line = raw.rstrip(b"\r\n")
+        if line:
+            yield number, line
+
+
 def data_lines(path, rows):
     """File line numbers (1 = header) of the data rows at positions ``rows`` (0 = the first row, blank lines skipped)."""
-    wanted = sorted(set(int(r) for r in rows))
-    found, position, index = {}, 0, 0
+    wanted = set(int(r) for r in rows)
+    found = {}
     with open(path, "rb") as handle:
-        handle.readline()
-        for number, raw in enumerate(handle, 2):
-            if index == len(wanted):
-                break
-            if not raw.strip(b"\r\n"):
-                continue
-            if position == wanted[index]:
+        for position, (number, _) in enumerate(_data_rows(handle)):
+            if position in wanted:
                 found[position] = number
-                index += 1
-            position += 1
+                if len(found) == len(wanted):
+                    break
     return [found.get(int(r)) for r in rows]
 
 
@@ -185,15 +193,6 @@ def check_time_values(frame, path, time_field):
             f"atomic file '{path}' line {line} has {'no' if np.isnan(values[row]) else 'an infinite'} {time_field} "
             f"(rows without a finite {time_field}: {int(bad.sum())}): every interaction needs one; fix or remove those rows"
         )
-
-
-def _data_rows(handle):
-    """(line number, line without its end) of every non-blank data line of an open atomic file (header skipped)."""
-    handle.readline()
-    for number, raw in enumerate(handle, 2):
-        line = raw.rstrip(b"\r\n")
-        if line:
-            yield number, line
 
 
 def duplicate_lines(path):
