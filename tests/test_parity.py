@@ -17,7 +17,7 @@ from recbole_llm.compat import numpy_compatibility_settings
 from recbole_llm.evaluator.longtail import GROUPED_METRICS, ITEM_POP_KEY, TARGET_KEY, USER_KEY, USER_LEN_KEY
 from recbole_llm.parity import official, protocol
 from recbole_llm.parity.export import (
-    ParityData, ParityError, check_against_split, dense_sequences, tail_thresholds, user_sequences_in_time_order,
+    ParityData, ParityError, check_against_split, check_negatives, dense_sequences, tail_thresholds, user_sequences_in_time_order,
     write_handled, write_learn,
 )
 from recbole_llm.parity.shim import PlainParallel, patch_dataset_choices
@@ -82,7 +82,8 @@ def test_learn_files_read_back_as_their_loaders_do(tmp_path):
     assert np.allclose(gallery[smap["i4"], :8], data.tables["llm"][3])
     train = json.load(open(base / "Tiny" / "train_product.json"))
     val, test = (json.load(open(base / "Tiny" / f"{s}_product.json")) for s in ("val", "test"))
-    assert train["c"] == ["i5", "i1", "i2"] and val["c"] == ["i6"] and test["c"] == ["i3"]
+    assert train["3"] == ["i5", "i1", "i2"] and val["3"] == ["i6"] and test["3"] == ["i3"]
+    assert json.load(open(base / "Tiny" / "umap.json"))["c"] == 3 and all(int(u) for u in test)  # int(userid)
     env = lmdb.open(str(base / "Tiny_lmdb"), readonly=True, lock=False)
     with env.begin(buffers=True) as txn:  # AmazonDatasetTestUser.itemid_to_emb
         vector = pickle.loads(txn.get("i2".encode("utf-8")).tobytes())
@@ -100,6 +101,9 @@ def test_sequences_checked_against_recbole_split_and_thresholds():
     # training popularity (all but the last two) of items 1..6: [2, 3, 0, 1, 1, 0]: 4 of 6 below 2, 5 of 6 below 3;
     # training lengths [2, 1, 3, 1]: median 1.5, rounded up
     assert tail_thresholds(SEQS, 6) == (3, 2)
+    check_negatives(SEQS, 105)
+    with pytest.raises(ParityError, match="loop forever"):
+        check_negatives(SEQS, 104)  # user 3 has 5 distinct items: 99 left for 100 negatives
 
 
 # ---- the evaluator cross-check ---------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ Formats (read from the official loaders):
   ``sim_user_100.pkl`` ((U, K) 0-based user rows, row u-1 = user u; they use the first ``sim_user_num``),
   LLMEmb's ``<llm_emb_file>.pkl`` and ``itm_emb_sasrec.pkl`` (the teacher table, (N, hidden)).
 - LEARN finetune: ``amazon_2018/finetune_data/<Name>/{train,val,test}_product.json`` (user token -> item tokens),
-  ``smap.json`` (item token -> 0-based gallery row, in id order), ``umap.json``, ``<Name>_lmdb`` (item token ->
+  ``smap.json`` (item token -> 0-based gallery row, in id order), ``umap.json`` (user token -> the integer key of
+  the JSON files: our internal id), ``<Name>_lmdb`` (item token ->
   pickled vector) and ``amazon_2018/finetune_data/product2emb_<Name>.pkl`` (the same as a dict); vectors
   zero-padded to the 4096 columns their loaders hard-code.
 """
@@ -78,6 +79,18 @@ def dense_sequences(by_user, n_users):
     return [by_user[u] for u in range(1, n_users + 1)]
 
 
+def check_negatives(sequences, n_items, test_neg=100):
+    """The official evaluation draws ``test_neg`` distinct items outside each user's sequence, by rejection: with
+    fewer such items it never ends."""
+    worst = max(len(set(seq)) for seq in sequences)
+    drawn_from = min(n_items, max(max(seq) for seq in sequences))  # their item_num: the largest id in inter.txt
+    if drawn_from - worst < test_neg:
+        raise ParityError(
+            f"a user has {worst} distinct items of the {drawn_from} the official code draws from: fewer than the "
+            f"{test_neg} negatives its evaluation draws outside each sequence (it would loop forever); use a larger dataset"
+        )
+
+
 def tail_thresholds(sequences, n_items, tail_ratio=0.8):
     """(item threshold, user threshold) as integers both sides accept: the smallest t with at least
     ``tail_ratio`` of the items below t training users (the papers' "bottom 80%"), and the median training
@@ -133,13 +146,13 @@ def write_learn(data, root, name, table_name):
     os.makedirs(folder, exist_ok=True)
     items, users = data.item_tokens, data.user_tokens
     splits = {"train": {}, "val": {}, "test": {}}
-    for u, seq in enumerate(data.sequences, start=1):
+    for u, seq in enumerate(data.sequences, start=1):  # their user keys are integers (int(userid)): our ids
         tokens = [items[i] for i in seq]
-        splits["train"][users[u]], splits["val"][users[u]], splits["test"][users[u]] = tokens[:-2], tokens[-2:-1], tokens[-1:]
+        splits["train"][str(u)], splits["val"][str(u)], splits["test"][str(u)] = tokens[:-2], tokens[-2:-1], tokens[-1:]
     for split, content in splits.items():
         atomic_write_text(os.path.join(folder, f"{split}_product.json"), json.dumps(content))
     atomic_write_text(os.path.join(folder, "smap.json"), json.dumps({items[i]: i - 1 for i in range(1, data.n_items + 1)}))
-    atomic_write_text(os.path.join(folder, "umap.json"), json.dumps({users[u]: u - 1 for u in range(1, len(users))}))
+    atomic_write_text(os.path.join(folder, "umap.json"), json.dumps({users[u]: u for u in range(1, len(users))}))
     table = pad_width(np.asarray(data.tables[table_name], dtype=np.float32))
     vectors = {items[i]: table[i - 1] for i in range(1, data.n_items + 1)}
     _dump(vectors, os.path.join(base, f"product2emb_{name}.pkl"))

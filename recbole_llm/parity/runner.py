@@ -1,5 +1,7 @@
 """``python -m recbole_llm.parity --method=llmesr|llmemb|learn --official=PATH --dataset=NAME [--data_path=...]
-[--seeds=42,43,44] [--epochs=N] [--patience=N] [--sides=official,ours] [--out=DIR]``
+[--seeds=42,43,44] [--epochs=N] [--patience=N] [--sides=official,ours] [--out=DIR] [--key=value ...]``
+
+``--key=value``: a config key of our side (e.g. ``--feature_dir=...``); the export reads the same artifacts.
 
 Records are suite records (:mod:`recbole_llm.suite`): ``<out>/runs/<dataset>/{official,ours}/<seed>.json``, one per
 finished run, skipped on a rerun while their spec is unchanged; our runs go through the suite engine
@@ -13,6 +15,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 import yaml
@@ -20,7 +23,7 @@ import yaml
 from recbole_llm import suite as engine
 from recbole_llm.errors import UserError
 from recbole_llm.parity import official, protocol
-from recbole_llm.parity.export import ParityError, tail_thresholds, write_handled, write_learn
+from recbole_llm.parity.export import ParityError, check_negatives, tail_thresholds, write_handled, write_learn
 
 METHODS_FILE = os.path.join(os.path.dirname(__file__), "methods.yaml")
 SEQREC_METRICS = ["ndcg@10", "ndcg_tail@10", "ndcg_head@10", "hit@10", "hit_tail@10", "hit_head@10",
@@ -42,20 +45,32 @@ def parse_args(argv):
     p.add_argument("--seeds", default="42,43,44")
     p.add_argument("--epochs", type=int, default=None, help="epoch cap of both sides (official: 200; LEARN 200)")
     p.add_argument("--patience", type=int, default=20, help="early-stopping patience of both sides (official 20)")
+    p.add_argument("--max_len", type=int, default=None, help="sequence cap of both sides (official: 200; LEARN 40)")
     p.add_argument("--sides", default="official,ours")
     p.add_argument("--out", default=None, help="default benchmarks/parity/<method>_<dataset>")
-    args = p.parse_args(argv)
+    p.add_argument("--scratch", default=None, help="the copy of the official checkout with our inputs "
+                   "(default <tmp>/recbole_llm_parity/<method>_<dataset>; it holds a copy of the data: keep it out of repositories)")
+    args, extra = p.parse_known_args(argv)
+    args.keys = {}
+    for item in extra:  # --key=value: a config key of our side (and of the export: the same artifacts)
+        if not item.startswith("--") or "=" not in item:
+            p.error(f"unrecognised argument {item!r}: config keys are given as --key=value")
+        key, value = item[2:].split("=", 1)
+        args.keys[key] = yaml.safe_load(value)
     args.seeds = [int(s) for s in str(args.seeds).split(",") if s]
     args.sides = [s for s in args.sides.split(",") if s]
     args.out = os.path.abspath(args.out or os.path.join("benchmarks", "parity", f"{args.method}_{args.dataset}"))
+    args.scratch = os.path.abspath(args.scratch or os.path.join(tempfile.gettempdir(), "recbole_llm_parity", f"{args.method}_{args.dataset}"))
     return args
 
 
 def our_suite(args, spec, thresholds):
     """The in-memory suite of our side: one row 'ours', the method's keys, the shared budget and thresholds."""
     mode = "full" if args.method == "learn" else "uni100"
-    config = dict(spec["ours"])
+    config = {**spec["ours"], **args.keys}
     config.update(epochs=args.epochs or 200, stopping_step=args.patience, valid_metric="NDCG@10")
+    if args.max_len:
+        config["MAX_ITEM_LIST_LENGTH"] = args.max_len
     if thresholds:
         config.update(tail_threshold=thresholds[0], short_history_threshold=thresholds[1])
     return {"path": "parity", "datasets": [args.dataset], "data_path": args.data_path, "seeds": args.seeds,
@@ -86,10 +101,12 @@ def official_flags(args, spec, name, seed, thresholds):
                       "test-user-data": f"{base}/{name}/", "test-item-data": f"{base}/{name}/smap.json",
                       "test-emb-lmdb": f"{base}/{name}_lmdb", "max-epochs": args.epochs or 200, "seed": seed,
                       "log_dir": "./exp/", "name": f"parity_{name}_{seed}"})
+        if args.max_len:
+            flags["max-one-year-length"] = args.max_len
         return official.as_flags(flags)
     flags.update(dataset=name, model_name=spec["official_model"], seed=seed, num_train_epochs=args.epochs or 200,
                  patience=args.patience, ts_item=thresholds[0],
-                 ts_user=protocol.matching_user_threshold(thresholds[1]))
+                 ts_user=protocol.matching_user_threshold(thresholds[1]), max_len=args.max_len or flags["max_len"])
     return official.as_flags(flags)
 
 
@@ -151,7 +168,7 @@ def report(args, suite, thresholds, shift=None):
                 records.append(json.load(f))
     header = (f"Parity `{args.method}` on {args.dataset} (`python -m recbole_llm.parity --method={args.method} "
               f"--dataset={args.dataset} --seeds={','.join(map(str, args.seeds))} --epochs={args.epochs} "
-              f"--patience={args.patience}`, {time.strftime('%Y-%m-%d')}); tail/short thresholds {thresholds}.")
+              f"--patience={args.patience} --max_len={args.max_len}`, {time.strftime('%Y-%m-%d')}); tail/short thresholds {thresholds}.")
     if shift:
         header += (f" Test targets that are tail by training popularity (ours): {shift['tail_ours']} of {shift['rows']};"
                    f" by popularity with the test item (official): {shift['tail_official']}; rows in one group only: {shift['moved']}.")
@@ -171,9 +188,11 @@ def run(args):
     model, config = engine.run_config(probe, args.dataset, "ours", args.seeds[0])
     ours_config, shared, data = gather(args.method, model, args.dataset, config)
     thresholds = None if args.method == "learn" else given_thresholds(ours_config, data)
+    if thresholds:
+        check_negatives(data.sequences, data.n_items)
     suite = our_suite(args, spec, thresholds)
     if "official" in args.sides:
-        scratch = official.scratch_copy(args.official, os.path.join(args.out, "scratch"), args.method)
+        scratch = official.scratch_copy(args.official, args.scratch, args.method)
         name = export(args, spec, shared, data, scratch)
         for seed in args.seeds:
             run_official_seed(args, spec, scratch, name, seed, thresholds, suite["eval_modes"][0])

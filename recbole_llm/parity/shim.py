@@ -3,13 +3,13 @@
 It runs in the scratch copy of the checkout (their scripts read ``./data`` and ``./amazon_2018``) and patches, in
 this process only, what the official code needs to run here; none of their files is edited:
 
-- LLM-ESR / LLMEmb: ``--dataset`` accepts any name (theirs: yelp|fashion|beauty); ``torch.autograd.set_detect_anomaly``
+- LLM-ESR / LLMEmb: ``--dataset`` accepts any name (theirs: yelp|fashion|beauty; LEARN's ``--ft-data`` too); ``torch.autograd.set_detect_anomaly``
   is left off (their main.py switches it on: several times slower, the same numbers); every training epoch is
   timed into TIMES (JSON: seconds per epoch).
 - LEARN: ``.cuda()`` of modules and tensors stays on the CPU, ``torch.cuda.set_device`` is a no-op, the process
   group is gloo with one process, DDP is a plain wrapper exposing ``.module``, ``clip.LEARN`` (their import) is their
   ``src/model/LEARN.py``, the bert-base-uncased config comes from transformers' defaults (the same values, no
-  download), wandb is absent; TIMES gets the seconds of every training epoch and each evaluation's metrics.
+  download), wandb is absent, one LMDB environment per path (they open theirs twice); TIMES gets the seconds of every training epoch and each evaluation's metrics.
 """
 
 import argparse
@@ -38,11 +38,11 @@ def timed(function, times, path, evals=None):
     return wrapper
 
 
-def patch_dataset_choices():
+def patch_dataset_choices(option="--dataset"):
     original = argparse.ArgumentParser.add_argument
 
     def add_argument(self, *names, **kwargs):
-        if "--dataset" in names:
+        if option in names:
             kwargs.pop("choices", None)
         return original(self, *names, **kwargs)
 
@@ -62,6 +62,36 @@ def run_seqrec(checkout, times_path, argv):
     st.SeqTrainer._train_one_epoch = timed(st.SeqTrainer._train_one_epoch, times, times_path)
     sys.argv = [os.path.join(checkout, "main.py")] + argv
     runpy.run_path(sys.argv[0], run_name="__main__")
+
+
+class SharedEnv:
+    """One LMDB environment per path for the whole process: their test-user and test-item datasets open the same
+    store (py-lmdb >= 2 refuses a second open in one process); closing is left to the process end."""
+
+    _open = {}
+
+    def __init__(self, env):
+        self._env = env
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+    def close(self):
+        pass
+
+    @classmethod
+    def patch(cls):
+        import lmdb
+
+        original = lmdb.open
+
+        def shared_open(path, *args, **kwargs):
+            key = os.path.abspath(path)
+            if key not in cls._open:
+                cls._open[key] = cls(original(path, *args, **kwargs))
+            return cls._open[key]
+
+        lmdb.open = shared_open
 
 
 class PlainParallel:
@@ -84,7 +114,6 @@ def patch_cpu():
     dist.init_process_group = lambda *a, **k: init(backend="gloo", world_size=1, rank=0)
     torch.nn.parallel.DistributedDataParallel = PlainParallel
     BertConfig.from_pretrained = classmethod(lambda cls, *a, **k: cls())
-    sys.modules.setdefault("wandb", types.ModuleType("wandb"))
     os.environ.update({"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
 
@@ -92,12 +121,17 @@ def patch_cpu():
 def run_learn(checkout, times_path, argv):
     """LEARN's src/training/main_amazon.py (finetune stage) on the CPU."""
     patch_cpu()
+    patch_dataset_choices("--ft-data")
+    SharedEnv.patch()
     src = os.path.join(checkout, "src")
     sys.path.insert(0, src)
     import model as model_package
     import model.LEARN as learn_module
 
     sys.modules["clip"], sys.modules["clip.LEARN"] = model_package, learn_module
+    # main_amazon imports wandb (not installed here; no --wandb_project: never called); after transformers, which
+    # probes for it with find_spec
+    sys.modules.setdefault("wandb", types.ModuleType("wandb"))
     import training.train_amazon as train_module
 
     times, evals = [], []
