@@ -50,10 +50,15 @@ def as_flags(args):
 def run_official(method, scratch, flags, log_path, times_path):
     """Run the official script in ``scratch`` (its output into ``log_path``); returns the exit code."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    cmd = [sys.executable, "-m", "recbole_llm.parity.shim", method, scratch, times_path, "--"] + flags
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
+    from recbole_llm.parity.shim import METHOD_ENV, TIMES_ENV
+
+    cmd = [sys.executable, "-m", "recbole_llm.parity.shim"] + flags
+    source = os.path.join(scratch, "src") if method == "learn" else scratch
+    path = os.pathsep.join([source] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1", PYTHONPATH=path,
+               **{METHOD_ENV: method, TIMES_ENV: os.path.abspath(times_path)})
     with open(log_path, "w", encoding="utf-8") as log:
-        log.write(" ".join(cmd) + "\n")
+        log.write(f"{METHOD_ENV}={method} PYTHONPATH={source} " + " ".join(cmd) + "\n")
         log.flush()
         return subprocess.call(cmd, cwd=scratch, stdout=log, stderr=subprocess.STDOUT, env=env)
 

@@ -1,6 +1,8 @@
-"""The process that runs an official script: ``python -m recbole_llm.parity.shim METHOD CHECKOUT TIMES -- ARGS``.
+"""The process that runs an official script: ``python -m recbole_llm.parity.shim ARGS`` (ARGS: the script's own).
 
-It runs in the scratch copy of the checkout (their scripts read ``./data`` and ``./amazon_2018``) and patches, in
+It runs in the scratch copy of the checkout (the current folder: their scripts read ``./data`` and
+``./amazon_2018``; ``PYTHONPATH`` names their source folder), ``RECBOLE_LLM_PARITY_METHOD`` says which script and
+``RECBOLE_LLM_PARITY_TIMES`` where the epoch times go (so that ``sys.argv`` is the script's own), and patches, in
 this process only, what the official code needs to run here; none of their files is edited:
 
 - LLM-ESR / LLMEmb: ``--dataset`` accepts any name (theirs: yelp|fashion|beauty; LEARN's ``--ft-data`` too); ``torch.autograd.set_detect_anomaly``
@@ -49,19 +51,17 @@ def patch_dataset_choices(option="--dataset"):
     argparse.ArgumentParser.add_argument = add_argument
 
 
-def run_seqrec(checkout, times_path, argv):
-    """LLM-ESR's or LLMEmb's main.py."""
+def run_seqrec(checkout, times_path):
+    """LLM-ESR's or LLMEmb's main.py (their trainers/ importable through PYTHONPATH)."""
     import torch
 
     patch_dataset_choices()
     torch.autograd.set_detect_anomaly = lambda *a, **k: None
-    sys.path.insert(0, checkout)
     import trainers.sequence_trainer as st
 
     times = []
     st.SeqTrainer._train_one_epoch = timed(st.SeqTrainer._train_one_epoch, times, times_path)
-    sys.argv = [os.path.join(checkout, "main.py")] + argv
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    runpy.run_path(os.path.join(checkout, "main.py"), run_name="__main__")
 
 
 class SharedEnv:
@@ -118,13 +118,11 @@ def patch_cpu():
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
 
 
-def run_learn(checkout, times_path, argv):
-    """LEARN's src/training/main_amazon.py (finetune stage) on the CPU."""
+def run_learn(checkout, times_path):
+    """LEARN's src/training/main_amazon.py (finetune stage) on the CPU (their src/ importable through PYTHONPATH)."""
     patch_cpu()
     patch_dataset_choices("--ft-data")
     SharedEnv.patch()
-    src = os.path.join(checkout, "src")
-    sys.path.insert(0, src)
     import model as model_package
     import model.LEARN as learn_module
 
@@ -147,17 +145,18 @@ def run_learn(checkout, times_path, argv):
     train_module.evaluate_amazon = evaluate_and_keep
     import training.main_amazon as main_module
 
-    sys.argv = [os.path.join(src, "training", "main_amazon.py")] + argv
-    main_module.main()
+    main_module.main()  # reads sys.argv[1:]: the script's arguments
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) < 4 or argv[3] != "--":
-        raise SystemExit("usage: python -m recbole_llm.parity.shim llmesr|llmemb|learn CHECKOUT TIMES.json -- ARGS")
-    method, checkout, times_path, rest = argv[0], os.path.abspath(argv[1]), os.path.abspath(argv[2]), argv[4:]
+METHOD_ENV, TIMES_ENV = "RECBOLE_LLM_PARITY_METHOD", "RECBOLE_LLM_PARITY_TIMES"
+
+
+def main():
+    method, times_path = os.environ.get(METHOD_ENV), os.environ.get(TIMES_ENV)
+    if method not in ("llmesr", "llmemb", "learn") or not times_path:
+        raise SystemExit(f"set {METHOD_ENV} (llmesr|llmemb|learn) and {TIMES_ENV}; run it in the scratch checkout")
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # their checkpoints hold optimizer states
-    (run_learn if method == "learn" else run_seqrec)(checkout, times_path, rest)
+    (run_learn if method == "learn" else run_seqrec)(os.getcwd(), os.path.abspath(times_path))
 
 
 if __name__ == "__main__":
