@@ -230,3 +230,21 @@ def test_gather_exports_what_our_llmesr_reads(tmp_path):
 
     artifact = torch.load(similar_users_path(config, "rand", 3), weights_only=True)
     assert (artifact["neighbors"][1:] - 1).clamp(min=0).numpy().tolist() == data.similar.tolist()
+
+
+def test_bce_is_the_official_sum_of_the_positive_and_negative_means(tmp_path):
+    """loss_type BCE as LLM-ESR / LLMEmb compute it: BCE(pos, 1) + BCE(neg, 0), each a mean (their weight
+    against the auxiliary losses' alpha); it was one mean over both halves (half of it)."""
+    import torch.nn.functional as F
+    from conftest import tiny_config, write_tiny_dataset
+    from test_llmemb import build
+
+    data_path = write_tiny_dataset(str(tmp_path / "data"))
+    _, _, _, model = build("SASRec", tiny_config(data_path, tmp_path, loss_type="BCE", train_mode="all_positions"))
+    torch.manual_seed(0)
+    states, pos, neg = torch.randn(5, 16), torch.tensor([1, 2, 3, 4, 5]), torch.tensor([6, 7, 8, 9, 10])
+    table = model.item_table()
+    out = model.output_table(table)
+    expected = (F.binary_cross_entropy_with_logits((states * out[pos]).sum(-1), torch.ones(5))
+                + F.binary_cross_entropy_with_logits((states * out[neg]).sum(-1), torch.zeros(5)))
+    assert model.score_loss(states, pos, table, neg).item() == pytest.approx(expected.item(), rel=1e-6)

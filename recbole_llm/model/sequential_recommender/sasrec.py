@@ -148,9 +148,9 @@ class SASRec(SampledSoftmaxMixin, RecBoleSASRec):
         neg_score = (states * table[neg_items]).sum(-1)
         if self.loss_type == "BPR":
             return self.loss_fct(pos_score, neg_score)
-        logits = torch.cat([pos_score, neg_score])
-        labels = torch.cat([torch.ones_like(pos_score), torch.zeros_like(neg_score)])
-        return self.loss_fct(logits, labels)
+        # the official LLMEmb / LLM-ESR BCE: the positives' mean plus the negatives' mean (their weight against
+        # align_alpha / llmesr_alpha; one mean over both halves would weigh the auxiliary losses twice)
+        return self.loss_fct(pos_score, torch.ones_like(pos_score)) + self.loss_fct(neg_score, torch.zeros_like(neg_score))
 
     # ---- prediction -----------------------------------------------------------------------------------
     def predict(self, interaction):
