@@ -97,6 +97,8 @@ def to_ray_space(space, search="random"):
             result[name] = tune.uniform(*values)
         elif kind == "loguniform":  # RecBole/hyperopt: the bounds are exponents
             result[name] = tune.loguniform(math.exp(values[0]), math.exp(values[1]))
+        elif all(float(v).is_integer() for v in values):  # n_layers quniform 1,3,1: integers (2.0 is not an integer key)
+            result[name] = tune.qrandint(*(int(v) for v in values))
         else:
             result[name] = tune.quniform(*values)
     return result

@@ -26,6 +26,10 @@ def test_parse_recbole_hyper_format(tmp_path):
     ray_space = to_ray_space(space)
     lr = ray_space["learning_rate"]
     assert lr.lower == pytest.approx(math.exp(-8)) and lr.upper == pytest.approx(1.0)  # RecBole's exponent bounds
+    # integer bounds and step give integers: a float 2.0 for n_layers failed every trial ("must be an integer >= 1")
+    samples = [ray_space["n"].sample() for _ in range(50)]
+    assert all(isinstance(v, int) for v in samples) and set(samples) <= {1, 2, 3, 4, 5}
+    assert isinstance(to_ray_space({"p": ("quniform", [0.1, 0.5, 0.1])})["p"].sample(), float)
     with pytest.raises(HyperFileError, match="grid search needs 'choice'"):
         to_ray_space(space, "grid")
     path.write_text("hidden_size choice 64\n")
