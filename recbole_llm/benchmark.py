@@ -32,11 +32,8 @@ import argparse
 import csv
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
-import threading
 import time
 import traceback
 import uuid
@@ -44,6 +41,7 @@ import uuid
 from recbole_llm.errors import cli_entry
 from recbole_llm.fileio import atomic_open, atomic_savefig, atomic_write_text
 from recbole_llm.reporting import grouped_bars, mean_ci
+from recbole_llm.workers import available_cores, run_workers, thread_env
 
 REPORTED = [
     "ndcg@10", "hit@10", "recall@10", "ndcg_head@10", "ndcg_tail@10", "hit_head@10", "hit_tail@10",
@@ -169,21 +167,10 @@ def run_summary(model, seed, row):
     return f"{model} seed {seed}: {row['status']} in {row.get('wall_seconds', 0):.0f} s, {summary}"
 
 
-# ---- parallel workers -------------------------------------------------------------------------------------
-def available_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
+# ---- parallel workers (the pool: recbole_llm/workers.py) ------------------------------------------------------
 def worker_command(job_file):
     """Command line of one worker process (tests replace it)."""
     return [sys.executable, "-m", "recbole_llm.benchmark", "--worker", job_file]
-
-
-def start_worker(job_file, log_handle, env):
-    return subprocess.Popen(worker_command(job_file), stdout=log_handle, stderr=subprocess.STDOUT, env=env)
 
 
 def worker_main(job_file):
@@ -221,67 +208,24 @@ def run_parallel(jobs, workers, out_dir, on_done):
 
     Every job gets a fresh process with ``cores // workers`` threads. A worker that dies without writing its
     run JSON (killed, out of memory) is recorded as failed here with its exit code and the end of its log.
-    ``on_done(job, row)`` is called in this process as each job ends.
+    ``on_done(job, row)`` is called in this process as each job ends; a stop terminates the running workers.
     """
     import recbole_llm
 
     threads = max(1, available_cores() // workers)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(recbole_llm.__file__)))
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = thread_env(threads, os.path.dirname(os.path.dirname(os.path.abspath(recbole_llm.__file__))))
     log_dir = os.path.join(out_dir, "logs")
-    os.makedirs(log_dir, exist_ok=True)
     print(f"{len(jobs)} runs in {workers} worker processes, {threads} thread(s) each; logs in {log_dir}", flush=True)
-    queue = list(jobs)
-    running = {}
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    if on_main_thread:  # `kill <driver>` stops its workers too
+    named = [dict(job, threads=threads, name=f"{job['model']}-{job['seed']}") for job in jobs]
 
-        def terminate(signum, frame):
-            raise SystemExit(128 + signum)
+    def on_exit(job, returncode, log_path, seconds):
+        on_done(job, collect_worker(job, returncode, log_path, seconds))
 
-        previous_handler = signal.signal(signal.SIGTERM, terminate)
-    try:
-        while queue or running:
-            while queue and len(running) < workers:
-                proc, entry = launch_worker(dict(queue.pop(0), threads=threads), log_dir, env)
-                running[proc] = entry
-            finished = [proc for proc in running if proc.poll() is not None]
-            if not finished:
-                time.sleep(0.2)
-                continue
-            for proc in finished:
-                job, row = collect_worker(proc, *running.pop(proc))
-                on_done(job, row)
-    except BaseException:
-        for proc in running:  # only the workers this call started
-            proc.terminate()
-        for proc in running:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        raise
-    finally:
-        if on_main_thread:
-            signal.signal(signal.SIGTERM, previous_handler if previous_handler is not None else signal.SIG_DFL)
+    run_workers(named, workers, log_dir, lambda job_file: worker_command(job_file), on_exit, env)
 
 
-def launch_worker(job, log_dir, env):
-    """(process, (job, job_file, log_path, log_handle, start)) of a worker started for ``job``."""
-    name = f"{job['model']}-{job['seed']}"
-    job_file = os.path.join(log_dir, f"{name}.job.json")
-    write_json(job_file, job)
-    log_path = os.path.join(log_dir, f"{name}.log")
-    log_handle = open(log_path, "w")
-    proc = start_worker(job_file, log_handle, env)
-    print(f"{job['model']} seed {job['seed']}: started (pid {proc.pid})", flush=True)
-    return proc, (job, job_file, log_path, log_handle, time.perf_counter())
-
-
-def collect_worker(proc, job, job_file, log_path, log_handle, start):
-    """(job, row) of a finished worker: its run JSON, or a failed row (exit code, end of its log) written for it."""
-    log_handle.close()
+def collect_worker(job, returncode, log_path, seconds):
+    """The row of a finished worker: its run JSON, or a failed row (exit code, end of its log) written for it."""
     row = None
     if os.path.isfile(job["path"]):
         with open(job["path"]) as handle:
@@ -291,15 +235,14 @@ def collect_worker(proc, job, job_file, log_path, log_handle, start):
     if row is None:
         row = {
             "status": "failed",
-            "error": f"worker exited with code {proc.returncode} without a result (log: {log_path})",
+            "error": f"worker exited with code {returncode} without a result (log: {log_path})",
             "traceback": tail_of(log_path),
-            "wall_seconds": time.perf_counter() - start,
+            "wall_seconds": seconds,
             "run_id": job["run_id"],
             "config": job["config"],
         }
         write_json(job["path"], row)
-    os.remove(job_file)
-    return job, row
+    return row
 
 
 def write_json(path, data):

@@ -4,12 +4,17 @@ Every error the plugin raises for bad input (a config key, a data file, a model 
 from :class:`UserError`, next to the builtin class it always had (ValueError, FileNotFoundError), so
 ``except ValueError`` in user code keeps working. :func:`cli_entry` is the one error path of the CLIs: a
 UserError is printed as ``error: <message>`` on stderr with exit code 2; ``--debug`` (or
-``RECBOLE_LLM_DEBUG=1``) shows the traceback instead.
+``RECBOLE_LLM_DEBUG=1``) shows the traceback instead. It is also the one stop path: SIGTERM and SIGINT (Ctrl-C)
+end a CLI with one line on stderr and exit code 128 + the signal's number, after the ``finally`` blocks and
+exception handlers on the way (worker pools terminate their workers, locks are released); every result file is
+written atomically, so what finished is kept, nothing is half-written, and the same command resumes.
 """
 
 import functools
 import os
+import signal
 import sys
+import threading
 
 
 class UserError(Exception):
@@ -26,6 +31,21 @@ class DataFileError(UserError, ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file the run needs is not there."""
+
+
+class Stopped(BaseException):
+    """SIGTERM arrived (a BaseException, like KeyboardInterrupt: ``except Exception`` recorders let it through)."""
+
+    def __init__(self, signum=signal.SIGTERM):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = int(signum)
+
+    @classmethod
+    def raise_for(cls, signum, frame):
+        raise cls(signum)
+
+
+STOP_LINE = "finished results are kept and nothing is half-written; run the same command again to resume"
 
 
 def pop_debug_flag(argv):
@@ -47,11 +67,22 @@ def cli_entry(main):
     @functools.wraps(main)
     def wrapper(argv=None):
         argv, debug = pop_debug_flag(sys.argv[1:] if argv is None else argv)
+        on_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, Stopped.raise_for) if on_main else None
         try:
             return main(argv)
         except UserError as err:
             if debug:
                 raise
             return print_error(err)
+        except (KeyboardInterrupt, Stopped) as err:
+            if debug:
+                raise
+            signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
+            print(f"stopped by {signal.Signals(signum).name}: {STOP_LINE}", file=sys.stderr, flush=True)
+            return 128 + signum
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper

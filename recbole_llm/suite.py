@@ -143,7 +143,7 @@ def pending_runs(suite):
     return pending
 
 
-def execute_run(suite, dataset, row, seed, shared=None, threads=None):
+def execute_run(suite, dataset, row, seed, shared=None, threads=None, run_id=None):
     """Train one run (``shared``: the artifact keys :func:`prepare_runs` resolved), test its best checkpoint in every
     mode, write its record; returns the record."""
     import torch
@@ -154,7 +154,7 @@ def execute_run(suite, dataset, row, seed, shared=None, threads=None):
         torch.set_num_threads(threads)
     model, config = run_config(suite, dataset, row, seed)
     record = {"dataset": dataset, "row": row, "model": model, "seed": seed, "keys": suite["rows"][row],
-              "spec": run_spec(suite, dataset, row, seed)}
+              "spec": run_spec(suite, dataset, row, seed), "run_id": run_id}
     start = time.perf_counter()
     try:
         result = run_recbole_llm(model=model, dataset=dataset, config_dict={**config, **(shared or {})})
@@ -198,25 +198,24 @@ def prepare_runs(suite, pending):
 
 
 def run_suite(suite):
-    """Run what is missing, then write the tables and plots; returns the exit code (1 when a run failed)."""
+    """Run what is missing, then write the tables and plots; returns the exit code (1 when a run failed). A stop
+    (SIGTERM, Ctrl-C) ends the running workers, writes the tables of the finished runs and goes on up."""
     pending = prepare_runs(suite, pending_runs(suite))
     workers = max(1, min(suite["workers"], len(pending)))
-    if workers == 1:
-        for run in pending:
-            execute_run(suite, *run)
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(execute_run, suite, *run, threads=threads): run for run in pending}
-            for future, (dataset, row, seed, _) in futures.items():
-                try:
-                    future.result()
-                except Exception as err:  # the worker died (out of memory, killed): recorded, the report still written
-                    write_record(run_path(suite, dataset, row, seed), {"dataset": dataset, "row": row, "model": suite["rows"][row]["model"],
-                                                                       "seed": seed, "status": "failed", "error": f"worker died: {type(err).__name__}: {err}"})
+    try:
+        if workers == 1:
+            for run in pending:
+                execute_run(suite, *run)
+        else:
+            run_in_workers(suite, pending, workers)
+    except BaseException:
+        records = load_records(suite)
+        try:
+            write_report(suite, records, f"Stopped with {sum(r.get('status') == 'ok' for r in records)} of {len(all_runs(suite))} "
+                                         f"runs finished ({time.strftime('%Y-%m-%d')}); rerun the suite to finish it.")
+        except Exception as err:  # the stop (or the error) is what the user needs to see, not a report failure
+            print(f"(the tables of the finished runs could not be written: {type(err).__name__}: {err})", flush=True)
+        raise
     records = load_records(suite)
     write_report(suite, records)
     failed = [r for r in records if r.get("status") != "ok"]
@@ -224,6 +223,45 @@ def run_suite(suite):
         first = "; ".join(f"{r['dataset']} {r['row']} seed {r['seed']}: {r.get('error', '')[:120]}" for r in failed[:3])
         print(f"error: {len(failed)} of {len(records)} runs failed ({first}); rerun the suite to retry them")
         return 1
+    return 0
+
+
+def worker_command(job_file):
+    """Command line of one suite worker process (tests replace it)."""
+    import sys
+
+    return [sys.executable, "-m", "recbole_llm.suite", job_file]
+
+
+def run_in_workers(suite, pending, workers):
+    """The pending runs in ``workers`` fresh processes (recbole_llm/workers.py); a worker that dies without its
+    record gets a failed one."""
+    import uuid
+
+    from recbole_llm.workers import available_cores, run_workers, thread_env
+
+    threads = max(1, available_cores() // workers)
+    jobs = [{"name": f"{dataset}-{row}-{seed}".replace("/", "_"), "suite": suite, "run": [dataset, row, seed], "shared": shared,
+             "threads": threads, "run_id": uuid.uuid4().hex[:12]} for dataset, row, seed, shared in pending]
+    print(f"{len(jobs)} runs in {workers} worker processes, {threads} thread(s) each", flush=True)
+
+    def on_exit(job, returncode, log_path, seconds):
+        dataset, row, seed = job["run"]
+        path = run_path(suite, dataset, row, seed)
+        record = json.load(open(path)) if os.path.isfile(path) else {}
+        if record.get("run_id") != job["run_id"]:  # the worker died (killed, out of memory) before its record
+            write_record(path, {"dataset": dataset, "row": row, "model": suite["rows"][row]["model"], "seed": seed, "status": "failed",
+                                "error": f"worker died: exit code {returncode} without a record (log: {log_path})"})
+
+    run_workers(jobs, workers, os.path.join(suite["out"], "logs"), lambda job_file: worker_command(job_file), on_exit,
+                thread_env(threads))
+
+
+def worker_main(job_file):
+    """Entry point of a suite worker process: run the job of ``job_file`` (its record is written by execute_run)."""
+    with open(job_file) as handle:
+        job = json.load(handle)
+    execute_run(job["suite"], *job["run"], shared=job["shared"], threads=job["threads"], run_id=job["run_id"])
     return 0
 
 
@@ -411,3 +449,11 @@ def legacy_record(dataset, row, model, run):
     return {"dataset": dataset, "row": row, "model": model, "seed": run.get("seed"), "status": "ok",
             "modes": {m: run[m] for m in ("full", "uni100") if m in run}, "sec_per_epoch": run["sec_per_epoch"],
             "epochs": run["epochs"], "params": run["params"]}
+
+
+if __name__ == "__main__":  # a worker process of run_in_workers
+    import sys
+
+    from recbole_llm.errors import cli_entry
+
+    sys.exit(cli_entry(lambda argv: worker_main(argv[0]))())

@@ -108,7 +108,7 @@ def test_two_workers_same_files_as_one_and_resume(tiny_data, tmp_path, monkeypat
     args = tiny_args(tiny_data, parallel, "SASRec,GRU4Rec", "1", "--workers=2")
     assert benchmark.main(args) == 0
     out = capsys.readouterr().out
-    assert "2 runs in 2 worker processes, 1 thread(s) each" in out and "SASRec seed 1: started" in out
+    assert "2 runs in 2 worker processes, 1 thread(s) each" in out and "SASRec-1: started" in out
 
     assert result_files(serial) == result_files(parallel)
     assert result_files(parallel) == sorted(
@@ -131,8 +131,8 @@ def test_two_workers_same_files_as_one_and_resume(tiny_data, tmp_path, monkeypat
 
     # resume with workers: nothing finished is run again, no worker is started
     started = []
-    original = benchmark.start_worker
-    monkeypatch.setattr(benchmark, "start_worker", lambda *a: started.append(a[0]) or original(*a))
+    original = benchmark.worker_command
+    monkeypatch.setattr(benchmark, "worker_command", lambda job_file: started.append(job_file) or original(job_file))
     assert benchmark.main(args) == 0
     assert started == [] and "GRU4Rec seed 1: done before (ok), skipping" in capsys.readouterr().out
     # a run whose JSON is gone runs again, alone

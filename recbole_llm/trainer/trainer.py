@@ -20,7 +20,7 @@ import os
 import uuid
 
 import torch
-from recbole.utils import get_local_time
+from recbole.utils import get_local_time, set_color
 
 from recbole_llm.compat import distributed_world, load_own_checkpoint
 from recbole_llm.evaluator.collector import LongTailCollector, TopKScores
@@ -35,8 +35,19 @@ class PluginTrainerMixin:
         self.eval_collector = LongTailCollector(config)
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        self._own_checkpoints.add(kwargs.get("saved_model_file", self.saved_model_file))
-        return super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
+        """RecBole's checkpoint, written to a temp file and renamed: a stop mid-write leaves the previous best whole."""
+        final = kwargs.pop("saved_model_file", self.saved_model_file)
+        self._own_checkpoints.add(final)
+        tmp = f"{final}.tmp-{os.getpid()}"
+        try:
+            super()._save_checkpoint(epoch, verbose=False, saved_model_file=tmp, **kwargs)
+            if os.path.exists(tmp):  # not on the other DDP ranks (RecBole saves on rank 0 only)
+                os.replace(tmp, final)
+                if verbose:
+                    self.logger.info(set_color("Saving current", "blue") + f": {final}")
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     def save_pretrained_model(self, epoch, saved_model_file):
         self._own_checkpoints.add(saved_model_file)
