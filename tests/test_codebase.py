@@ -5,6 +5,8 @@ import glob
 import os
 import re
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -41,4 +43,19 @@ def test_lower_layers_never_import_the_entry_points():
     above = re.compile(rf"^\s*(from recbole_llm\.({names})\b|import recbole_llm\.({names})\b|from recbole_llm import )", re.M)
     offenders = [os.path.relpath(p, ROOT) for p in python_files(*(f"recbole_llm/{d}" for d in ("model", "llm", "data", "evaluator", "trainer")))
                  if above.search(open(p).read())]
+    assert not offenders, offenders
+
+
+def test_no_binaries_are_tracked():
+    """Packages, checkpoints and arrays stay out of git (a pyflakes wheel was once committed at the root by accident);
+    plots and small JSON records are fine."""
+    import subprocess
+
+    try:
+        tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    binary = (".whl", ".tar.gz", ".zip", ".pth", ".pt", ".npy", ".pkl", ".gguf", ".safetensors", ".bin")
+    offenders = [p for p in tracked if p.endswith(binary) or (os.path.isfile(os.path.join(ROOT, p))
+                                                               and os.path.getsize(os.path.join(ROOT, p)) > 2_000_000)]
     assert not offenders, offenders
