@@ -190,6 +190,7 @@ def worker_main(job_file):
     row["wall_seconds"] = time.perf_counter() - start
     row["run_id"] = job["run_id"]
     row["config"] = job["config"]
+    row["spec"] = job["spec"]
     write_json(job["path"], row)
     print(run_summary(job["model"], job["seed"], row), flush=True)
     return 0
@@ -240,6 +241,7 @@ def collect_worker(job, returncode, log_path, seconds):
             "wall_seconds": seconds,
             "run_id": job["run_id"],
             "config": job["config"],
+            "spec": job["spec"],
         }
         write_json(job["path"], row)
     return row
@@ -385,7 +387,8 @@ def main(argv=None):
     out_dir = os.path.abspath(args.out or os.path.join("benchmarks", "out", args.dataset))
     models = [m for m in args.models.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs, pending = finished_and_pending(models, seeds, out_dir, args.rerun_failed)
+    specs = {(m, seed): run_spec(m, job_config(m, seed, args, base_config, out_dir), args.config_file_list) for m in models for seed in seeds}
+    runs, pending = finished_and_pending(models, seeds, out_dir, args.rerun_failed, specs)
 
     def record(model, seed, row):
         runs.setdefault(model, []).append(row)
@@ -395,7 +398,8 @@ def main(argv=None):
     jobs = [
         {"model": model, "seed": seed, "path": path, "dataset": args.dataset,
          "config": job_config(model, seed, args, base_config, out_dir, shared[(model, seed)]),
-         "config_file_list": args.config_file_list, "eval_mode": args.eval_mode, "run_id": uuid.uuid4().hex[:12]}
+         "config_file_list": args.config_file_list, "eval_mode": args.eval_mode, "run_id": uuid.uuid4().hex[:12],
+         "spec": specs[(model, seed)]}
         for model, seed, path in pending if (model, seed) in shared
     ]
     if args.workers > 1 and jobs:
@@ -425,8 +429,18 @@ def suite_main(argv):
     return run_suite(suite)
 
 
-def finished_and_pending(models, seeds, out_dir, rerun_failed):
-    """({model: [finished rows]}, [(model, seed, run JSON path) still to run]), in --models then --seeds order."""
+def run_spec(model, config, config_file_list):
+    """What a finished run must have been run with to be reused: the model, its config before the artifact keys were
+    added (the extra --key=value pairs, seed, eval mode, epochs, data path), the config files; not its own folders."""
+    import hashlib
+
+    keys = {k: v for k, v in config.items() if k not in ("checkpoint_dir", "state", "show_progress")}
+    return hashlib.sha1(json.dumps([model, keys, config_file_list or []], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def finished_and_pending(models, seeds, out_dir, rerun_failed, specs):
+    """({model: [finished rows]}, [(model, seed, run JSON path) still to run]), in --models then --seeds order. A
+    record whose spec (``specs[(model, seed)]``, :func:`run_spec`) differs ran another command: it runs again."""
     runs, pending = {}, []
     for model in models:
         for seed in seeds:
@@ -434,7 +448,10 @@ def finished_and_pending(models, seeds, out_dir, rerun_failed):
             if os.path.isfile(path):
                 with open(path) as handle:
                     row = json.load(handle)
-                if row["status"] == "ok" or not rerun_failed:
+                if row.get("spec") != specs[(model, seed)]:
+                    print(f"{model} seed {seed}: its record ran with other keys, eval mode or epochs"
+                          f"{' (or before records had a spec)' if 'spec' not in row else ''}: running it again", flush=True)
+                elif row["status"] == "ok" or not rerun_failed:
                     print(f"{model} seed {seed}: done before ({row['status']}), skipping")
                     runs.setdefault(model, []).append(row)
                     continue
@@ -458,7 +475,8 @@ def prepare_pending(pending, args, base_config, out_dir, record):
                 continue
             except Exception as err:  # every pending run of the model fails with this error
                 failed_models[model] = failure_row(err)
-        row = dict(failed_models[model], stage="prepare_artifacts", wall_seconds=time.perf_counter() - start, config={"seed": seed})
+        row = dict(failed_models[model], stage="prepare_artifacts", wall_seconds=time.perf_counter() - start, config={"seed": seed},
+                   spec=run_spec(model, job_config(model, seed, args, base_config, out_dir), args.config_file_list))
         write_json(path, row)
         record(model, seed, row)
     return shared
@@ -472,7 +490,7 @@ def run_in_process(job, args, base_config, out_dir, shared):
         row = run_one(model, seed, args, base_config, out_dir, shared[(model, seed)])
     except Exception as err:
         row = failure_row(err)
-    row.update(wall_seconds=time.perf_counter() - start, run_id=job["run_id"], config=job["config"])
+    row.update(wall_seconds=time.perf_counter() - start, run_id=job["run_id"], config=job["config"], spec=job["spec"])
     write_json(job["path"], row)
     return row
 

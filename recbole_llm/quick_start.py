@@ -166,7 +166,15 @@ def spawn_ranks(function, nproc, *args):
 
     with tempfile.TemporaryDirectory() as folder:
         result_file = os.path.join(folder, "result.pkl")
-        mp.spawn(function, args=(*args, result_file), nprocs=nproc, join=True)
+        context = mp.spawn(function, args=(*args, result_file), nprocs=nproc, join=False)
+        try:
+            while not context.join():
+                pass
+        except BaseException:  # a stop (SIGTERM, Ctrl-C) or a failed rank: no rank is left training
+            from recbole_llm.workers import stop_all
+
+            stop_all(context.processes, grace=10)
+            raise
         if not os.path.isfile(result_file):
             return None
         with open(result_file, "rb") as handle:

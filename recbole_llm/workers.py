@@ -58,18 +58,23 @@ def start(command, job, log_dir, env):
     return proc, job_file, log_path, log_handle
 
 
+def _alive(proc):
+    return proc.poll() is None if hasattr(proc, "poll") else proc.is_alive()
+
+
 def stop_all(procs, grace=30):
-    """SIGTERM every process still running, then SIGKILL what has not ended after ``grace`` seconds."""
+    """SIGTERM every process still running (``subprocess.Popen`` or ``multiprocessing.Process``), then SIGKILL what
+    has not ended after ``grace`` seconds."""
     for proc in procs:
-        if proc.poll() is None:
+        if _alive(proc):
             proc.terminate()
     deadline = time.monotonic() + grace
     for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        while _alive(proc) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(proc):
             proc.kill()
-            proc.wait()
+        proc.wait() if hasattr(proc, "wait") else proc.join()
 
 
 def run_workers(jobs, workers, log_dir, command, on_exit, env=None, grace=30):

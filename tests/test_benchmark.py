@@ -49,6 +49,15 @@ def test_benchmark_files_resume_and_failure(tiny_data, tmp_path, capsys):
         benchmark.run_one = original
     assert calls == []
     assert "SASRec seed 1: done before (ok), skipping" in capsys.readouterr().out
+    # another --key=value (or eval mode, epochs) is another run: its records run again, not reused under the new header
+    benchmark.run_one = lambda *a, **k: calls.append(a) or original(*a, **k)
+    try:
+        changed = [a for a in args if not a.startswith("--models")] + ["--models=SASRec", "--hidden_size=8"]
+        assert benchmark.main(changed) == 0
+    finally:
+        benchmark.run_one = original
+    assert sorted(c[1] for c in calls) == [1, 2] and "SASRec seed 1: its record ran with other keys" in capsys.readouterr().out
+    assert json.load(open(out / "runs" / "SASRec-1.json"))["config"]["hidden_size"] == 8
 
 
 # ---- parallel workers, shared artifacts, confidence intervals --------------------------------------------
