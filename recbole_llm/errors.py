@@ -45,6 +45,32 @@ class Stopped(BaseException):
         raise cls(signum)
 
 
+_SWALLOWED = []  # stops that landed in a finaliser and were ignored there
+
+
+def _raise_swallowed(signum, frame):
+    if _SWALLOWED:
+        raise _SWALLOWED[-1]
+
+
+def _redeliver_swallowed_stops(unraisable, default=sys.unraisablehook):
+    """A signal that lands inside a ``__del__`` (a regex or tokenizer finaliser) raises there, and Python only prints
+    "Exception ignored": the stop would be lost and the command would run to its end. Raise it again 50 ms later
+    instead (SIGALRM), outside the finaliser; cli_entry still reports a stop that never got out."""
+    if isinstance(unraisable.exc_value, (Stopped, KeyboardInterrupt)):
+        _SWALLOWED.append(unraisable.exc_value)
+        signal.signal(signal.SIGALRM, _raise_swallowed)
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        return
+    default(unraisable)
+
+
+def _stop_code(err):
+    signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
+    print(f"stopped by {signal.Signals(signum).name}: {STOP_LINE}", file=sys.stderr, flush=True)
+    return 128 + signum
+
+
 STOP_LINE = "finished results are kept and nothing is half-written; run the same command again to resume"
 
 
@@ -69,8 +95,10 @@ def cli_entry(main):
         argv, debug = pop_debug_flag(sys.argv[1:] if argv is None else argv)
         on_main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, Stopped.raise_for) if on_main else None
+        previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver_swallowed_stops
         try:
-            return main(argv)
+            code = main(argv)
+            return _stop_code(_SWALLOWED[-1]) if _SWALLOWED else code
         except UserError as err:
             if debug:
                 raise
@@ -78,10 +106,13 @@ def cli_entry(main):
         except (KeyboardInterrupt, Stopped) as err:
             if debug:
                 raise
-            signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
-            print(f"stopped by {signal.Signals(signum).name}: {STOP_LINE}", file=sys.stderr, flush=True)
-            return 128 + signum
+            return _stop_code(err)
         finally:
+            _SWALLOWED.clear()
+            sys.unraisablehook = previous_hook
+            if on_main:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
 

@@ -122,3 +122,26 @@ def test_a_stopped_cli_prints_one_line(tmp_path):
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 128 + getattr(signal, how)
         assert "cleaned up" in out and err.count("\n") == 1 and err.startswith(f"stopped by {how}: "), (out, err)
+
+
+def test_a_stop_that_lands_in_a_finaliser_is_not_lost():
+    """A signal handled inside ``__del__`` (regex and tokenizer finalisers) is only printed as "Exception ignored" by
+    Python; cli_entry raises it again outside (the features command used to run to its end after SIGTERM)."""
+    script = textwrap.dedent('''
+        import os, signal, sys, time
+        from recbole_llm.errors import cli_entry
+        class Finaliser:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGTERM)  # handled here, inside the finaliser
+                sum(range(1000))
+        @cli_entry
+        def main(argv):
+            Finaliser()
+            for _ in range(100):
+                time.sleep(0.1)
+            print("ran to the end", flush=True)
+        sys.exit(main([]))
+    ''')
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 128 + signal.SIGTERM and "ran to the end" not in proc.stdout
+    assert proc.stderr.startswith("stopped by SIGTERM: ") and proc.stderr.count("\n") == 1, proc.stderr
