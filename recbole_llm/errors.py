@@ -45,12 +45,17 @@ class Stopped(BaseException):
         raise cls(signum)
 
 
-_SWALLOWED = []  # stops that landed in a finaliser and were ignored there
+_PENDING = []  # stops not raised yet: ignored in a finaliser, or handed to a library that stops gracefully (Ray Tune)
+
+
+def note_stop(signum):
+    """Remember a stop that a library handles itself (it ends its work, then returns): cli_entry still reports it."""
+    _PENDING.append(Stopped(signum))
 
 
 def _raise_swallowed(signum, frame):
-    if _SWALLOWED:
-        raise _SWALLOWED[-1]
+    if _PENDING:
+        raise _PENDING[-1]
 
 
 def _redeliver_swallowed_stops(unraisable, default=sys.unraisablehook):
@@ -58,7 +63,7 @@ def _redeliver_swallowed_stops(unraisable, default=sys.unraisablehook):
     "Exception ignored": the stop would be lost and the command would run to its end. Raise it again 50 ms later
     instead (SIGALRM), outside the finaliser; cli_entry still reports a stop that never got out."""
     if isinstance(unraisable.exc_value, (Stopped, KeyboardInterrupt)):
-        _SWALLOWED.append(unraisable.exc_value)
+        _PENDING.append(unraisable.exc_value)
         signal.signal(signal.SIGALRM, _raise_swallowed)
         signal.setitimer(signal.ITIMER_REAL, 0.05)
         return
@@ -98,7 +103,7 @@ def cli_entry(main):
         previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver_swallowed_stops
         try:
             code = main(argv)
-            return _stop_code(_SWALLOWED[-1]) if _SWALLOWED else code
+            return _stop_code(_PENDING[-1]) if _PENDING else code
         except UserError as err:
             if debug:
                 raise
@@ -108,7 +113,7 @@ def cli_entry(main):
                 raise
             return _stop_code(err)
         finally:
-            _SWALLOWED.clear()
+            _PENDING.clear()
             sys.unraisablehook = previous_hook
             if on_main:
                 signal.setitimer(signal.ITIMER_REAL, 0)

@@ -204,6 +204,25 @@ def write_table(rows, out_dir, space_names):
     return md
 
 
+def keep_our_stop_handler():
+    """ray.init installs Ray's C++ SIGTERM handler (a stack dump, then abort: exit -6); Tune's own graceful stop is
+    SIGINT / SIGUSR1 (it ends the trials and returns what finished). A SIGTERM is handed to that stop and noted, so the
+    finished trials' table is written and the command then ends with the one stop line and exit 143."""
+    import signal
+    import threading
+
+    from recbole_llm.errors import Stopped, note_stop
+
+    def graceful(signum, frame):
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):  # Tune has not started yet
+            raise Stopped(signum)
+        note_stop(signum)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, graceful)
+
+
 def run_search(args):
     """Run the search described by run_hyper.py's arguments; returns (rows, best_yaml_path)."""
     import ray
@@ -223,6 +242,7 @@ def run_search(args):
         ray.init(address=args.address, log_to_driver=False)
     else:
         ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    keep_our_stop_handler()
     try:
         tuner = build_tuner(args, to_ray_space(space, args.search), config, config_file_list, base_config, out_dir)
         results = tuner.fit()
