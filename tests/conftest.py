@@ -71,6 +71,18 @@ def tiny_config(data_path, tmp_path, **overrides):
     return config
 
 
+def rand_features_config(data_path, tmp_path, **overrides):
+    """tiny_config with a random 12-dim feature file ``rand`` for the 30 tiny items (``llm_feature: rand``)."""
+    import numpy as np
+
+    from recbole_llm.llm.features import feature_base, save_features
+
+    folder = str(tmp_path / "features")
+    tokens = [f"i{i}" for i in range(30)]
+    save_features(feature_base(folder, "tiny", "rand"), tokens, np.random.default_rng(0).normal(size=(30, 12)))
+    return tiny_config(data_path, tmp_path, feature_dir=folder, llm_feature="rand", **overrides)
+
+
 @pytest.fixture
 def tiny_llama_dir(tmp_path_factory):
     """A randomly initialised tiny LlamaModel directory with a word-level tokenizer (no download)."""

@@ -5,21 +5,16 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config, assert_reproduces
+from conftest import assert_reproduces, rand_features_config, tiny_config
 
 from recbole_llm import Config, create_dataset, get_model, run_recbole_llm
-from recbole_llm.llm.features import feature_base, save_features
 from recbole_llm.model.sequential_recommender.unisrec import MoEAdaptor
 from recbole_llm.utils import data_preparation
 
 ITEM_COLS = {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "categories"]}
 
 
-def uni_config(tiny_data, tmp_path, **overrides):
-    folder = str(tmp_path / "features")
-    tokens = [f"i{i}" for i in range(30)]
-    save_features(feature_base(folder, "tiny", "rand"), tokens, np.random.default_rng(0).normal(size=(30, 12)))
-    return tiny_config(tiny_data, tmp_path, feature_dir=folder, llm_feature="rand", **overrides)
+uni_config = rand_features_config  # UniSRec over a random feature table
 
 
 def build(model_name, config_dict):

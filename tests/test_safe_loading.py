@@ -9,14 +9,12 @@ absent and the refusal is one line naming the file.
 import importlib
 import os
 
-import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import rand_features_config, tiny_config
 
 from recbole_llm import Config, create_dataset, get_model, run_recbole_llm
 from recbole_llm.errors import UserError
-from recbole_llm.llm.features import feature_base, save_features
 from recbole_llm.quick_start import prepare_artifacts
 from recbole_llm.utils import data_preparation
 
@@ -43,11 +41,7 @@ def test_the_payload_would_run_if_unpickled(tmp_path):
     assert marker.read_text() == "ran\n"
 
 
-def features_config(tiny_data, tmp_path, **overrides):
-    folder = str(tmp_path / "features")
-    tokens = [f"i{i}" for i in range(30)]
-    save_features(feature_base(folder, "tiny", "rand"), tokens, np.random.default_rng(0).normal(size=(30, 12)))
-    return tiny_config(tiny_data, tmp_path, feature_dir=folder, llm_feature="rand", **overrides)
+features_config = rand_features_config
 
 
 def test_a_forged_teacher_cache_does_not_run(tiny_data, tmp_path):
