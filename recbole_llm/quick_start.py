@@ -213,6 +213,9 @@ def quiet_logging():
 def load_model_file(model_file, config_overrides=None):
     """(config, model, train_data, valid_data, test_data) rebuilt from a checkpoint this project wrote.
 
+    The checkpoint is unpickled (RecBole stores its Config object in it), which can run code: pass only your own
+    checkpoints. Weights to hand to someone else: ``python -m recbole_llm.export --weights`` (docs/data.md).
+
     ``config_overrides`` change evaluation-side keys (e.g. ``{"eval_args": {"mode": "uni100"}}``); keys
     that shape the model must stay as trained.
     """
