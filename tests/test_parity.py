@@ -217,6 +217,13 @@ def test_gather_exports_what_our_llmesr_reads(tmp_path):
     cfg = llm_config(data_path, tmp_path, llmesr_alpha=0.1, hidden_size=8, llmesr_sim_users=3, MAX_ITEM_LIST_LENGTH=20)
     config, shared, data = gather("llmesr", "LLMESRSASRec", "tiny", cfg)
     assert shared["llm_feature"] == "rand" and len(data.sequences) == 40 and data.n_items == 30
+    with open(os.path.join(data_path, "tiny", "tiny.inter")) as f:  # every interaction, each user's first included
+        rows = [line.split("\t") for line in f.read().splitlines()[1:]]
+    assert sum(len(s) for s in data.sequences) == len(rows)
+    first = {}
+    for user, item, _ in rows:
+        first.setdefault(user, item)
+    assert all(data.item_tokens[seq[0]] == first[data.user_tokens[u]] for u, seq in enumerate(data.sequences, start=1))
     assert data.tables["llm"].shape == (30, 16) and data.tables["pca"].shape == (30, 8)
     assert data.similar.shape == (40, 3) and data.similar.min() >= 0 and data.similar.max() < 40
     assert all(data.similar[u, 0] != u for u in range(40))

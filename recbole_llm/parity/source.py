@@ -17,10 +17,12 @@ def build_split(model, dataset, config_dict):
     config = Config(model=model, dataset=dataset, config_dict=config_dict)
     shared = shared_artifact_keys(config)
     full = create_dataset(config)
-    train, valid, test = data_preparation(config, full)
     uid, iid = full.uid_field, full.iid_field
-    by_user = user_sequences_in_time_order(full.inter_feat[uid].numpy(), full.inter_feat[iid].numpy(),
-                                           full.inter_feat[full.time_field].numpy())
+    # read before data_preparation: its build() replaces inter_feat by the augmented rows (each user's first item
+    # then appears only inside the history lists)
+    inter = full.inter_feat  # a DataFrame until build()
+    by_user = user_sequences_in_time_order(np.asarray(inter[uid]), np.asarray(inter[iid]), np.asarray(inter[full.time_field]))
+    train, valid, test = data_preparation(config, full)
     rows = {name: (loader._dataset.inter_feat[uid].numpy(), loader._dataset.inter_feat[iid].numpy())
             for name, loader in (("valid", valid), ("test", test))}
     check_against_split(by_user, rows)
