@@ -31,6 +31,7 @@ setup(
         "recbole_llm.properties": ["*.yaml"],
         "recbole_llm.properties.model": ["*.yaml"],
         "recbole_llm.properties.dataset": ["*.yaml"],
+        "recbole_llm.parity": ["methods.yaml"],  # the official settings of each method
     },
     py_modules=["run_recbole_llm", "run_hyper"],
     # Ranges that admit both verified sets (requirements.txt: numpy 1.26 / ray 2.6.3; requirements-modern.txt:
