@@ -43,7 +43,7 @@ def parse_args(argv):
     parser.add_argument("--model", default="SASRec", help="the model whose features to build (its YAML's llm_* keys)")
     parser.add_argument("--config_files", default=None, help="space-separated YAML files")
     parser.add_argument("--data_path", default=None, help="folder holding <dataset>/ (default: dataset_atomic/)")
-    parser.add_argument("--llm_path", default=None, help="local HF model directory, or 'minilm' (default)")
+    parser.add_argument("--llm_path", default=None, help="local HF model directory, a .gguf file, 'minilm' (default) or 'smollm2'")
     parser.add_argument("--pooling", default=None, choices=["mean", "last", "cls"])
     parser.add_argument("--prompt", default=None, choices=["llmemb", "learn"])
     parser.add_argument("--name", default=None, help="feature name (default: <llm>-<pooling>-<prompt>[-pca<N>])")
