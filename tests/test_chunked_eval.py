@@ -37,3 +37,36 @@ def test_chunked_evaluation_gives_the_same_metrics_on_ml100k(tmp_path, model):
     chunked = evaluate_model_file(result["model_file"], {"eval_item_chunk": 97})
     assert dict(chunked) == dict(whole)
     assert whole["ndcg@10"] > 0
+
+
+@pytest.mark.parametrize("model_name", ["SASRec", "LLMEmbSASRec", "LLMESRSASRec", "LEARN", "GRU4Rec"])
+def test_sampled_scores_equal_predict(tiny_data, tmp_path, model_name, monkeypatch):
+    """uni100 with one encoding per user gives the scores of RecBole's per-candidate ``predict`` (GRU4Rec: RecBole's path)."""
+    from conftest import rand_features_config
+
+    from recbole_llm import Config, create_dataset, get_model
+    from recbole_llm.quick_start import prepare_artifacts
+    from recbole_llm.trainer import trainer as plugin_trainer
+    from recbole_llm.utils import data_preparation, get_trainer
+
+    overrides = {"eval_args": {"mode": "uni100"}, "teacher_epochs": 1, "llmesr_alpha": 0.0, "hidden_size": 12}
+    config = Config(model=model_name, dataset="tiny", config_dict=rand_features_config(tiny_data, tmp_path, **overrides))
+    prepare_artifacts(config)
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    model = get_model(model_name)(config, train.dataset).eval()
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    assert plugin_trainer.scores_from_factors(model) is (model_name != "GRU4Rec")
+    trainer.tot_item_num = dataset.item_num  # set by evaluate()
+    batches = list(test)  # the negatives are drawn anew on every pass: compare on the same batches
+    with torch.no_grad():
+        fast = [trainer._neg_sample_batch_eval(batch) for batch in batches]
+        calls, predict = [], model.predict
+        model.predict = lambda interaction: calls.append(len(interaction)) or predict(interaction)
+        monkeypatch.setattr(plugin_trainer, "scores_from_factors", lambda model: False)
+        slow = [trainer._neg_sample_batch_eval(batch) for batch in batches]
+    assert sum(calls) == sum(len(batch[0]) for batch in batches)  # RecBole's path: one row per candidate
+    for (inter_a, scores_a, *_), (inter_b, scores_b, *_) in zip(fast, slow):
+        assert torch.equal(inter_a["user_id"], inter_b["user_id"])
+        assert torch.equal(torch.isinf(scores_a), torch.isinf(scores_b))
+        torch.testing.assert_close(scores_a[~torch.isinf(scores_a)], scores_b[~torch.isinf(scores_b)], rtol=1e-5, atol=1e-5)

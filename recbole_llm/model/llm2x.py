@@ -4,6 +4,7 @@ import torch
 
 from recbole_llm.errors import ConfigError
 from recbole_llm.model.adapters import prepare_llm_features
+from recbole_llm.model.cold_id import ColdIdMixin
 
 
 def resolve_scale(scale, config):
@@ -22,7 +23,7 @@ def copy_rows(weight, features, scale):
     weight[1 : features.size(0)] = rows.to(weight.dtype)
 
 
-class LLM2XMixin:
+class LLM2XMixin(ColdIdMixin):
     def init_item_table_from_llm(self, config, dataset):
         features = dataset.llm_feature(config["llm_feature"])
         width = self.item_embedding.weight.size(1)
@@ -33,6 +34,12 @@ class LLM2XMixin:
             )
         scale = config["llm2x_scale"] if "llm2x_scale" in config else "auto"
         copy_rows(self.item_embedding.weight, features, resolve_scale(scale, config))
+        # cold_id: the rows of items training never saw generated from the same features (recbole_llm/model/cold_id.py)
+        self.register_buffer("cold_id_features", features.float(), persistent=False)
+        self.item_embedding = self.setup_cold_id(config, dataset, self.item_embedding, self.cold_id_content, width)
+
+    def cold_id_content(self, ids):
+        return self.cold_id_features[ids]
 
     @classmethod
     def prepare_artifacts(cls, config):

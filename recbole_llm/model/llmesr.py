@@ -38,6 +38,7 @@ from recbole_llm.errors import ConfigError
 from recbole_llm.data.utils import user_sequences
 from recbole_llm.llm.extract import pca_reduce
 from recbole_llm.model.adapters import AdaptedEmbedding, prepare_llm_features
+from recbole_llm.model.cold_id import ColdIdMixin
 from recbole_llm.model.llm2x import copy_rows, resolve_scale
 from recbole_llm.llm.contrastive import soft_contrastive_loss
 
@@ -138,7 +139,7 @@ def unstack(out):
     return torch.cat([out[:half], out[half:]], dim=-1)
 
 
-class LLMESRMixin:
+class LLMESRMixin(ColdIdMixin):
     """Turn a plugin backbone (SASRec, GRU4Rec, BERT4Rec) into its LLM-ESR version; keys in properties/model/LLMESRMixin.yaml."""
 
     ssm_partial_table = False  # the two views run as one stacked batch over the whole [ID | LLM] tables
@@ -153,6 +154,9 @@ class LLMESRMixin:
         heads = int(config["llmesr_cross_heads"]) if config["llmesr_cross_attention"] else 0
         self._feature_key = dataset.llm_feature_key(config["llm_feature"])
         self.item_embedding = self.dual_view_embedding(config, features, base, width, heads)
+        # cold_id: the ID rows of items training never saw generated from [LLM row | semantic half] (model/cold_id.py)
+        view = self.item_embedding
+        view.id_embedding = self.setup_cold_id(config, dataset, view.id_embedding, self.cold_id_content, features.size(1) + width)
         self.setup_distillation(config, dataset, base, base_name, width)
         self._capturing = False
         self._captured = None
@@ -222,6 +226,12 @@ class LLMESRMixin:
         if self.distill_targets == "bank":  # every user's latest training state, (n_users, 2 * width)
             self.register_buffer("user_bank", torch.zeros(dataset.user_num, 2 * width), persistent=False)
             self.register_buffer("user_bank_seen", torch.zeros(dataset.user_num, dtype=torch.bool), persistent=False)
+
+    def cold_id_content(self, ids):
+        """The generator's input: the frozen LLM row and the adapted semantic half, both detached."""
+        llm = self.item_embedding.llm_embedding
+        with torch.no_grad():
+            return torch.cat([llm.features[ids].float(), llm.rows(ids)], dim=1)
 
     # ---- both views through the backbone in one stacked batch -----------------------------------------
     def forward(self, item_seq, item_seq_len=None, *args):

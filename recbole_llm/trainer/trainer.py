@@ -5,6 +5,8 @@
     pickled Config otherwise), and nothing else that way;
   * names checkpoints uniquely (model, time, process id, random suffix), so that two runs started in
     the same second (parallel trials, benchmarks) never overwrite each other;
+  * sampled (uni100) evaluation encodes each user once (:meth:`PluginTrainerMixin._sampled_scores`) for models
+    whose ``predict`` is a dot product of ``full_sort_factors`` (RecBole: once per candidate, 101 times);
   * collects what the long-tail metrics need (LongTailCollector), one interaction row per score row
     also in sampled (uni100) evaluation;
   * ``eval_item_chunk: N`` scores full-sort evaluation N items at a time and keeps only the running top-k
@@ -20,7 +22,7 @@ import os
 import uuid
 
 import torch
-from recbole.utils import get_local_time, set_color
+from recbole.utils import EvaluatorType, get_local_time, set_color
 
 from recbole_llm.compat import distributed_world, load_own_checkpoint
 from recbole_llm.evaluator.collector import LongTailCollector, TopKScores
@@ -84,16 +86,46 @@ class PluginTrainerMixin:
         return interaction, topk, positive_u, positive_i
 
     def _neg_sample_batch_eval(self, batched_data):
+        interaction, row_idx, positive_u, positive_i = batched_data
+        if scores_from_factors(self.model) and self.config["eval_type"] == EvaluatorType.RANKING:
+            first = first_row_of_each(row_idx, int(positive_u[-1]) + 1)
+            scores = self._sampled_scores(interaction, row_idx, first)
+            return interaction[first], scores, positive_u, positive_i
         interaction, scores, positive_u, positive_i = super()._neg_sample_batch_eval(batched_data)
-        row_idx = batched_data[1]
         if scores.dim() == 2 and len(interaction) != scores.shape[0]:
             # sampled evaluation expands each user into 1 + n negatives rows: keep the first per row
-            row_idx = torch.as_tensor(row_idx).long()
-            order = torch.arange(len(row_idx))
-            first = torch.full((scores.shape[0],), len(row_idx), dtype=torch.long)
-            first = first.scatter_reduce(0, row_idx, order, reduce="amin")
-            interaction = interaction[first]
+            interaction = interaction[first_row_of_each(row_idx, scores.shape[0])]
         return interaction, scores, positive_u, positive_i
+
+    def _sampled_scores(self, interaction, row_idx, first):
+        """Sampled (uni100) scores with one encoding per user: RecBole's ``predict`` repeats the history of every
+        candidate row (1 + 100 encodings per user); ``full_sort_factors`` of the user's first row, dotted with the
+        candidates' item vectors, gives the same scores (test_sampled_scores_equal_predict)."""
+        row_idx = torch.as_tensor(row_idx).long().to(self.device)
+        users, items = self.model.full_sort_factors(interaction[first].to(self.device))
+        col_idx = interaction[self.config["ITEM_ID_FIELD"]].long().to(self.device)
+        scores = torch.full((len(first), self.tot_item_num), float("-inf"), device=self.device)
+        scores[row_idx, col_idx] = (users[row_idx] * items[col_idx]).sum(dim=-1)
+        return scores
+
+
+def first_row_of_each(row_idx, n_rows):
+    """Index of the first candidate row of each of the ``n_rows`` users of a sampled-evaluation batch."""
+    row_idx = torch.as_tensor(row_idx).long().cpu()
+    first = torch.full((n_rows,), len(row_idx), dtype=torch.long)
+    return first.scatter_reduce(0, row_idx, torch.arange(len(row_idx)), reduce="amin")
+
+
+def scores_from_factors(model):
+    """Whether ``model.predict(row)`` is ``full_sort_factors(row)`` users . items[item]: both defined by one class
+    (the plugin's SASRec family, LEARN), not a subclass or an instance that overrides one of them."""
+    if {"predict", "full_sort_factors"} & set(vars(model)):
+        return False
+
+    def owner(name):
+        return next((klass for klass in type(model).__mro__ if name in vars(klass)), None)
+
+    return hasattr(model, "full_sort_factors") and owner("predict") is owner("full_sort_factors")
 
 
 def chunked_topk(users, items, k, chunk, history_index=None):
