@@ -214,36 +214,43 @@ class Config(RecBoleConfig):
 
 
 # ---- validation: before any work starts, one line that names the key and the fix --------------------------
-# config["key"], config.get("key"), final_config_dict["key"], and helpers named get("key", default)
+# RecBole's keys: its YAML defaults and what its own code reads as config["..."] (RecBole declares no schema); the
+# plugin's keys: declared in properties/**/*.yaml with their types (recbole_llm/schema.py)
 _CONFIG_READ = re.compile(r"""(?:config\w*(?:\.get\(|\[)|(?<![.\w])get\()\s*["']([A-Za-z_][A-Za-z0-9_]*)["']""")
 # read by RecBole from the command line or set by its distributed launcher, not through config["..."]
 _EXTRA_KNOWN = {"model", "dataset", "config_files", "nproc", "world_size", "ip", "port", "offset", "local_rank",
                 "device", "single_spec", "valid_neg_sample_args", "test_neg_sample_args", "eval_type", "MODEL_INPUT_TYPE"}
-_KNOWN_KEYS = None
+_RECBOLE_KEYS = None
 
 
-def known_config_keys():
-    """Every key a YAML default of RecBole or the plugin names, or that their code reads as config["key"]."""
-    global _KNOWN_KEYS
-    if _KNOWN_KEYS is None:
+def recbole_config_keys():
+    """Every key a YAML default of RecBole names or that RecBole's code reads as config[...]."""
+    global _RECBOLE_KEYS
+    if _RECBOLE_KEYS is None:
         import yaml
 
         keys = set(_EXTRA_KNOWN)
-        roots = [os.path.dirname(importlib.import_module("recbole").__file__), os.path.dirname(os.path.abspath(__file__)), properties_dir()]
-        for root in roots:
-            for path in glob.glob(os.path.join(root, "**", "*.yaml"), recursive=True) + glob.glob(os.path.join(root, "**", "*.hyper"), recursive=True):
-                try:
-                    with open(path) as handle:
-                        loaded = yaml.safe_load(handle) if path.endswith(".yaml") else None
-                except (OSError, yaml.YAMLError):
-                    continue
-                if isinstance(loaded, dict):
-                    keys.update(str(k) for k in loaded)
-            for path in glob.glob(os.path.join(root, "**", "*.py"), recursive=True):
-                with open(path, encoding="utf-8", errors="replace") as handle:
-                    keys.update(_CONFIG_READ.findall(handle.read()))
-        _KNOWN_KEYS = keys
-    return _KNOWN_KEYS
+        root = os.path.dirname(importlib.import_module("recbole").__file__)
+        for path in glob.glob(os.path.join(root, "**", "*.yaml"), recursive=True):
+            try:
+                with open(path) as handle:
+                    loaded = yaml.safe_load(handle)
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(loaded, dict):
+                keys.update(str(k) for k in loaded)
+        for path in glob.glob(os.path.join(root, "**", "*.py"), recursive=True):
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                keys.update(_CONFIG_READ.findall(handle.read()))
+        _RECBOLE_KEYS = keys
+    return _RECBOLE_KEYS
+
+
+def known_config_keys():
+    """RecBole's keys and the plugin's declared ones (properties/**/*.yaml)."""
+    from recbole_llm.schema import declared_keys
+
+    return recbole_config_keys() | set(declared_keys())
 
 
 def _config_error(message):
@@ -268,7 +275,12 @@ def validate_config(config):
         near = difflib.get_close_matches(key, sorted(known), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         raise _config_error(f"unknown config key '{key}'{hint}: no RecBole or recbole-llm code reads it; fix its name or drop it")
-    for key, value in external.items():  # a word where the default is a number or a flag: a typo or a space
+    from recbole_llm.schema import type_error
+
+    for key, value in external.items():  # the declared type of a plugin key; RecBole's: the type of its default
+        message = type_error(key, value)
+        if message:
+            raise _config_error(message)
         default = config.internal_config_dict.get(key)
         if isinstance(value, str) and isinstance(default, (bool, int, float)) and default is not None:
             kind = "True or False" if isinstance(default, bool) else "a number"

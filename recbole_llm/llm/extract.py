@@ -19,7 +19,8 @@ import torch
 from recbole_llm.errors import ConfigError
 from recbole_llm.fileio import build_once, file_fingerprint
 from recbole_llm.llm import features as feature_io
-from recbole_llm.llm.embed import DEFAULT_LLM, _text_key, embed_texts, llm_short_name, load_llm, resolve_llm_path
+from recbole_llm.schema import setting
+from recbole_llm.llm.embed import _text_key, embed_texts, llm_short_name, load_llm, resolve_llm_path
 from recbole_llm.llm.prompts import build_prompts, prompt_config, read_item_text, template_hash
 
 logger = logging.getLogger(__name__)
@@ -98,25 +99,20 @@ def dataset_item_tokens(data_dir, dataset, item_text, item_field="item_id"):
     return tokens
 
 
-def _get(config, key, default):
-    value = config[key] if not isinstance(config, dict) else config.get(key)
-    return default if value is None else value
-
-
 def feature_settings(config, llm_path=None, pooling=None, prompt_style=None, normalize=None):
     """The settings that define a feature file (its cache key is their hash)."""
     prompts = prompt_config(config)
-    style = prompt_style or _get(config, "prompt_style", "llmemb")
+    style = prompt_style or setting(config, "prompt_style")
     settings = {
         "dataset": config["dataset"],
-        "llm_path": llm_path or _get(config, "llm_path", DEFAULT_LLM),
-        "pooling": pooling or _get(config, "llm_pooling", "mean"),
+        "llm_path": llm_path or setting(config, "llm_path"),
+        "pooling": pooling or setting(config, "llm_pooling"),
         "prompt_style": style,
         "prompt_hash": template_hash(style, prompts["instruction"], prompts["max_value_len"], prompts["text_fields"], prompts["field_names"]),
-        "max_length": int(_get(config, "llm_max_length", 256)),
-        "normalize": bool(normalize if normalize is not None else _get(config, "llm_normalize", False)),
+        "max_length": int(setting(config, "llm_max_length")),
+        "normalize": bool(normalize if normalize is not None else setting(config, "llm_normalize")),
     }
-    dtype = feature_io.check_dtype(_get(config, "feature_dtype", "float32"))
+    dtype = feature_io.check_dtype(setting(config, "feature_dtype"))
     if dtype != "float32":  # float32 files keep the cache key they always had
         settings["dtype"] = dtype
     return settings
@@ -163,7 +159,7 @@ def ensure_features(config, name=None, llm_path=None, pooling=None, prompt_style
     the file (and its PCA companion) even when it is up to date.
     """
     settings = feature_settings(config, llm_path, pooling, prompt_style, normalize)
-    pca_dim = pca_dim if pca_dim is not None else _get(config, "pca_dim", None)
+    pca_dim = pca_dim if pca_dim is not None else setting(config, "pca_dim")
     dataset, data_dir = config["dataset"], config["data_path"]
     item_path = os.path.join(data_dir, f"{dataset}.item")
     key = cache_key(settings, item_path)
@@ -229,9 +225,9 @@ def _embed_with_ray(config, settings, texts, chunk_dir, show_progress):
     hidden_size = AutoConfig.from_pretrained(path, local_files_only=True).hidden_size
     chunk_key = _text_key(texts, {k: settings[k] for k in ("pooling", "max_length", "normalize")} | {"model": path})
     return embed_texts_ray(texts, path, hidden_size, pooling=settings["pooling"], max_length=settings["max_length"],
-                           normalize=settings["normalize"], batch_size=int(_get(config, "llm_batch_size", 64)),
-                           num_workers=int(_get(config, "llm_ray_workers", 2)), gpus_per_worker=float(_get(config, "llm_ray_gpus_per_worker", 0)),
-                           address=_get(config, "llm_ray_address", None), block_size=int(_get(config, "llm_ray_block_size", 256)),
+                           normalize=settings["normalize"], batch_size=int(setting(config, "llm_batch_size")),
+                           num_workers=int(setting(config, "llm_ray_workers")), gpus_per_worker=float(setting(config, "llm_ray_gpus_per_worker")),
+                           address=setting(config, "llm_ray_address"), block_size=int(setting(config, "llm_ray_block_size")),
                            chunk_dir=chunk_dir, chunk_key=chunk_key, show_progress=show_progress)
 
 
@@ -254,12 +250,12 @@ def _build_features(config, settings, key, base_name, target_dir, show_progress)
     start = time.perf_counter()
     texts = [prompts[t] for t in tokens]
     chunk_dir = os.path.join(target_dir, f".chunks-{base_name}")
-    if _get(config, "llm_ray", False):
+    if setting(config, "llm_ray"):
         matrix = _embed_with_ray(config, settings, texts, chunk_dir, show_progress)
     else:
-        device = _get(config, "device", "cpu")
+        device = setting(config, "device", "cpu")
         model, tokenizer = load_llm(settings["llm_path"], device=device)
-        matrix = embed_texts(texts, model, tokenizer, pooling=settings["pooling"], batch_size=int(_get(config, "llm_batch_size", 64)),
+        matrix = embed_texts(texts, model, tokenizer, pooling=settings["pooling"], batch_size=int(setting(config, "llm_batch_size")),
                              max_length=settings["max_length"], device=device, normalize=settings["normalize"],
                              show_progress=show_progress, chunk_dir=chunk_dir)
     seconds = time.perf_counter() - start

@@ -150,15 +150,16 @@ def build_prompts(item_text, style="llmemb", instruction="", max_value_len=DEFAU
 
 
 def prompt_config(config):
-    """The prompt-related keys of a RecBole Config (or dict) with their defaults."""
-    get = config.get if isinstance(config, dict) else (lambda k, d=None: config[k] if config[k] is not None else d)
+    """The prompt-related keys of a RecBole Config (or dict), absent or null ones at their YAML defaults."""
+    from recbole_llm.schema import setting
+
     return {
-        "text_fields": get("text_fields", None),
-        "field_names": get("text_field_names", None),
-        "list_fields": get("text_list_fields", None),
-        "instruction": get("prompt_instruction", ""),
-        "max_value_len": get("prompt_max_value_len", DEFAULT_MAX_VALUE_LEN),
-        "item_field": get("ITEM_ID_FIELD", "item_id"),
+        "text_fields": setting(config, "text_fields"),
+        "field_names": setting(config, "text_field_names"),
+        "list_fields": setting(config, "text_list_fields"),
+        "instruction": setting(config, "prompt_instruction"),
+        "max_value_len": setting(config, "prompt_max_value_len"),
+        "item_field": setting(config, "ITEM_ID_FIELD", "item_id"),
     }
 
 

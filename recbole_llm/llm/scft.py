@@ -32,6 +32,7 @@ from recbole_llm.llm.embed import embed_texts, last_hidden, llm_short_name, load
 from recbole_llm.llm.extract import dataset_item_tokens, ensure_pca_companion, is_current
 from recbole_llm.llm.prompts import build_prompts, llmemb_prompt, prompt_config, read_item_text, template_hash
 from recbole_llm.llm.contrastive import info_nce_loss, soft_contrastive_loss
+from recbole_llm.schema import setting
 
 logger = logging.getLogger(__name__)
 
@@ -39,27 +40,56 @@ DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 ENCODER_TARGETS = ("query", "key", "value", "dense")
 
 
+# each setting's config key; its default is that key's in properties/overall.yaml (recbole_llm/schema.py)
+SETTING_KEYS = {
+    "llm_path": "llm_path", "steps": "scft_steps", "batch_size": "scft_batch_size", "lr": "scft_lr",
+    "lora_r": "scft_lora_r", "lora_alpha": "scft_lora_alpha", "lora_dropout": "scft_lora_dropout",
+    "target_modules": "scft_target_modules", "drop_ratio": "scft_drop_ratio", "loss": "scft_loss",
+    "grad_accum": "scft_grad_accum", "grad_checkpointing": "scft_grad_checkpointing", "max_length": "llm_max_length",
+    "pooling": "llm_pooling", "seed": "scft_seed", "checkpoint_every": "scft_checkpoint_every",
+    "eval_items": "scft_eval_items", "pca_dim": "pca_dim",
+}
+SETTING_TYPES = {"steps": int, "batch_size": int, "lr": float, "lora_r": int, "lora_alpha": int, "lora_dropout": float,
+                 "target_modules": list, "drop_ratio": float, "grad_accum": int, "grad_checkpointing": bool,
+                 "max_length": int, "seed": int, "checkpoint_every": int, "eval_items": int, "pca_dim": int}
+TAU_INIT = 3.0  # the learnable temperature's start (LLMEmb's code)
+
+
+def _setting(name, value):
+    """A setting's value in its type; None (a null key) becomes the type's empty value (no target list, no PCA)."""
+    kind = SETTING_TYPES.get(name)
+    if kind is None:
+        return value
+    return kind(value) if value is not None else kind()
+
+
+def _yaml_default(name):
+    from recbole_llm import schema
+
+    return field(default_factory=lambda: _setting(name, schema.default(SETTING_KEYS[name])))
+
+
 @dataclass
 class SCFTSettings:
-    llm_path: str = "minilm"
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 2e-4
-    lora_r: int = 8
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
-    target_modules: list = field(default_factory=list)  # empty = automatic
-    drop_ratio: float = 0.4
-    loss: str = "soft"  # soft (LLMEmb) | infonce
-    tau_init: float = 3.0
-    grad_accum: int = 1
-    grad_checkpointing: bool = False
-    max_length: int = 256
-    pooling: str = "mean"
-    seed: int = 2024
-    checkpoint_every: int = 100
-    eval_items: int = 2000
-    pca_dim: int = 0
+    llm_path: str = _yaml_default("llm_path")
+    steps: int = _yaml_default("steps")
+    batch_size: int = _yaml_default("batch_size")
+    lr: float = _yaml_default("lr")
+    lora_r: int = _yaml_default("lora_r")
+    lora_alpha: int = _yaml_default("lora_alpha")
+    lora_dropout: float = _yaml_default("lora_dropout")
+    target_modules: list = _yaml_default("target_modules")  # empty = automatic
+    drop_ratio: float = _yaml_default("drop_ratio")
+    loss: str = _yaml_default("loss")  # soft (LLMEmb) | infonce
+    tau_init: float = TAU_INIT
+    grad_accum: int = _yaml_default("grad_accum")
+    grad_checkpointing: bool = _yaml_default("grad_checkpointing")
+    max_length: int = _yaml_default("max_length")
+    pooling: str = _yaml_default("pooling")
+    seed: int = _yaml_default("seed")
+    checkpoint_every: int = _yaml_default("checkpoint_every")
+    eval_items: int = _yaml_default("eval_items")
+    pca_dim: int = _yaml_default("pca_dim")
 
     def key(self, extra):
         payload = {k: v for k, v in asdict(self).items() if k not in ("checkpoint_every", "eval_items", "pca_dim")}
@@ -282,31 +312,13 @@ def scft_feature_name(settings, prompt_style="llmemb"):
 
 
 def settings_from_config(config):
-    def get(key, default):
-        value = config[key] if not isinstance(config, dict) else config.get(key)
-        return default if value is None else value
+    """The SCFT settings of a Config or a plain dict (a key it lacks, or null, takes its YAML default)."""
+    def get(name):
+        value = config.get(SETTING_KEYS[name]) if isinstance(config, dict) else config[SETTING_KEYS[name]]
+        return None if value is None else _setting(name, value)
 
-    defaults = SCFTSettings()
-    return SCFTSettings(
-        llm_path=get("llm_path", defaults.llm_path),
-        steps=int(get("scft_steps", defaults.steps)),
-        batch_size=int(get("scft_batch_size", defaults.batch_size)),
-        lr=float(get("scft_lr", defaults.lr)),
-        lora_r=int(get("scft_lora_r", defaults.lora_r)),
-        lora_alpha=int(get("scft_lora_alpha", defaults.lora_alpha)),
-        lora_dropout=float(get("scft_lora_dropout", defaults.lora_dropout)),
-        target_modules=list(get("scft_target_modules", []) or []),
-        drop_ratio=float(get("scft_drop_ratio", defaults.drop_ratio)),
-        loss=get("scft_loss", defaults.loss),
-        grad_accum=int(get("scft_grad_accum", defaults.grad_accum)),
-        grad_checkpointing=bool(get("scft_grad_checkpointing", defaults.grad_checkpointing)),
-        max_length=int(get("llm_max_length", defaults.max_length)),
-        pooling=get("llm_pooling", defaults.pooling),
-        seed=int(get("scft_seed", defaults.seed)),
-        checkpoint_every=int(get("scft_checkpoint_every", defaults.checkpoint_every)),
-        eval_items=int(get("scft_eval_items", defaults.eval_items)),
-        pca_dim=int(get("pca_dim", 0) or 0),
-    )
+    given = {name: get(name) for name in SETTING_KEYS}
+    return SCFTSettings(**{name: value for name, value in given.items() if value is not None})
 
 
 def scft_cache_key(config, settings):
@@ -350,7 +362,7 @@ def _train_and_export(config, settings, key, full_name, target_dir, resume, show
     item_text = read_item_text(
         data_dir, dataset, prompts_cfg["text_fields"], prompts_cfg["field_names"], prompts_cfg["list_fields"], prompts_cfg["item_field"]
     )
-    device = (config["device"] if not isinstance(config, dict) else config.get("device")) or "cpu"
+    device = setting(config, "device", "cpu")
     output_dir = os.path.join(target_dir, f"scft-{key}")
     start = time.perf_counter()
     model, tokenizer, report = train_scft(item_text, prompts_cfg["instruction"], settings, output_dir, device, resume, show_progress)
@@ -358,7 +370,7 @@ def _train_and_export(config, settings, key, full_name, target_dir, resume, show
     model.save_pretrained(os.path.join(output_dir, "adapter"))
     tokens = dataset_item_tokens(data_dir, dataset, item_text, prompts_cfg["item_field"])
     prompts = build_prompts(item_text, "llmemb", prompts_cfg["instruction"], prompts_cfg["max_value_len"], tokens)
-    batch = int(config["llm_batch_size"] if not isinstance(config, dict) else config.get("llm_batch_size", 64))
+    batch = int(setting(config, "llm_batch_size"))
     matrix = embed_texts(
         [prompts[t] for t in tokens], model, tokenizer, settings.pooling, batch, settings.max_length, device, show_progress=show_progress
     )
