@@ -1,11 +1,8 @@
 """recbole-llm: LLM-powered item embeddings (LLMEmb, LEARN, UniSRec) as a RecBole plugin."""
 
-try:
-    import recbole  # noqa: F401
-except ImportError:  # installed without the README's --no-deps step
-    raise ImportError("recbole_llm needs RecBole 1.2.1: pip install --no-deps recbole==1.2.1 (see the README)") from None
-
-from recbole_llm.compat import import_recbole_models  # noqa: E402
+# RecBole itself is checked by recbole_llm.compat at its import: without RecBole (installed without the README's
+# --no-deps step) an ImportError in one line, with another version than its patches target one warning line
+from recbole_llm.compat import import_recbole_models
 
 import_recbole_models()  # once, and switch off the anomaly detection that RecBole's sine.py enables
 

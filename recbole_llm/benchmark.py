@@ -62,6 +62,7 @@ def popularity_buckets(model_file, eval_mode):
     import numpy as np
     from recbole.evaluator.metrics import NDCG
 
+    from recbole_llm.compat import capture_data_struct
     from recbole_llm.evaluator.longtail import ITEM_POP_KEY, TARGET_KEY
     from recbole_llm.quick_start import load_model_file
     from recbole_llm.utils import get_trainer
@@ -69,15 +70,7 @@ def popularity_buckets(model_file, eval_mode):
     config, model, train_data, _, test_data = load_model_file(model_file, {"eval_args": {"mode": eval_mode}})
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     trainer.eval_collector.data_collect(train_data)
-    captured = {}
-    original = trainer.eval_collector.get_data_struct
-
-    def capture():
-        struct = original()
-        captured["struct"] = struct
-        return struct
-
-    trainer.eval_collector.get_data_struct = capture
+    captured = capture_data_struct(trainer)
     trainer.evaluate(test_data, load_best_model=False)
     struct = captured["struct"]
     metric = NDCG(config)

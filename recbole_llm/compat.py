@@ -1,4 +1,8 @@
-"""The few fixes RecBole 1.2.1 needs on today's stack, in one place.
+"""The few fixes RecBole 1.2.1 needs on today's stack, and every patch of RecBole the plugin applies, in one place.
+
+Every RecBole patch here targets RecBole :data:`RECBOLE_VERSION` (1.2.1, what requirements.txt installs); at import
+this module checks the installed RecBole (:func:`check_recbole_version`): without one, an ImportError in one line;
+with another version, one warning line naming both versions and the fix (``pip install --no-deps recbole==1.2.1``).
 
 1. Importing ``recbole.model.sequential_recommender`` imports ``sine.py``, which calls
    ``torch.autograd.set_detect_anomaly(True)`` at module level: every backward of the process becomes
@@ -29,13 +33,56 @@
 7. Ray 2.6's Ray Data imports ``pkg_resources._vendor.packaging`` (gone in setuptools >= 70) and pandas
    internals gone in pandas 2.1: with requirements.txt's set (ray 2.6.3, pandas 2.2, setuptools 80) it cannot be
    imported. :func:`import_ray_data` says so in one line; requirements-modern.txt (ray 2.60) runs it.
+8. RecBole's sequential models accept only the loss types BPR and CE: :func:`stand_in_loss_type` builds one with a
+   stand-in for the plugin's (SSM, BCE), then restores it.
+9. RecBole's metric registry is three module dicts: :func:`register_recbole_metrics` adds the long-tail metrics.
+10. Instance patches of RecBole's trainer and models, each named for what it reads: :func:`time_epochs` (the seconds
+    of every ``Trainer._train_epoch``), :func:`capture_data_struct` (the ``DataStruct`` an evaluation scores),
+    :func:`replace_loss_fct` (the ``loss_fct`` RecBole's CE models call; the cold-start protocol masks it).
 """
 
+import contextlib
 import os
 import pickle
+import sys
+import time
 import warnings
 
 import torch
+
+RECBOLE_VERSION = "1.2.1"  # the RecBole every patch in this module targets
+RECBOLE_FIX = f"pip install --no-deps recbole=={RECBOLE_VERSION}"
+
+
+def installed_recbole_version():
+    """The installed RecBole's ``__version__``, or None when RecBole cannot be imported (its package, not its models)."""
+    try:
+        import recbole
+    except ImportError:
+        return None
+    return str(getattr(recbole, "__version__", "unknown"))
+
+
+def recbole_version_problem(installed):
+    """One line about RecBole ``installed`` (a version, or None for none), or None when it is the targeted one."""
+    if installed is None:
+        return f"recbole_llm needs RecBole {RECBOLE_VERSION}: {RECBOLE_FIX} (see the README)"
+    if installed != RECBOLE_VERSION:
+        return (f"warning: RecBole {installed} is installed, but recbole_llm's patches of RecBole (recbole_llm/compat.py) "
+                f"target RecBole {RECBOLE_VERSION}: {RECBOLE_FIX}")
+    return None
+
+
+def check_recbole_version(installed):
+    """Run at import: ImportError (one line) without RecBole, one warning line on stderr with another version."""
+    problem = recbole_version_problem(installed)
+    if installed is None:
+        raise ImportError(problem)
+    if problem:
+        print(problem, file=sys.stderr)
+
+
+check_recbole_version(installed_recbole_version())
 
 
 def set_anomaly_detection(enabled=False):
@@ -44,7 +91,7 @@ def set_anomaly_detection(enabled=False):
 
 
 def import_recbole_models():
-    """Import RecBole's model packages, then undo the global side effect of ``sine.py``."""
+    """Import RecBole's model packages, then undo the global side effect of ``sine.py`` (RecBole 1.2.1)."""
     import recbole.model.sequential_recommender  # noqa: F401  (runs sine.py)
 
     set_anomaly_detection(False)
@@ -106,7 +153,8 @@ def _first_bad_number(pandas, path, kwargs):
 
 
 def install_atomic_reader():
-    """Route RecBole's atomic-file reading through :class:`_AtomicPandas` (idempotent)."""
+    """Route RecBole's atomic-file reading (``recbole.data.dataset.dataset.pd``, RecBole 1.2.1) through
+    :class:`_AtomicPandas` (idempotent)."""
     import recbole.data.dataset.dataset as recbole_dataset
 
     if not isinstance(recbole_dataset.pd, _AtomicPandas):
@@ -123,7 +171,7 @@ def distributed_world():
 
 
 def init_distributed_device(final, recbole_init_device):
-    """RecBole's ``Config._init_device`` for a DDP process (``local_rank`` set by the launcher) without CUDA: the
+    """RecBole 1.2.1's ``Config._init_device`` for a DDP process (``local_rank`` set by the launcher) without CUDA: the
     ``gloo`` backend on CPU. A single process, or GPUs, go through RecBole's own code (``nccl``); CUDA is looked at
     only after ``CUDA_VISIBLE_DEVICES`` is set from ``gpu_id``, as RecBole does, so the chosen GPUs are the ones used."""
     if "local_rank" not in final:
@@ -168,7 +216,7 @@ def avoid_detail_debug_crash(warn=True):
 
 
 def install_ddp_wrapper():
-    """RecBole wraps every model in ``DistributedDataParallel(model, device_ids=[local_rank])``. torch accepts device
+    """RecBole 1.2.1 wraps every model in ``DistributedDataParallel(model, device_ids=[local_rank])``. torch accepts device
     ids for CUDA modules only: CPU modules get ``device_ids=None``. Non-persistent buffers (the frozen LLM tables,
     the teacher: the same files on every rank) are left out of DDP's start-up and per-step buffer broadcasts, which
     would otherwise send whole tables from rank 0 at every step (idempotent)."""
@@ -211,7 +259,7 @@ def import_ray_data():
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """Load a RecBole checkpoint file (``.pth`` with ``config`` and ``state_dict``).
+    """Load a RecBole checkpoint file (``.pth`` with ``config`` and ``state_dict``, as RecBole 1.2.1 writes them).
 
     RecBole pickles its ``Config`` object into every checkpoint, which torch>=2.6 refuses under
     ``weights_only=True``. Only call this for files you trust (written by this project's runs):
@@ -257,7 +305,7 @@ NUMPY_ALIASES = {
 
 
 def numpy_compatibility_settings():
-    """What RecBole's ``Config.compatibility_settings`` does, on numpy 1.x and 2.x alike."""
+    """What RecBole 1.2.1's ``Config.compatibility_settings`` does, on numpy 1.x and 2.x alike."""
     import numpy as np
 
     for alias, name in NUMPY_ALIASES.items():
@@ -304,3 +352,66 @@ def tune_run_config(name, out_dir, max_failures=0, verbose=1):
 
     failure = FailureConfig(max_failures=max_failures, fail_fast=False)
     return RunConfig(name=name, local_dir=out_dir, failure_config=failure, verbose=verbose)
+
+
+# ---- patches of RecBole 1.2.1's classes and registries that the plugin's modules apply (each called from there) ----
+@contextlib.contextmanager
+def stand_in_loss_type(config, stand_ins):
+    """RecBole 1.2.1's sequential models accept only BPR and CE: build one with the stand-in of the plugin's loss type
+    (``{"SSM": "CE", "BCE": "BPR"}``), then restore the real one. Yields the real loss type."""
+    loss_type = config["loss_type"]
+    if loss_type in stand_ins:
+        config["loss_type"] = stand_ins[loss_type]
+    try:
+        yield loss_type
+    finally:
+        config["loss_type"] = loss_type
+
+
+def register_recbole_metrics(metrics):
+    """Add ``metrics`` ({name: metric class}) to RecBole 1.2.1's metric registry, the dicts of
+    ``recbole.evaluator.register`` that its Config and Evaluator read (idempotent)."""
+    from recbole.evaluator.register import metric_information, metric_types, metrics_dict
+
+    for name, cls in metrics.items():
+        metrics_dict[name] = cls
+        metric_information[name] = cls.metric_need
+        metric_types[name] = cls.metric_type
+
+
+def time_epochs(trainer):
+    """A list that receives the seconds of every ``trainer._train_epoch`` call from now on (RecBole 1.2.1's
+    ``Trainer.fit`` calls it once per epoch; this trainer only is wrapped)."""
+    epoch_times = []
+    original_train_epoch = trainer._train_epoch
+
+    def timed_train_epoch(*args, **kwargs):
+        start = time.perf_counter()
+        result = original_train_epoch(*args, **kwargs)
+        epoch_times.append(time.perf_counter() - start)
+        return result
+
+    trainer._train_epoch = timed_train_epoch
+    return epoch_times
+
+
+def capture_data_struct(trainer):
+    """A dict whose ``"struct"`` receives the ``DataStruct`` that ``trainer``'s next evaluations score (RecBole 1.2.1's
+    ``Trainer.evaluate`` calls ``eval_collector.get_data_struct()`` once, after the batches)."""
+    captured = {}
+    original = trainer.eval_collector.get_data_struct
+
+    def capture():
+        struct = original()
+        captured["struct"] = struct
+        return struct
+
+    trainer.eval_collector.get_data_struct = capture
+    return captured
+
+
+def replace_loss_fct(model, loss_fct):
+    """Make ``loss_fct`` the loss ``model`` computes its CE with: RecBole 1.2.1's SASRec and GRU4Rec call
+    ``self.loss_fct(logits, targets)`` (the plugin's BERT4Rec too; RecBole's calls ``F.cross_entropy``)."""
+    model.loss_fct = loss_fct.to(next(model.parameters()).device)
+    return model.loss_fct

@@ -9,7 +9,7 @@ from logging import getLogger
 import torch
 from recbole.utils import get_flops, init_logger, init_seed, set_color
 
-from recbole_llm.compat import set_anomaly_detection
+from recbole_llm.compat import set_anomaly_detection, time_epochs
 from recbole_llm.config import Config
 from recbole_llm.data.cold import exclude_cold_items_from_loss
 from recbole_llm.utils import create_dataset, data_preparation, get_model, get_trainer
@@ -119,21 +119,6 @@ def build_dataset_and_model(config, logger):
         flops = get_flops(model, dataset, config["device"], logger, construct_transform(config))
         logger.info(set_color("FLOPs", "blue") + f": {flops}")
     return dataset, model, loaders
-
-
-def time_epochs(trainer):
-    """A list that receives the seconds of every ``trainer._train_epoch`` call from now on."""
-    epoch_times = []
-    original_train_epoch = trainer._train_epoch
-
-    def timed_train_epoch(*args, **kwargs):
-        start = time.perf_counter()
-        result = original_train_epoch(*args, **kwargs)
-        epoch_times.append(time.perf_counter() - start)
-        return result
-
-    trainer._train_epoch = timed_train_epoch
-    return epoch_times
 
 
 def run_distributed(config, model, dataset, config_file_list, config_dict, saved=True):

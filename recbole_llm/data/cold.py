@@ -26,6 +26,7 @@ import torch
 from recbole.data.dataset import SequentialDataset
 from torch import nn
 
+from recbole_llm.compat import replace_loss_fct
 from recbole_llm.errors import UserError
 
 SELECTIONS = ("random", "newest")
@@ -242,7 +243,7 @@ def exclude_cold_items_from_loss(model, dataset):
     loss_fct = getattr(model, "loss_fct", None)
     if isinstance(loss_fct, nn.CrossEntropyLoss):
         if not isinstance(loss_fct, ColdMaskedCrossEntropyLoss):
-            model.loss_fct = ColdMaskedCrossEntropyLoss(cold, loss_fct).to(next(model.parameters()).device)
+            replace_loss_fct(model, ColdMaskedCrossEntropyLoss(cold, loss_fct))
         handled = True
     if handled:
         return True

@@ -2,8 +2,11 @@
 
 from logging import getLogger
 
+import recbole.data.dataset as recbole_datasets
 from recbole.data.dataset import SequentialDataset
 
+from recbole_llm.data.atomic import AtomicFilesMixin
+from recbole_llm.data.cold import ColdItemsMixin, check_sequential
 from recbole_llm.llm.features import (FeatureFileError, align_features, feature_dirs, feature_key, find_feature_file, load_features,
                                       mapped_features)
 
@@ -68,33 +71,75 @@ class LLMFeatureDataset(SequentialDataset):
 
 
 # ---- the classes create_dataset builds: a RecBole or plugin dataset class with the plugin's mixins in front ----
-def plugin_dataset_class(base, cold=False):
-    """``base`` with :class:`~recbole_llm.data.atomic.AtomicFilesMixin` (and, with ``cold``, the
-    cold-start protocol) in front. The class lives in this module under a name that rebuilds it, so datasets
-    pickle and unpickle (RecBole's FDSA and ``save_dataset`` pickle them)."""
-    name = f"{'ColdReported' if cold else 'Reported'}{base.__name__}"
-    cached = globals().get(name)
-    if cached is not None:
-        return cached
-    from recbole_llm.data.atomic import AtomicFilesMixin
-    from recbole_llm.data.cold import ColdItemsMixin, check_sequential
+# One named class per dataset class create_dataset can pick (RecBole 1.2.1's and LLMFeatureDataset): they pickle and
+# unpickle by name (RecBole's FDSA and save_dataset pickle datasets). ``Cold...``: with the cold-start protocol.
+class ReportedDataset(AtomicFilesMixin, recbole_datasets.Dataset):
+    """RecBole's Dataset with the atomic-file checks (recbole_llm.data.atomic)."""
 
-    bases = (AtomicFilesMixin,)
+
+class ReportedSequentialDataset(AtomicFilesMixin, recbole_datasets.SequentialDataset):
+    """RecBole's SequentialDataset with the atomic-file checks."""
+
+
+class ReportedKnowledgeBasedDataset(AtomicFilesMixin, recbole_datasets.KnowledgeBasedDataset):
+    """RecBole's KnowledgeBasedDataset with the atomic-file checks."""
+
+
+class ReportedKGSeqDataset(AtomicFilesMixin, recbole_datasets.KGSeqDataset):
+    """RecBole's KGSeqDataset with the atomic-file checks."""
+
+
+class ReportedDecisionTreeDataset(AtomicFilesMixin, recbole_datasets.DecisionTreeDataset):
+    """RecBole's DecisionTreeDataset with the atomic-file checks."""
+
+
+class ReportedGRU4RecKGDataset(AtomicFilesMixin, recbole_datasets.GRU4RecKGDataset):
+    """RecBole's GRU4RecKGDataset with the atomic-file checks."""
+
+
+class ReportedKSRDataset(AtomicFilesMixin, recbole_datasets.KSRDataset):
+    """RecBole's KSRDataset with the atomic-file checks."""
+
+
+class ReportedDIENDataset(AtomicFilesMixin, recbole_datasets.DIENDataset):
+    """RecBole's DIENDataset with the atomic-file checks."""
+
+
+class ReportedLLMFeatureDataset(AtomicFilesMixin, LLMFeatureDataset):
+    """LLMFeatureDataset with the atomic-file checks."""
+
+
+class ColdReportedSequentialDataset(AtomicFilesMixin, ColdItemsMixin, recbole_datasets.SequentialDataset):
+    """RecBole's SequentialDataset with the atomic-file checks and the cold-start protocol (recbole_llm.data.cold)."""
+
+
+class ColdReportedKGSeqDataset(AtomicFilesMixin, ColdItemsMixin, recbole_datasets.KGSeqDataset):
+    """RecBole's KGSeqDataset with the atomic-file checks and the cold-start protocol."""
+
+
+class ColdReportedGRU4RecKGDataset(AtomicFilesMixin, ColdItemsMixin, recbole_datasets.GRU4RecKGDataset):
+    """RecBole's GRU4RecKGDataset with the atomic-file checks and the cold-start protocol."""
+
+
+class ColdReportedKSRDataset(AtomicFilesMixin, ColdItemsMixin, recbole_datasets.KSRDataset):
+    """RecBole's KSRDataset with the atomic-file checks and the cold-start protocol."""
+
+
+class ColdReportedDIENDataset(AtomicFilesMixin, ColdItemsMixin, recbole_datasets.DIENDataset):
+    """RecBole's DIENDataset with the atomic-file checks and the cold-start protocol."""
+
+
+class ColdReportedLLMFeatureDataset(AtomicFilesMixin, ColdItemsMixin, LLMFeatureDataset):
+    """LLMFeatureDataset with the atomic-file checks and the cold-start protocol."""
+
+
+def plugin_dataset_class(base, cold=False):
+    """The named class above that puts :class:`~recbole_llm.data.atomic.AtomicFilesMixin` (and, with ``cold``, the
+    cold-start protocol) in front of ``base``."""
     if cold:
         check_sequential(base)
-        bases += (ColdItemsMixin,)
-    cls = type(name, bases + (base,), {"__module__": __name__, "__qualname__": name})
-    globals()[name] = cls
+    name = f"{'ColdReported' if cold else 'Reported'}{base.__name__}"
+    cls = globals().get(name)
+    if not (isinstance(cls, type) and cls.__bases__[-1] is base):
+        raise TypeError(f"no plugin dataset class for {base.__name__}: add {name} to recbole_llm/data/dataset.py")
     return cls
-
-
-def __getattr__(name):  # unpickling in a fresh process: rebuild the class from its name
-    import recbole.data.dataset as recbole_datasets
-
-    for prefix in ("ColdReported", "Reported"):
-        if name.startswith(prefix):
-            base_name = name[len(prefix):]
-            base = globals().get(base_name) or getattr(recbole_datasets, base_name, None)
-            if base is not None:
-                return plugin_dataset_class(base, cold=prefix == "ColdReported")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from recbole.evaluator.base_metric import TopkMetric
 from recbole.evaluator.metrics import NDCG, Hit, Recall
-from recbole.evaluator.register import metric_information, metric_types, metrics_dict
 from recbole.utils import EvaluatorType
 
+from recbole_llm.compat import register_recbole_metrics
 from recbole_llm.errors import ConfigError
 
 # keys of the DataStruct that LongTailCollector fills
@@ -173,23 +173,125 @@ def _warn_once(message):
         getLogger().warning(message)
 
 
-GROUPED_METRICS = {}
-for _base in ("hit", "ndcg", "recall"):
-    for _group in ("head", "tail", "short", "long", "cold", "warm"):
-        _name = f"{_base}_{_group}"
-        GROUPED_METRICS[_name] = type(
-            f"{_base.upper() if _base != 'recall' else 'Recall'}_{_group}",
-            (_GroupedTopkMetric,),
-            {"base": _base, "group": _group, "__module__": __name__},
-        )
+# the grouped metrics, one named class each (RecBole's registry maps the lower-case metric name to its class)
+class HIT_head(_GroupedTopkMetric):
+    """Hit@k over the rows whose target item is head."""
+
+    base, group = "hit", "head"
+
+
+class HIT_tail(_GroupedTopkMetric):
+    """Hit@k over the rows whose target item is tail."""
+
+    base, group = "hit", "tail"
+
+
+class HIT_short(_GroupedTopkMetric):
+    """Hit@k over the rows whose user history is short."""
+
+    base, group = "hit", "short"
+
+
+class HIT_long(_GroupedTopkMetric):
+    """Hit@k over the rows whose user history is long."""
+
+    base, group = "hit", "long"
+
+
+class HIT_cold(_GroupedTopkMetric):
+    """Hit@k over the rows whose target item is cold."""
+
+    base, group = "hit", "cold"
+
+
+class HIT_warm(_GroupedTopkMetric):
+    """Hit@k over the rows whose target item is warm."""
+
+    base, group = "hit", "warm"
+
+
+class NDCG_head(_GroupedTopkMetric):
+    """NDCG@k over the rows whose target item is head."""
+
+    base, group = "ndcg", "head"
+
+
+class NDCG_tail(_GroupedTopkMetric):
+    """NDCG@k over the rows whose target item is tail."""
+
+    base, group = "ndcg", "tail"
+
+
+class NDCG_short(_GroupedTopkMetric):
+    """NDCG@k over the rows whose user history is short."""
+
+    base, group = "ndcg", "short"
+
+
+class NDCG_long(_GroupedTopkMetric):
+    """NDCG@k over the rows whose user history is long."""
+
+    base, group = "ndcg", "long"
+
+
+class NDCG_cold(_GroupedTopkMetric):
+    """NDCG@k over the rows whose target item is cold."""
+
+    base, group = "ndcg", "cold"
+
+
+class NDCG_warm(_GroupedTopkMetric):
+    """NDCG@k over the rows whose target item is warm."""
+
+    base, group = "ndcg", "warm"
+
+
+class Recall_head(_GroupedTopkMetric):
+    """Recall@k over the rows whose target item is head."""
+
+    base, group = "recall", "head"
+
+
+class Recall_tail(_GroupedTopkMetric):
+    """Recall@k over the rows whose target item is tail."""
+
+    base, group = "recall", "tail"
+
+
+class Recall_short(_GroupedTopkMetric):
+    """Recall@k over the rows whose user history is short."""
+
+    base, group = "recall", "short"
+
+
+class Recall_long(_GroupedTopkMetric):
+    """Recall@k over the rows whose user history is long."""
+
+    base, group = "recall", "long"
+
+
+class Recall_cold(_GroupedTopkMetric):
+    """Recall@k over the rows whose target item is cold."""
+
+    base, group = "recall", "cold"
+
+
+class Recall_warm(_GroupedTopkMetric):
+    """Recall@k over the rows whose target item is warm."""
+
+    base, group = "recall", "warm"
+
+
+GROUPED_METRICS = {f"{cls.base}_{cls.group}": cls for cls in (
+    HIT_head, HIT_tail, HIT_short, HIT_long, HIT_cold, HIT_warm,
+    NDCG_head, NDCG_tail, NDCG_short, NDCG_long, NDCG_cold, NDCG_warm,
+    Recall_head, Recall_tail, Recall_short, Recall_long, Recall_cold, Recall_warm,
+)}
 
 
 def register_metrics():
-    """Add the grouped metrics to RecBole's registry (the dicts Config and Evaluator read)."""
-    for name, cls in GROUPED_METRICS.items():
-        metrics_dict[name] = cls
-        metric_information[name] = cls.metric_need
-        metric_types[name] = cls.metric_type
+    """Add the grouped metrics to RecBole's registry (the dicts Config and Evaluator read): recbole_llm.compat."""
+    register_recbole_metrics(GROUPED_METRICS)
 
 
 register_metrics()

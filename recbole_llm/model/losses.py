@@ -1,24 +1,9 @@
 """Sampled softmax (``loss_type: SSM``): the negative sampler, the loss and the mixin the backbones share. The
 contrastive losses of SCFT and the LLMEmb alignment live in recbole_llm.llm.contrastive."""
 
-import contextlib
-
 import torch
 
 from recbole_llm.errors import ConfigError
-
-
-@contextlib.contextmanager
-def stand_in_loss_type(config, stand_ins):
-    """RecBole's sequential models accept only BPR and CE: build one with the stand-in of the plugin's loss type
-    (``{"SSM": "CE", "BCE": "BPR"}``), then restore the real one. Yields the real loss type."""
-    loss_type = config["loss_type"]
-    if loss_type in stand_ins:
-        config["loss_type"] = stand_ins[loss_type]
-    try:
-        yield loss_type
-    finally:
-        config["loss_type"] = loss_type
 
 
 class NegativeSampler:

@@ -1,6 +1,7 @@
 """Trainer pieces shared by every model the plugin runs (RecBole's own and the plugin's).
 
-``with_plugin_trainer(cls)`` returns ``cls`` with :class:`PluginTrainerMixin` in front. The mixin:
+``with_plugin_trainer(cls)`` returns ``cls`` with :class:`PluginTrainerMixin` in front (a class named in this module).
+The mixin:
   * loads the best checkpoint this run wrote with ``weights_only=False`` (torch>=2.6 refuses RecBole's
     pickled Config otherwise), and nothing else that way;
   * names checkpoints uniquely (model, time, process id, random suffix), so that two runs started in
@@ -21,11 +22,13 @@
 import os
 import uuid
 
+import recbole.trainer as recbole_trainers
 import torch
 from recbole.utils import EvaluatorType, get_local_time, set_color
 
 from recbole_llm.compat import distributed_world, load_own_checkpoint
 from recbole_llm.evaluator.collector import LongTailCollector, TopKScores
+from recbole_llm.trainer.s3rec_trainer import S3RecTrainer as PluginS3RecTrainer
 
 
 class PluginTrainerMixin:
@@ -172,15 +175,78 @@ def chunk_candidates(scores, k):
     return scores.gather(1, index), index
 
 
-_CACHE = {}
+# ---- the classes with_plugin_trainer returns: one named class per trainer get_trainer can pick (RecBole 1.2.1's and the
+# plugin's), each RecBole's (or the plugin's) with PluginTrainerMixin in front, under the name of the class it extends
+class Trainer(PluginTrainerMixin, recbole_trainers.Trainer):
+    """RecBole's Trainer with :class:`PluginTrainerMixin`."""
+
+
+class KGTrainer(PluginTrainerMixin, recbole_trainers.KGTrainer):
+    """RecBole's KGTrainer with :class:`PluginTrainerMixin`."""
+
+
+class KGATTrainer(PluginTrainerMixin, recbole_trainers.KGATTrainer):
+    """RecBole's KGATTrainer with :class:`PluginTrainerMixin`."""
+
+
+class PretrainTrainer(PluginTrainerMixin, recbole_trainers.PretrainTrainer):
+    """RecBole's PretrainTrainer with :class:`PluginTrainerMixin`."""
+
+
+class MKRTrainer(PluginTrainerMixin, recbole_trainers.MKRTrainer):
+    """RecBole's MKRTrainer with :class:`PluginTrainerMixin`."""
+
+
+class TraditionalTrainer(PluginTrainerMixin, recbole_trainers.TraditionalTrainer):
+    """RecBole's TraditionalTrainer with :class:`PluginTrainerMixin`."""
+
+
+class DecisionTreeTrainer(PluginTrainerMixin, recbole_trainers.DecisionTreeTrainer):
+    """RecBole's DecisionTreeTrainer with :class:`PluginTrainerMixin`."""
+
+
+class XGBoostTrainer(PluginTrainerMixin, recbole_trainers.XGBoostTrainer):
+    """RecBole's XGBoostTrainer with :class:`PluginTrainerMixin`."""
+
+
+class LightGBMTrainer(PluginTrainerMixin, recbole_trainers.LightGBMTrainer):
+    """RecBole's LightGBMTrainer with :class:`PluginTrainerMixin`."""
+
+
+class RaCTTrainer(PluginTrainerMixin, recbole_trainers.RaCTTrainer):
+    """RecBole's RaCTTrainer with :class:`PluginTrainerMixin`."""
+
+
+class RecVAETrainer(PluginTrainerMixin, recbole_trainers.RecVAETrainer):
+    """RecBole's RecVAETrainer with :class:`PluginTrainerMixin`."""
+
+
+class NCLTrainer(PluginTrainerMixin, recbole_trainers.NCLTrainer):
+    """RecBole's NCLTrainer with :class:`PluginTrainerMixin`."""
+
+
+class RecBoleS3RecTrainer(PluginTrainerMixin, recbole_trainers.S3RecTrainer):
+    """RecBole's S3RecTrainer with :class:`PluginTrainerMixin` (get_trainer picks the plugin's, below)."""
+
+
+class S3RecTrainer(PluginTrainerMixin, PluginS3RecTrainer):
+    """The plugin's S3RecTrainer (recbole_llm.trainer.s3rec_trainer) with :class:`PluginTrainerMixin`."""
+
+
+PLUGIN_TRAINERS = {cls.__bases__[-1]: cls for cls in (
+    Trainer, KGTrainer, KGATTrainer, PretrainTrainer, MKRTrainer,
+    TraditionalTrainer, DecisionTreeTrainer, XGBoostTrainer, LightGBMTrainer, RaCTTrainer,
+    RecVAETrainer, NCLTrainer, RecBoleS3RecTrainer, S3RecTrainer,
+)}
 
 
 def with_plugin_trainer(trainer_class):
-    """``trainer_class`` with :class:`PluginTrainerMixin` in front (cached, idempotent)."""
+    """``trainer_class`` with :class:`PluginTrainerMixin` in front: the named class above (idempotent)."""
     if issubclass(trainer_class, PluginTrainerMixin):
         return trainer_class
-    if trainer_class not in _CACHE:
-        _CACHE[trainer_class] = type(
-            trainer_class.__name__, (PluginTrainerMixin, trainer_class), {"__module__": __name__}
+    if trainer_class not in PLUGIN_TRAINERS:
+        raise TypeError(
+            f"no plugin trainer for {trainer_class.__name__}: add one to recbole_llm/trainer/trainer.py, or subclass "
+            "recbole_llm.trainer.PluginTrainerMixin"
         )
-    return _CACHE[trainer_class]
+    return PLUGIN_TRAINERS[trainer_class]

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from recbole.model.sequential_recommender.bert4rec import BERT4Rec as RecBoleBERT4Rec
 
 from recbole_llm.model.layers import bucketed_encode
-from recbole_llm.model.losses import SampledSoftmaxMixin, stand_in_loss_type
+from recbole_llm.compat import stand_in_loss_type
+from recbole_llm.model.losses import SampledSoftmaxMixin
 from recbole_llm.model.train_modes import check_train_mode, require_target_list, target_list_field, valid_positions
 
 

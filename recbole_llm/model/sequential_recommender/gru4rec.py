@@ -16,7 +16,8 @@ import torch
 from recbole.model.sequential_recommender.gru4rec import GRU4Rec as RecBoleGRU4Rec
 
 from recbole_llm.model.layers import bucketed_encode, bucketed_forward
-from recbole_llm.model.losses import SampledSoftmaxMixin, stand_in_loss_type
+from recbole_llm.compat import stand_in_loss_type
+from recbole_llm.model.losses import SampledSoftmaxMixin
 from recbole_llm.model.train_modes import check_train_mode, require_target_list, target_list_field, valid_positions
 
 

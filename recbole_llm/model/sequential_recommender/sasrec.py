@@ -25,7 +25,8 @@ from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 from torch import nn
 
 from recbole_llm.model.layers import bucketed_encode
-from recbole_llm.model.losses import SampledSoftmaxMixin, stand_in_loss_type
+from recbole_llm.compat import stand_in_loss_type
+from recbole_llm.model.losses import SampledSoftmaxMixin
 from recbole_llm.model.train_modes import check_train_mode, require_target_list, valid_positions
 
 TARGET_LIST_SUFFIX = "_target_list"
