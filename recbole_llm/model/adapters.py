@@ -161,6 +161,9 @@ class LLMEmbMixin(FrozenTablesMixin):
     """
 
     llm_extra_rows = 0  # BERT4Rec: 1 (its mask token keeps its own learned vector)
+    # what it needs from the backbone (recbole_llm/model/hooks.py): its loss, reading the table from item_embedding;
+    # it overrides item_rows (ItemTableBackbone) with rows computed on demand
+    backbone_hooks = ("calculate_loss",)
 
     def setup_llm_embedding(self, config, dataset, out_dim):
         features = dataset.llm_feature(config["llm_feature"], keep_dtype=True)

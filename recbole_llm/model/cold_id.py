@@ -134,6 +134,9 @@ class ColdIdMixin:
     Hooks: ``cold_id_content(ids)`` (the generator's input rows) and ``cold_id_content_dim`` set by the model.
     """
 
+    backbone_hooks = ("calculate_loss",)  # declared in recbole_llm/model/hooks.py, checked by tests/test_hooks.py
+    model_hooks = ("cold_id_content",)
+
     @property
     def cold_table(self):
         """The model's :class:`ColdIdTable` (registered where the model keeps its ID table), or None."""

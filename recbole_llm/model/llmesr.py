@@ -146,6 +146,9 @@ class LLMESRMixin(ColdIdMixin):
 
     llm_extra_rows = 0  # BERT4Rec: 1 (its mask token has a row in both tables)
     cross_attention_causal = True  # BERT4Rec: False (bidirectional)
+    # what it wraps in the backbone (recbole_llm/model/hooks.py); it overrides embed_item_seq (ItemTableBackbone) and
+    # supplies sequence_vectors and cold_id_content
+    backbone_hooks = ("forward", "encode_all", "calculate_loss")
 
     def setup_dual_view(self, config, dataset, width):
         features = dataset.llm_feature(config["llm_feature"])

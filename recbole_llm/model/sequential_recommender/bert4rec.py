@@ -37,13 +37,14 @@ import torch
 import torch.nn.functional as F
 from recbole.model.sequential_recommender.bert4rec import BERT4Rec as RecBoleBERT4Rec
 
+from recbole_llm.model.hooks import SequentialBackbone
 from recbole_llm.model.layers import bucketed_encode
 from recbole_llm.compat import stand_in_loss_type
 from recbole_llm.model.losses import SampledSoftmaxMixin
 from recbole_llm.model.train_modes import check_train_mode, require_target_list, target_list_field, valid_positions
 
 
-class BERT4Rec(SampledSoftmaxMixin, RecBoleBERT4Rec):
+class BERT4Rec(SampledSoftmaxMixin, RecBoleBERT4Rec, SequentialBackbone):
     def __init__(self, config, dataset):
         with stand_in_loss_type(config, {"SSM": "CE"}) as loss_type:  # RecBole's BERT4Rec accepts BPR and CE only
             super().__init__(config, dataset)
@@ -71,6 +72,11 @@ class BERT4Rec(SampledSoftmaxMixin, RecBoleBERT4Rec):
         if not self.length_bucketing:
             return super().forward(item_seq)
         return bucketed_encode(super().forward, item_seq, (item_seq != 0).sum(dim=1))
+
+    def encode_all(self, item_seq, item_seq_len=None):
+        """(B, L, H) states at every position: this class's ``forward`` (named, not ``self.forward``: LLM-ESR's
+        ``encode_all`` stacks its two views and calls this one through ``super()``)."""
+        return BERT4Rec.forward(self, item_seq)
 
     def reconstruct_test_data(self, item_seq, item_seq_len):
         """RecBole's: the mask token at position len, then the first column dropped (no per-row loop)."""

@@ -15,13 +15,14 @@ Same name as RecBole's, so ``--model=GRU4Rec`` resolves here (plugin first). Dif
 import torch
 from recbole.model.sequential_recommender.gru4rec import GRU4Rec as RecBoleGRU4Rec
 
+from recbole_llm.model.hooks import SequentialBackbone
 from recbole_llm.model.layers import bucketed_encode, bucketed_forward
 from recbole_llm.compat import stand_in_loss_type
 from recbole_llm.model.losses import SampledSoftmaxMixin
 from recbole_llm.model.train_modes import check_train_mode, require_target_list, target_list_field, valid_positions
 
 
-class GRU4Rec(SampledSoftmaxMixin, RecBoleGRU4Rec):
+class GRU4Rec(SampledSoftmaxMixin, RecBoleGRU4Rec, SequentialBackbone):
     def __init__(self, config, dataset):
         with stand_in_loss_type(config, {"SSM": "CE"}) as loss_type:
             super().__init__(config, dataset)
@@ -37,6 +38,10 @@ class GRU4Rec(SampledSoftmaxMixin, RecBoleGRU4Rec):
         if self.length_bucketing:
             return bucketed_forward(super().forward, item_seq, item_seq_len)
         return super().forward(item_seq, item_seq_len)
+
+    def user_embeddings(self, item_seq, item_seq_len):
+        """(B, embedding_size) user vectors as full_sort_predict scores them: ``forward``."""
+        return self.forward(item_seq, item_seq_len)
 
     def encode_sequence(self, item_seq):
         """(B, L, embedding_size) states at every position: RecBole's forward without the final gather."""

@@ -15,8 +15,9 @@ Same name as RecBole's, so ``--model=SASRec`` resolves here (plugin first). Diff
   popularity ** ``ssm_power``, logQ-corrected, accidental hits removed; ``ssm_in_batch`` adds the batch's other
   targets as negatives, corrected by their training frequency).
 
-Hooks for subclasses (LLMEmb, LLM2X): :meth:`item_table` is the (n_items, hidden) table used for the input
-sequence AND for scoring; :meth:`embed_item_seq` embeds the input sequence from it.
+Hooks for subclasses (LLMEmb, LLM2X, LLM-ESR, UniSRec), declared in :mod:`recbole_llm.model.hooks`
+(:class:`~recbole_llm.model.hooks.ItemTableBackbone`): :meth:`item_table` is the (n_items, hidden) table used for the
+input sequence AND for scoring; :meth:`embed_item_seq` embeds the input sequence from it.
 """
 
 import torch
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 from torch import nn
 
+from recbole_llm.model.hooks import ItemTableBackbone
 from recbole_llm.model.layers import bucketed_encode
 from recbole_llm.compat import stand_in_loss_type
 from recbole_llm.model.losses import SampledSoftmaxMixin
@@ -32,7 +34,7 @@ from recbole_llm.model.train_modes import check_train_mode, require_target_list,
 TARGET_LIST_SUFFIX = "_target_list"
 
 
-class SASRec(SampledSoftmaxMixin, RecBoleSASRec):
+class SASRec(SampledSoftmaxMixin, RecBoleSASRec, ItemTableBackbone):
     def __init__(self, config, dataset):
         with stand_in_loss_type(config, {"BCE": "BPR", "SSM": "CE"}) as loss_type:  # RecBole builds the pieces we reuse
             super().__init__(config, dataset)
@@ -88,6 +90,10 @@ class SASRec(SampledSoftmaxMixin, RecBoleSASRec):
         else:
             states = self.gather_indexes(self.encode_sequence(item_seq, table), item_seq_len - 1)
         return self.output_states(states)
+
+    def user_embeddings(self, item_seq, item_seq_len):
+        """(B, H) user vectors as full_sort_predict scores them: ``forward``."""
+        return self.forward(item_seq, item_seq_len)
 
     # ---- losses ---------------------------------------------------------------------------------------
     ssm_partial_table = True  # SSM computes only the rows a step needs (LLM-ESR's stacked views turn it off)
