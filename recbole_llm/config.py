@@ -305,7 +305,7 @@ def validate_config(config):
             raise _config_error(f"config key '{key}' must be a number in [0, 1), got {value!r}")
     if "offset" in external:
         positive_int("offset", minimum=0)
-    for key in ("cold_id", "cold_id_alpha", "cold_id_dropout", "cold_id_layers"):  # declared for the models that read them
+    for key in ("cold_id", "cold_id_alpha", "cold_id_dropout", "cold_id_layers", "cold_id_norm"):  # declared for the models that read them
         if key in external and key not in config.internal_config_dict:
             raise _config_error(
                 f"config key '{key}' applies to the models that keep an ID table next to text (LLMESR*, LLM2X*; "

@@ -138,7 +138,9 @@ def test_evaluation_generates_exactly_the_untrained_rows(twin_data, tmp_path, mo
     with torch.no_grad():
         mixed, plain = table.weight, table.table.weight
         cold = table.cold.nonzero().view(-1)
-        torch.testing.assert_close(mixed[cold], table.generate(cold))
+        torch.testing.assert_close(mixed[cold], table.generated_rows(cold))
+        norms = mixed[cold].norm(dim=1)  # cold_id_norm: row
+        torch.testing.assert_close(norms, torch.full_like(norms, plain[table.warm].norm(dim=1).mean().item()))
         assert torch.equal(mixed[~table.cold], plain[~table.cold])  # warm rows, padding, BERT4Rec's mask token
 
 
@@ -161,6 +163,8 @@ def test_cold_id_keys_are_checked(twin_data, tmp_path):
         build("LLM2XSASRec", twin_data, tmp_path, cold_id="generate", cold_id_alpha=0.0)
     with pytest.raises(ConfigError, match="cold_id_dropout"):
         build("LLMESRSASRec", twin_data, tmp_path, cold_id="dropout", cold_id_dropout=1.0)
+    with pytest.raises(ConfigError, match="cold_id_norm"):
+        build("LLM2XSASRec", twin_data, tmp_path, cold_id="generate", cold_id_norm="warm")
 
 
 @pytest.mark.parametrize("model_name", ["LLMESRBERT4Rec", "LLM2XBERT4Rec"])

@@ -64,7 +64,7 @@ def _setting(name, value):
 
 
 def _yaml_default(name):
-    from recbole_llm import schema
+    import recbole_llm.schema as schema
 
     return field(default_factory=lambda: _setting(name, schema.default(SETTING_KEYS[name])))
 

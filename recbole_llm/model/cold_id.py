@@ -9,7 +9,9 @@ of its text at another scale), so the ID half of a cold item's score is on anoth
   PCA features its table starts from; LLM-ESR: the raw LLM row and the adapted semantic half, both detached) to
   an ID row. It is trained on the warm items of each batch only, to reproduce their current ID rows (ALDI-style
   distillation, Huang et al. SIGIR 2023: ``cold_id_alpha`` times the squared error relative to the rows' own
-  squared norm, the rows detached). At evaluation every item that the model's training data never holds gets the
+  squared norm, the rows detached). A regression to the warm rows shrinks towards their mean, so with
+  ``cold_id_norm: row`` (default) each generated row is rescaled to the warm rows' mean norm (``mean``: one
+  factor for all, ``none``: as is). At evaluation every item that the model's training data never holds gets the
   generated row instead of its own; warm rows are untouched, so warm scores are exactly those of ``none``.
 - ``cold_id: dropout``: ``generate`` plus DropoutNet (Volkovs et al. NeurIPS 2017): in every training step the
   ID rows of a random share ``cold_id_dropout`` of the warm items are replaced by their generated rows, as
@@ -28,6 +30,7 @@ from torch import nn
 from recbole_llm.errors import ConfigError
 
 COLD_ID_MODES = ("none", "generate", "dropout")
+NORMS = ("row", "mean", "none")
 
 
 def trained_items(dataset):
@@ -55,7 +58,7 @@ class ColdIdTable(nn.Module):
     others. ``content(ids)`` gives the generator's input rows.
     """
 
-    def __init__(self, table, content_fn, content_dim, warm, mode, layers=2, dropout=0.0):
+    def __init__(self, table, content_fn, content_dim, warm, mode, layers=2, dropout=0.0, norm="row"):
         super().__init__()
         from recbole_llm.model.adapters import build_adapter
 
@@ -63,8 +66,11 @@ class ColdIdTable(nn.Module):
             raise ConfigError(f"config key 'cold_id' must be one of {list(COLD_ID_MODES)}, got {mode!r}")
         if not 0 <= float(dropout) < 1:
             raise ConfigError(f"config key 'cold_id_dropout' must be a number in [0, 1), got {dropout!r}")
+        if norm not in NORMS:
+            raise ConfigError(f"config key 'cold_id_norm' must be one of {list(NORMS)}, got {norm!r}")
         self.table = table
         self.mode = mode
+        self.norm = norm
         self.drop_share = float(dropout) if mode == "dropout" else 0.0
         width = table.weight.size(1)
         self.generator = build_adapter(int(content_dim), width, int(layers), "relu", 0.0)
@@ -84,16 +90,28 @@ class ColdIdTable(nn.Module):
     def generate(self, ids):
         return self.generator(self._content(ids))
 
+    def generated_rows(self, ids):
+        """The rows that replace ``ids``' own: the generator's, rescaled (a regression to the warm rows shrinks
+        towards their mean, so smaller scores). ``cold_id_norm: row``: each row to the warm rows' mean norm;
+        ``mean``: all by one factor, their mean norm to the warm rows' (their relative norms kept); ``none``: as is."""
+        rows = self.generate(ids)
+        if self.norm == "none":
+            return rows
+        target = self.table.weight[self.warm].detach().norm(dim=1).mean()
+        norms = rows.norm(dim=1, keepdim=True)
+        scale = norms if self.norm == "row" else norms.mean()
+        return rows / scale.clamp(min=1e-12) * target
+
     @property
     def weight(self):
         plain = self.table.weight
         if self.training:
             if self._dropped is None or not len(self._dropped):
                 return plain
-            return plain.index_put((self._dropped,), self.generate(self._dropped).to(plain.dtype))
+            return plain.index_put((self._dropped,), self.generated_rows(self._dropped).to(plain.dtype))
         if self._cache is None:
             cold = self.cold.nonzero().view(-1)
-            self._cache = plain.index_put((cold,), self.generate(cold).to(plain.dtype)) if len(cold) else plain
+            self._cache = plain.index_put((cold,), self.generated_rows(cold).to(plain.dtype)) if len(cold) else plain
         return self._cache
 
     def forward(self, ids):
@@ -154,7 +172,8 @@ class ColdIdMixin:
         if self.cold_id_alpha <= 0 and mode == "generate":
             raise ConfigError("cold_id: generate trains its generator only through cold_id_alpha: set cold_id_alpha > 0")
         warm = trained_items(dataset)
-        wrapped = ColdIdTable(table, content_fn, content_dim, warm, mode, config["cold_id_layers"], config["cold_id_dropout"])
+        wrapped = ColdIdTable(table, content_fn, content_dim, warm, mode, config["cold_id_layers"], config["cold_id_dropout"],
+                              config["cold_id_norm"] or "row")
         self.__dict__["_cold_table"] = wrapped  # a reference, not a second submodule (one state_dict entry)
         return wrapped
 
