@@ -5,7 +5,8 @@
 
 ``--sources`` lists the record sets (benchmarks/results.yaml says how): raw JSONs of the former
 benchmarks/llmemb_vs_sasrec.py (read by :func:`recbole_llm.suite.legacy_records`), ``python -m recbole_llm.benchmark``
-output folders (``runs/<Model>-<seed>.json``) and suite stores (read by :func:`recbole_llm.suite.load_records`).
+output folders (``runs/<dataset>/<Model>/<seed>.json``, or the former ``runs/<Model>-<seed>.json``) and suite stores
+(read by :func:`recbole_llm.suite.load_records`).
 Every set becomes one table, model x protocol (full, uni100, or the cold-start protocol): NDCG@10 overall / tail /
 head (overall / warm / cold / tail for the cold protocol) as mean ± half-width of the 95% interval over seeds, the
 number of seeds, the change against the row's baseline (SASRec unless the set names another) paired on the seeds
@@ -95,10 +96,14 @@ def source_records(source, root):
 
 
 def benchmark_records(dataset, folder):
-    """The run JSONs of a ``python -m recbole_llm.benchmark`` output folder as suite records (one mode: the one it ran)."""
+    """The run records of a ``python -m recbole_llm.benchmark --dataset --models`` output folder as suite records: the
+    engine's store (``runs/<dataset>/<Model>/<seed>.json``, suite records already) or the former layout
+    (``runs/<Model>-<seed>.json``, one mode: the one it ran)."""
     runs = os.path.join(folder, "runs")
     if not os.path.isdir(runs):
-        raise MissingFileError(f"results: '{runs}' is not there (a benchmark --out folder holds runs/<Model>-<seed>.json)")
+        raise MissingFileError(f"results: '{runs}' is not there (a benchmark --out folder holds runs/<dataset>/<Model>/<seed>.json)")
+    if os.path.isdir(os.path.join(runs, dataset)):
+        return store_records(os.path.join(runs, dataset))
     records = []
     for name in sorted(os.listdir(runs)):
         if not name.endswith(".json"):
@@ -116,6 +121,17 @@ def benchmark_records(dataset, folder):
         else:
             record["error"] = run.get("error", "")
         records.append(record)
+    return records
+
+
+def store_records(folder):
+    """The records under ``folder`` (``<row>/<seed>.json``), rows and seeds in name order."""
+    records = []
+    for row in sorted(os.listdir(folder)):
+        names = os.listdir(os.path.join(folder, row)) if os.path.isdir(os.path.join(folder, row)) else []
+        for name in sorted((n for n in names if n.endswith(".json")), key=lambda n: (len(n), n)):
+            with open(os.path.join(folder, row, name)) as handle:
+                records.append(json.load(handle))
     return records
 
 

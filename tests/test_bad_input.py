@@ -340,7 +340,7 @@ def test_benchmark_and_hyper_refuse_what_is_not_key_value(tiny_data, tmp_path, c
     assert benchmark.main(["--dataset=tiny", f"--data_path={tiny_data}", "--models=SASRec", f"--out={tmp_path / 'b'}", "--hidden_size", "8"]) == 2
     assert "argument '--hidden_size' is not --key=value" in capsys.readouterr().err
     assert benchmark.main(["--dataset=tiny", f"--data_path={tiny_data}", "--models=SASRec", f"--out={tmp_path / 'b'}", "--hiden_size=8"]) == 1
-    run = __import__("json").load(open(tmp_path / "b" / "runs" / "SASRec-42.json"))
+    run = __import__("json").load(open(tmp_path / "b" / "runs" / "tiny" / "SASRec" / "42.json"))
     assert "unknown config key 'hiden_size' (did you mean 'hidden_size'?)" in run["error"]
 
 

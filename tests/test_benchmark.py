@@ -11,7 +11,17 @@ import pytest
 from recbole_llm import benchmark
 
 
-def test_benchmark_files_resume_and_failure(tiny_data, tmp_path, capsys):
+def run_file(out, model, seed, dataset="tiny"):
+    return out / "runs" / dataset / model / f"{seed}.json"
+
+
+def csv_rows(out):
+    return {r["model"]: r for r in csv.DictReader(open(out / "results.csv"))}
+
+
+def test_benchmark_files_resume_and_failure(tiny_data, tmp_path, monkeypatch, capsys):
+    from recbole_llm import suite as engine
+
     out = tmp_path / "bench"
     args = [
         "--dataset=tiny",
@@ -26,38 +36,86 @@ def test_benchmark_files_resume_and_failure(tiny_data, tmp_path, capsys):
         "--embedding_size=16",
     ]
     assert benchmark.main(args) == 1  # a failed run: the table is written, the exit code says so
-    assert "error: 2 of 6 runs failed (NoSuchModel seed 1: UnknownNameError" in capsys.readouterr().err
-    rows = {r["model"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    err = capsys.readouterr().err
+    assert "error: 2 of 6 runs failed (tiny NoSuchModel seed 1: UnknownNameError" in err and "--rerun_failed" in err
+    rows = csv_rows(out)
     assert rows["SASRec"]["seeds"] == "2" and float(rows["SASRec"]["ndcg@10_mean"]) > 0
+    assert rows["SASRec"]["ndcg@10_ci95_low"] != "" and float(rows["SASRec"]["ndcg@10_ci95_high"]) >= float(rows["SASRec"]["ndcg@10_mean"])
     assert rows["GRU4Rec"]["seeds"] == "2" and rows["GRU4Rec"]["ndcg_tail@10_mean"] != ""
     assert rows["NoSuchModel"]["failed"] == "2" and "Unknown model 'NoSuchModel'" in rows["NoSuchModel"]["error"]
     table = (out / "results.md").read_text()
-    assert "| SASRec | 2 |" in table and "±" in table
-    assert (out / "ndcg_head_tail.png").stat().st_size > 1000
-    assert (out / "ndcg_by_popularity.png").stat().st_size > 1000
-    run = json.load(open(out / "runs" / "SASRec-1.json"))
-    assert run["status"] == "ok" and sum(b["rows"] for b in run["popularity_buckets"].values()) == 40
+    assert table.startswith("Benchmark on tiny: `python -m recbole_llm.benchmark --dataset=tiny --models=SASRec,GRU4Rec,NoSuchModel")
+    assert "| tiny | SASRec | full | 2 |" in table and "±" in table and "| tiny | NoSuchModel | failed: UnknownNameError" in table
+    assert (out / "ndcg_head_tail_tiny_full.png").stat().st_size > 1000
+    assert (out / "ndcg_by_popularity_tiny_full.png").stat().st_size > 1000
+    run = json.load(open(run_file(out, "SASRec", 1)))
+    assert run["status"] == "ok" and sum(b["rows"] for b in run["popularity_buckets"]["full"].values()) == 40
+    assert run["config"]["hidden_size"] == 16 and run["config"]["epochs"] == 1
 
-    # resume: nothing is trained again
-    capsys.readouterr()
+    # resume: nothing is trained again, the failed runs stay failed (no --rerun_failed)
     calls = []
-    original = benchmark.run_one
-    benchmark.run_one = lambda *a, **k: calls.append(a) or original(*a, **k)
-    try:
-        assert benchmark.main(args) == 1  # the failed runs are still failed
-    finally:
-        benchmark.run_one = original
-    assert calls == []
-    assert "SASRec seed 1: done before (ok), skipping" in capsys.readouterr().out
+    original = engine.execute_run
+    monkeypatch.setattr(engine, "execute_run", lambda *a, **k: calls.append(a[1:4]) or original(*a, **k))
+    assert benchmark.main(args) == 1
+    assert calls == [] and "tiny SASRec seed 1: done before (ok), skipping" in capsys.readouterr().out
+    # --rerun_failed: only the failed runs go again (they fail in preparing their artifacts: nothing trains)
+    assert benchmark.main(args + ["--rerun_failed"]) == 1
+    out_text = capsys.readouterr().out
+    assert calls == [] and "tiny NoSuchModel seed 1: failed" in out_text and "tiny GRU4Rec seed 2: done before (ok)" in out_text
     # another --key=value (or eval mode, epochs) is another run: its records run again, not reused under the new header
-    benchmark.run_one = lambda *a, **k: calls.append(a) or original(*a, **k)
-    try:
-        changed = [a for a in args if not a.startswith("--models")] + ["--models=SASRec", "--hidden_size=8"]
-        assert benchmark.main(changed) == 0
-    finally:
-        benchmark.run_one = original
-    assert sorted(c[1] for c in calls) == [1, 2] and "SASRec seed 1: its record ran with other keys" in capsys.readouterr().out
-    assert json.load(open(out / "runs" / "SASRec-1.json"))["config"]["hidden_size"] == 8
+    changed = [a for a in args if not a.startswith("--models")] + ["--models=SASRec", "--hidden_size=8"]
+    assert benchmark.main(changed) == 0
+    assert sorted(c[2] for c in calls) == [1, 2] and "tiny SASRec seed 1: its record ran with other keys" in capsys.readouterr().out
+    assert json.load(open(run_file(out, "SASRec", 1)))["config"]["hidden_size"] == 8
+    # ... and the same command again skips them
+    calls.clear()
+    assert benchmark.main(changed) == 0 and calls == []
+    table = (out / "results.md").read_text()
+    assert "--hidden_size=8" in table and "GRU4Rec" not in table  # the table of this command's rows only
+
+
+def test_a_changed_key_reruns_and_the_same_keys_skip(tmp_path, monkeypatch, capsys):
+    """The resume rule, without training: the record's spec names what it ran with (keys, epochs, eval mode, config
+    files); a rerun with the same ones skips, any change reruns exactly the runs it changes."""
+    from recbole_llm import suite as engine
+
+    calls = []
+
+    def fake_execute(suite, dataset, row, seed, shared=None, threads=None, run_id=None):
+        calls.append((row, seed))
+        rec = dict(record(seed, 0.1, row, dataset), spec=engine.run_spec(suite, dataset, row, seed))
+        engine.write_record(engine.run_path(suite, dataset, row, seed), rec)
+        return rec
+
+    monkeypatch.setattr(engine, "execute_run", fake_execute)
+    monkeypatch.setattr(engine, "prepare_runs", lambda suite, pending: [(*run, {}) for run in pending])
+    (tmp_path / "a.yaml").write_text("hidden_size: 8\n")
+    base = ["--dataset=d", "--models=SASRec,GRU4Rec", "--seeds=1,2", f"--out={tmp_path / 'out'}", "--epochs=2", "--dropout_prob=0.2"]
+    assert benchmark.main(base) == 0 and len(calls) == 4
+    for same in (base, base[::-1]):  # the same keys in another order: skipped
+        calls.clear()
+        assert benchmark.main(same) == 0 and calls == []
+    changes = {"--dropout_prob=0.3": 4, "--epochs=3": 4, "--eval_mode=uni100": 4, f"--config_files={tmp_path / 'a.yaml'}": 4}
+    for change, runs in changes.items():
+        calls.clear()
+        args = [a for a in base if a.split("=")[0] != change.split("=")[0]] + [change]
+        assert benchmark.main(args) == 0 and len(calls) == runs, change
+        calls.clear()
+        assert benchmark.main(args) == 0 and calls == [], change  # and again: skipped
+    assert benchmark.main(base) == 0 and len(calls) == 4  # back to the first keys: their runs again
+    calls.clear()
+    assert benchmark.main(base + ["--models=SASRec,GRU4Rec,BPR"]) == 0 and calls == [("BPR", 1), ("BPR", 2)]
+    assert "d SASRec seed 1: done before (ok), skipping" in capsys.readouterr().out
+
+
+def test_an_old_benchmark_folder_is_refused_in_one_line(tmp_path, capsys):
+    out = tmp_path / "old"
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "SASRec-42.json").write_text(json.dumps({"status": "ok", "test": {"ndcg@10": 0.1}}))
+    assert benchmark.main(["--dataset=tiny", "--models=SASRec", f"--out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(out) in err and "former layout" in err and "pass another --out" in err
+    assert sorted(os.listdir(out / "runs")) == ["SASRec-42.json"]  # nothing written
 
 
 # ---- parallel workers, shared artifacts, confidence intervals --------------------------------------------
@@ -84,7 +142,7 @@ def llmemb_args(features):
 
 def result_files(out):
     """Relative paths of what the benchmark writes for the table (checkpoints and worker logs aside)."""
-    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] not in ("checkpoints", "logs"))
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] not in ("saved", "logs"))
 
 
 def test_mean_ci_hand_example():
@@ -106,7 +164,10 @@ def test_mean_ci_hand_example():
 def test_two_workers_same_files_as_one_and_resume(tiny_data, tmp_path, monkeypatch, capsys):
     import torch
 
-    monkeypatch.setattr(benchmark, "available_cores", lambda: 2)  # 2 workers x 1 thread, like the serial run below
+    from recbole_llm import suite as engine
+    from recbole_llm import workers
+
+    monkeypatch.setattr(workers, "available_cores", lambda: 2)  # 2 workers x 1 thread, like the serial run below
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -117,22 +178,23 @@ def test_two_workers_same_files_as_one_and_resume(tiny_data, tmp_path, monkeypat
     args = tiny_args(tiny_data, parallel, "SASRec,GRU4Rec", "1", "--workers=2")
     assert benchmark.main(args) == 0
     out = capsys.readouterr().out
-    assert "2 runs in 2 worker processes, 1 thread(s) each" in out and "SASRec-1: started" in out
+    assert "2 runs in 2 worker processes, 1 thread(s) each" in out and "tiny-SASRec-1: started" in out
 
     assert result_files(serial) == result_files(parallel)
     assert result_files(parallel) == sorted(
-        ["results.csv", "results.md", "ndcg_head_tail.png", "ndcg_by_popularity.png", "runs/SASRec-1.json", "runs/GRU4Rec-1.json"]
+        ["results.csv", "results.md", "results.json", "ndcg_head_tail_tiny_full.png", "ndcg_by_popularity_tiny_full.png",
+         "runs/tiny/SASRec/1.json", "runs/tiny/GRU4Rec/1.json"]
     )
     for model in ("SASRec", "GRU4Rec"):
-        one = json.load(open(serial / "runs" / f"{model}-1.json"))
-        two = json.load(open(parallel / "runs" / f"{model}-1.json"))
+        one = json.load(open(run_file(serial, model, 1)))
+        two = json.load(open(run_file(parallel, model, 1)))
         assert two["status"] == "ok" and two["torch_threads"] == 1
-        assert two["test"] == one["test"] and two["num_params"] == one["num_params"]
+        assert two["modes"] == one["modes"] and two["params"] == one["params"]
         assert two["popularity_buckets"] == one["popularity_buckets"]
         # the extra --key=value pairs reached the worker; only the checkpoint folder differs
         assert {k: v for k, v in two["config"].items() if k != "checkpoint_dir"} == {k: v for k, v in one["config"].items() if k != "checkpoint_dir"}
-        assert two["config"]["hidden_size"] == 16 and two["model_file"].startswith(str(parallel / "checkpoints" / f"{model}-1"))
-        assert (parallel / "logs" / f"{model}-1.log").is_file() and not (parallel / "logs" / f"{model}-1.job.json").exists()
+        assert two["config"]["hidden_size"] == 16 and two["model_file"].startswith(str(parallel / "saved" / "tiny" / model))
+        assert (parallel / "logs" / f"tiny-{model}-1.log").is_file() and not (parallel / "logs" / f"tiny-{model}-1.job.json").exists()
     timing = ("train_seconds_per_epoch", "eval_seconds")
     rows_one = [{k: v for k, v in r.items() if k not in timing} for r in csv.DictReader(open(serial / "results.csv"))]
     rows_two = [{k: v for k, v in r.items() if k not in timing} for r in csv.DictReader(open(parallel / "results.csv"))]
@@ -140,51 +202,58 @@ def test_two_workers_same_files_as_one_and_resume(tiny_data, tmp_path, monkeypat
 
     # resume with workers: nothing finished is run again, no worker is started
     started = []
-    original = benchmark.worker_command
-    monkeypatch.setattr(benchmark, "worker_command", lambda job_file: started.append(job_file) or original(job_file))
+    original = engine.worker_command
+    monkeypatch.setattr(engine, "worker_command", lambda job_file: started.append(job_file) or original(job_file))
     assert benchmark.main(args) == 0
-    assert started == [] and "GRU4Rec seed 1: done before (ok), skipping" in capsys.readouterr().out
-    # a run whose JSON is gone runs again, alone
-    (parallel / "runs" / "GRU4Rec-1.json").unlink()
+    assert started == [] and "tiny GRU4Rec seed 1: done before (ok), skipping" in capsys.readouterr().out
+    # a run whose record is gone runs again, alone (one pending run: in this process, no worker)
+    run_file(parallel, "GRU4Rec", 1).unlink()
     assert benchmark.main(args) == 0
-    assert [os.path.basename(f) for f in started] == ["GRU4Rec-1.job.json"]
-    assert json.load(open(parallel / "runs" / "GRU4Rec-1.json"))["status"] == "ok"
+    assert started == [] and json.load(open(run_file(parallel, "GRU4Rec", 1)))["status"] == "ok"
+    # two gone: two workers again
+    run_file(parallel, "GRU4Rec", 1).unlink()
+    run_file(parallel, "SASRec", 1).unlink()
+    assert benchmark.main(args) == 0
+    assert sorted(os.path.basename(f) for f in started) == ["tiny-GRU4Rec-1.job.json", "tiny-SASRec-1.job.json"]
+    assert json.load(open(run_file(parallel, "GRU4Rec", 1)))["status"] == "ok"
     assert list(csv.DictReader(open(parallel / "results.csv")))[1]["seeds"] == "1"
 
 
 def test_failing_worker_is_recorded_and_others_go_on(tiny_data, tmp_path, monkeypatch):
     """GRU4Rec raises inside its worker process, BPR's worker dies without a result; SASRec still finishes."""
+    from recbole_llm import suite as engine
+
     out = tmp_path / "bench"
     raising = (
         "import sys\n"
-        "from recbole_llm import benchmark\n"
+        "from recbole_llm import quick_start, suite\n"
         "def boom(*args, **kwargs):\n"
         "    raise RuntimeError('boom inside the worker')\n"
-        "benchmark.run_job = boom\n"
-        "sys.exit(benchmark.worker_main(sys.argv[1]))\n"
+        "quick_start.run_recbole_llm = boom\n"
+        "sys.exit(suite.worker_main(sys.argv[1]))\n"
     )
-    original = benchmark.worker_command
+    original = engine.worker_command
 
     def command(job_file):
-        if os.path.basename(job_file).startswith("GRU4Rec"):
+        if os.path.basename(job_file).startswith("tiny-GRU4Rec"):
             return [sys.executable, "-c", raising, job_file]
-        if os.path.basename(job_file).startswith("BPR"):
+        if os.path.basename(job_file).startswith("tiny-BPR"):
             return [sys.executable, "-c", "import os; print('dying'); os._exit(3)"]
         return original(job_file)
 
-    monkeypatch.setattr(benchmark, "worker_command", command)
+    monkeypatch.setattr(engine, "worker_command", command)
     assert benchmark.main(tiny_args(tiny_data, out, "GRU4Rec,BPR,SASRec,NoSuchModel", "1", "--workers=2")) == 1
-    gru = json.load(open(out / "runs" / "GRU4Rec-1.json"))
+    gru = json.load(open(run_file(out, "GRU4Rec", 1)))
     assert gru["status"] == "failed" and gru["error"] == "RuntimeError: boom inside the worker" and "boom" in gru["traceback"]
-    bpr = json.load(open(out / "runs" / "BPR-1.json"))
+    bpr = json.load(open(run_file(out, "BPR", 1)))
     assert bpr["status"] == "failed" and "worker exited with code 3 without a result" in bpr["error"] and "dying" in bpr["traceback"]
-    assert json.load(open(out / "runs" / "SASRec-1.json"))["status"] == "ok"
-    no_such = json.load(open(out / "runs" / "NoSuchModel-1.json"))
+    assert json.load(open(run_file(out, "SASRec", 1)))["status"] == "ok"
+    no_such = json.load(open(run_file(out, "NoSuchModel", 1)))
     assert no_such["stage"] == "prepare_artifacts" and "Unknown model 'NoSuchModel'" in no_such["error"]
     rows = {r["model"]: r for r in csv.DictReader(open(out / "results.csv"))}
     assert rows["GRU4Rec"]["failed"] == "1" and rows["GRU4Rec"]["error"] == "RuntimeError: boom inside the worker"
     assert rows["BPR"]["failed"] == "1" and rows["SASRec"]["seeds"] == "1"
-    assert "| GRU4Rec | 0 |" in (out / "results.md").read_text()
+    assert "| tiny | GRU4Rec | failed: RuntimeError: boom inside the worker |" in (out / "results.md").read_text()
 
 
 def test_shared_teacher_built_once_before_the_workers(tiny_data, tmp_path, capsys):
@@ -200,10 +269,10 @@ def test_shared_teacher_built_once_before_the_workers(tiny_data, tmp_path, capsy
     configs = []
     for model in ("LLMEmbSASRec", "LLMEmbGRU4Rec"):
         for seed in (1, 2):
-            run = json.load(open(out / "runs" / f"{model}-{seed}.json"))
+            run = json.load(open(run_file(out, model, seed)))
             assert run["status"] == "ok", run.get("error")
             configs.append(run["config"])
-            log = (out / "logs" / f"{model}-{seed}.log").read_text()
+            log = (out / "logs" / f"tiny-{model}-{seed}.log").read_text()
             assert "teacher: training" not in log and "wrote" not in log  # nothing built in the workers
     assert {c["teacher_checkpoint"] for c in configs} == {str(teachers[0])}
     assert len({c["llm_feature"] for c in configs}) == 1 and all(c["feature_dir"] == str(features) for c in configs)
@@ -248,7 +317,7 @@ def test_suite_resumes_and_retries_failed_runs(tmp_path, monkeypatch, capsys):
 
     calls = []
 
-    def fake_execute(suite, dataset, row, seed, shared=None, threads=None):
+    def fake_execute(suite, dataset, row, seed, shared=None, threads=None, run_id=None):
         calls.append((row, seed))
         rec = dict(record(seed, 0.1, row, dataset), spec=engine.run_spec(suite, dataset, row, seed))
         engine.write_record(engine.run_path(suite, dataset, row, seed), rec)
@@ -338,11 +407,11 @@ def test_benchmark_with_cold_items_reports_warm_and_cold(tiny_data, tmp_path):
     assert float(rows["SASRec"]["targets_cold_mean"]) > 0
     table = (out / "results.md").read_text()
     assert "ndcg_cold@10" in table and "--cold_item_ratio=0.2" in table
-    assert (out / "ndcg_warm_cold.png").stat().st_size > 1000
+    assert (out / "ndcg_warm_cold_tiny_full.png").stat().st_size > 1000
     # without the protocol there are no cold columns and no warm/cold plot
     plain = tmp_path / "plain"
     assert benchmark.main(tiny_args(tiny_data, plain, "SASRec")) == 0
-    assert "ndcg_cold@10" not in (plain / "results.md").read_text() and not (plain / "ndcg_warm_cold.png").exists()
+    assert "ndcg_cold@10" not in (plain / "results.md").read_text() and not (plain / "ndcg_warm_cold_tiny_full.png").exists()
 
 
 def test_cold_protocol_gets_a_teacher_per_seed(tiny_data, tmp_path, capsys):
@@ -350,5 +419,5 @@ def test_cold_protocol_gets_a_teacher_per_seed(tiny_data, tmp_path, capsys):
     out, features = tmp_path / "bench", tmp_path / "features"
     args = tiny_args(tiny_data, out, "LLMEmbSASRec", "1,2", "--cold_item_ratio=0.2", *llmemb_args(features))
     assert benchmark.main(args) == 0
-    teachers = {json.load(open(out / "runs" / f"LLMEmbSASRec-{seed}.json"))["config"]["teacher_checkpoint"] for seed in (1, 2)}
+    teachers = {json.load(open(run_file(out, "LLMEmbSASRec", seed)))["config"]["teacher_checkpoint"] for seed in (1, 2)}
     assert len(teachers) == 2 and all(os.path.isfile(t) for t in teachers)

@@ -141,6 +141,19 @@ def test_a_suite_store_is_read_through_the_suite(tmp_path):
     assert "+15.0% [" in line and "paired, 2 seeds" in line  # +20% and +10% per seed
 
 
+def test_a_benchmark_folder_of_either_layout_gives_the_same_records(tmp_path):
+    """A ``runs:`` source reads the engine's store (runs/<dataset>/<Model>/<seed>.json) and the former flat layout."""
+    from recbole_llm.results import benchmark_records
+    from recbole_llm.suite import write_record
+
+    write_records(str(tmp_path))
+    old = benchmark_records("toy", str(tmp_path / "cold"))
+    for record in old:
+        write_record(str(tmp_path / "new" / "runs" / "toy" / record["row"] / f"{record['seed']}.json"), dict(record, spec="x"))
+    new = benchmark_records("toy", str(tmp_path / "new"))
+    assert [{k: v for k, v in r.items() if k != "spec"} for r in new] == sorted(old, key=lambda r: (r["row"], r["seed"]))
+
+
 def test_check_finds_a_page_its_records_no_longer_give(tmp_path, capsys):
     code, _, _, root = build(tmp_path)
     args = [f"--sources={root}/sources.yaml", f"--out={root}/docs/results.md", f"--root={root}", f"--readme={root}/README.md", "--check"]
