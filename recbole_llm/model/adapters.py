@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_llm.errors import ConfigError
+from recbole_llm.model.layers import CachedTableMixin
 from recbole_llm.model.frozen import FrozenTablesMixin
 from recbole_llm.llm.contrastive import soft_contrastive_loss
 
@@ -48,7 +49,7 @@ def build_adapter(in_dim, out_dim, layers=2, activation=None, dropout=0.0):
     return nn.Sequential(*modules)
 
 
-class AdaptedEmbedding(FrozenTablesMixin, nn.Module):
+class AdaptedEmbedding(CachedTableMixin, FrozenTablesMixin, nn.Module):
     """``item_embedding`` whose table is ``adapter(LLM features)``; see the module docstring. Frozen features are not
     saved in checkpoints (recbole_llm.model.frozen): ``features_key``, the feature file's cache key, is."""
 
@@ -141,14 +142,6 @@ class AdaptedEmbedding(FrozenTablesMixin, nn.Module):
             self._hold -= 1
             if not self._hold:
                 self._cache = None
-
-    def train(self, mode=True):
-        self._cache = None
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._cache = None
-        return super()._apply(fn, *args, **kwargs)
 
 
 class LLMEmbMixin(FrozenTablesMixin):

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from recbole_llm.errors import ConfigError
+from recbole_llm.model.layers import CachedTableMixin
 
 COLD_ID_MODES = ("none", "generate", "dropout")
 NORMS = ("row", "mean", "none")
@@ -50,7 +51,7 @@ def trained_items(dataset):
     return seen
 
 
-class ColdIdTable(nn.Module):
+class ColdIdTable(CachedTableMixin, nn.Module):
     """An ID table (``table``, an ``nn.Embedding``) whose rows of untrained items are generated from content.
 
     ``weight`` is the table the model reads: in training the plain rows (with ``dropout``, inside :meth:`step`, a
@@ -136,14 +137,6 @@ class ColdIdTable(nn.Module):
         target = self.table.weight[ids].detach()
         error = (self.generate(ids) - target).pow(2).sum(1)
         return error.mean() / target.pow(2).sum(1).mean().clamp(min=1e-12)
-
-    def train(self, mode=True):
-        self._cache = None
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._cache = None
-        return super()._apply(fn, *args, **kwargs)
 
 
 class ColdIdMixin:

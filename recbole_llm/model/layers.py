@@ -67,3 +67,16 @@ def bucketed_encode(encode, item_seq, item_seq_len, gather_last=False, boundarie
         return hidden
 
     return bucketed_forward(encode_group, item_seq, item_seq_len, boundaries)
+
+
+class CachedTableMixin:
+    """For an ``nn.Module`` that caches a computed table in ``self._cache``: the cache goes whenever the module
+    changes mode (train/eval) or device/dtype (``_apply``), so a stale table is never read."""
+
+    def train(self, mode=True):
+        self._cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = None
+        return super()._apply(fn, *args, **kwargs)
