@@ -29,6 +29,10 @@ class DataFileError(UserError, ValueError):
     """A data file (.inter / .item, a checkpoint) that cannot be read as it is."""
 
 
+class UnsafeFileError(DataFileError):
+    """A torch file that holds pickled Python objects (loading it could run code): refused, never loaded or replaced."""
+
+
 class MissingFileError(UserError, FileNotFoundError):
     """A file the run needs is not there."""
 

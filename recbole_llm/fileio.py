@@ -67,7 +67,7 @@ def load_plain(path, what, fix):
 
     import torch
 
-    from recbole_llm.errors import DataFileError, MissingFileError
+    from recbole_llm.errors import DataFileError, MissingFileError, UnsafeFileError
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -76,7 +76,7 @@ def load_plain(path, what, fix):
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - whatever a foreign file makes torch raise, one line
         if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
-            raise DataFileError(
+            raise UnsafeFileError(
                 f"{what} '{path}' holds pickled Python objects, which can run code when loaded, so it is not loaded: {fix}"
             ) from None
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]

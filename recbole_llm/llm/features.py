@@ -23,6 +23,7 @@ import time
 import numpy as np
 import torch
 
+from recbole_llm.artifacts import Artifact, BrokenArtifact
 from recbole_llm.errors import UserError
 from recbole_llm.fileio import atomic_open, atomic_write_text, build_once, file_fingerprint
 from recbole_llm.paths import PROJECT_ROOT
@@ -45,6 +46,11 @@ def check_dtype(dtype, key="feature_dtype"):
 
         raise ConfigError(f"config key '{key}' must be one of {list(FEATURE_DTYPES)}, got {dtype!r}")
     return dtype
+
+
+def dtype_suffix(dtype):
+    """The part of a built feature file's name that says its stored dtype ("" for float32)."""
+    return {"float32": "", "float16": "-fp16", "bfloat16": "-bf16"}[check_dtype(dtype)]
 
 
 def to_stored(matrix, dtype):
@@ -79,8 +85,10 @@ def feature_dirs(config):
     data_dir = config["data_path"]
     fallback = os.path.join(os.getcwd(), "dataset_atomic", dataset)
     repo_fallback = os.path.join(PROJECT_ROOT, "dataset_atomic", dataset)
-    if config["feature_dir"]:
-        dirs = [config["feature_dir"]]
+    from recbole_llm.schema import setting
+
+    if setting(config, "feature_dir"):
+        dirs = [setting(config, "feature_dir")]
     elif _writable(data_dir):
         dirs = [data_dir]
     else:
@@ -305,3 +313,30 @@ def mapped_features(base, tokens, matrix, meta, id2token, cache_dir, expected_di
     build_once(path, lambda: os.path.isfile(path), build, "aligned features")
     tensor = torch.from_numpy(np.load(path, mmap_mode="c"))
     return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+
+class FeatureFileArtifact(Artifact):
+    """A feature file ``<dataset>.<name>`` as an :class:`recbole_llm.artifacts.Artifact`: written to the first feature
+    folder, found in any of them, sound when :func:`check_feature_file` passes; its key is the metadata's
+    ``cache_key``. Subclasses (extraction, SCFT, PCA and whitening companions) set ``name`` and define ``settings``
+    and ``build``."""
+
+    what = "features"
+    reuse_line = "reusing up-to-date features {path}.npy (cache key {key})"
+
+    def __init__(self, name):
+        self.name = name
+
+    def path(self, config, settings, key):
+        return feature_base(feature_dirs(config)[0], config["dataset"], self.name)
+
+    def find(self, config, settings, key):
+        return find_feature_file(config, self.name)
+
+    def validate(self, path):
+        try:
+            meta = load_meta(path)
+            check_feature_file(path)
+        except FeatureFileError as err:
+            raise BrokenArtifact(str(err)) from None
+        return meta.get("cache_key")

@@ -163,6 +163,36 @@ def prompt_config(config):
     }
 
 
+def dataset_item_tokens(data_dir, dataset, item_text, item_field="item_id"):
+    """Tokens of every item: the .item file's, plus items that only appear in the .inter file."""
+    tokens = list(item_text.tokens)
+    inter = os.path.join(data_dir, f"{dataset}.inter")
+    if os.path.isfile(inter):
+        header = pd.read_csv(inter, sep="\t", nrows=0, quoting=3).columns
+        column = next((c for c in header if c.split(":")[0] == item_field), None)
+        if column is not None:
+            known = set(tokens)
+            seen = pd.read_csv(inter, sep="\t", usecols=[column], dtype=str, quoting=3)[column].unique()
+            tokens += [t for t in seen if t not in known]
+    return tokens
+
+
+def dataset_prompts(config, style):
+    """(ItemText, every item token, {token: prompt in ``style``}) of ``config``'s dataset (a Config or a dict with
+    ``dataset`` and ``data_path``): the one reader of item text for extraction and SCFT."""
+    dataset, data_dir = config["dataset"], config["data_path"]
+    cfg = prompt_config(config)
+    item_text = read_item_text(data_dir, dataset, cfg["text_fields"], cfg["field_names"], cfg["list_fields"], cfg["item_field"])
+    tokens = dataset_item_tokens(data_dir, dataset, item_text, cfg["item_field"])
+    return item_text, tokens, build_prompts(item_text, style, cfg["instruction"], cfg["max_value_len"], tokens)
+
+
+def prompt_hash(config, style):
+    """:func:`template_hash` of ``config``'s prompt keys in ``style`` (part of every feature file's cache key)."""
+    cfg = prompt_config(config)
+    return template_hash(style, cfg["instruction"], cfg["max_value_len"], cfg["text_fields"], cfg["field_names"])
+
+
 def template_hash(style, instruction, max_value_len, text_fields, field_names=None):
     """A short hash of everything that shapes the prompt text (feature-file cache key)."""
     key = repr((style, instruction, max_value_len, list(text_fields or []), sorted((field_names or {}).items())))

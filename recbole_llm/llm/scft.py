@@ -13,8 +13,6 @@ that LLMFeatureDataset attaches; a view-retrieval check (view 1 -> view 2, top-1
 the evaluated items) is printed before and after training.
 """
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -26,11 +24,12 @@ import numpy as np
 import torch
 
 from recbole_llm.errors import DataFileError, UserError
-from recbole_llm.fileio import atomic_torch_save, build_once, file_fingerprint, load_plain, plain
+from recbole_llm.artifacts import artifact_key
+from recbole_llm.fileio import atomic_torch_save, file_fingerprint, load_plain, plain
 from recbole_llm.llm import features as feature_io
 from recbole_llm.llm.embed import embed_texts, last_hidden, llm_short_name, load_llm, pool, resolve_llm_path
-from recbole_llm.llm.extract import dataset_item_tokens, ensure_pca_companion, is_current
-from recbole_llm.llm.prompts import build_prompts, llmemb_prompt, prompt_config, read_item_text, template_hash
+from recbole_llm.llm.extract import ensure_pca_companion
+from recbole_llm.llm.prompts import dataset_prompts, llmemb_prompt, prompt_config, prompt_hash
 from recbole_llm.llm.contrastive import info_nce_loss, soft_contrastive_loss
 from recbole_llm.schema import setting
 
@@ -71,6 +70,8 @@ def _yaml_default(name):
 
 @dataclass
 class SCFTSettings:
+    """The training parameters of :func:`train_scft` (the SCFT artifact's settings dict holds them: :class:`SCFTFeatures`)."""
+
     llm_path: str = _yaml_default("llm_path")
     steps: int = _yaml_default("steps")
     batch_size: int = _yaml_default("batch_size")
@@ -90,12 +91,6 @@ class SCFTSettings:
     checkpoint_every: int = _yaml_default("checkpoint_every")
     eval_items: int = _yaml_default("eval_items")
     pca_dim: int = _yaml_default("pca_dim")
-
-    def key(self, extra):
-        payload = {k: v for k, v in asdict(self).items() if k not in ("checkpoint_every", "eval_items", "pca_dim")}
-        payload["llm_path"] = resolve_llm_path(self.llm_path)
-        payload.update(extra)
-        return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # ---- augmentation ------------------------------------------------------------------------------------------
@@ -306,84 +301,74 @@ def load_scft_state(state_path, run, device):
     print(f"SCFT: resumed from step {run['step']} ({state_path})")
 
 
-def scft_feature_name(settings, prompt_style="llmemb"):
-    name = f"{llm_short_name(settings.llm_path)}-scft-{settings.pooling}-{prompt_style}"
+def scft_feature_name(settings, prompt_style="llmemb", dtype="float32"):
+    name = f"{llm_short_name(settings.llm_path)}-scft-{settings.pooling}-{prompt_style}{feature_io.dtype_suffix(dtype)}"
     return name + (f"-pca{settings.pca_dim}" if settings.pca_dim else "")
 
 
 def settings_from_config(config):
     """The SCFT settings of a Config or a plain dict (a key it lacks, or null, takes its YAML default)."""
-    def get(name):
-        value = config.get(SETTING_KEYS[name]) if isinstance(config, dict) else config[SETTING_KEYS[name]]
-        return None if value is None else _setting(name, value)
-
-    given = {name: get(name) for name in SETTING_KEYS}
-    return SCFTSettings(**{name: value for name, value in given.items() if value is not None})
+    return SCFTSettings(**{name: _setting(name, setting(config, key)) for name, key in SETTING_KEYS.items()})
 
 
-def scft_cache_key(config, settings):
-    """Cache key of the SCFT features of ``config``'s dataset: settings, prompt template, .item content."""
-    dataset, data_dir = config["dataset"], config["data_path"]
-    prompts_cfg = prompt_config(config)
-    return settings.key(
-        {
-            "dataset": dataset,
-            "prompt": template_hash("llmemb", prompts_cfg["instruction"], prompts_cfg["max_value_len"], prompts_cfg["text_fields"], prompts_cfg["field_names"]),
-            "item_file": file_fingerprint(os.path.join(data_dir, f"{dataset}.item")),
-        }
-    )
+class SCFTFeatures(feature_io.FeatureFileArtifact):
+    """The feature file of the SCFT-tuned LLM (``training``: its :class:`SCFTSettings`). Settings: the training
+    parameters that shape the result (the resolved model path; not checkpointing, the check's size or PCA), the
+    dataset, the LLMEmb prompt template, the .item file's content and the stored dtype (``feature_dtype``)."""
+
+    what = "SCFT features"
+    reuse_line = "SCFT: reusing up-to-date features {path}.npy (cache key {key})"
+
+    def __init__(self, training, name, resume=True, show_progress=True):
+        super().__init__(name)
+        self.training, self.resume, self.show_progress = training, resume, show_progress
+
+    def settings(self, config):
+        training = {k: v for k, v in asdict(self.training).items() if k not in ("checkpoint_every", "eval_items", "pca_dim")}
+        training["llm_path"] = resolve_llm_path(self.training.llm_path)
+        item_path = os.path.join(config["data_path"], f"{config['dataset']}.item")
+        return {"scft": training, "dataset": config["dataset"], "prompt": prompt_hash(config, "llmemb"),
+                "item_file": file_fingerprint(item_path), "dtype": feature_io.check_dtype(setting(config, "feature_dtype"))}
+
+    def build(self, config, settings, key, path):
+        _train_and_export(config, self.training, settings, key, path, self.resume, self.show_progress)
 
 
 def ensure_scft_features(config, settings=None, resume=True, show_progress=True):
-    """Name of an up-to-date SCFT feature file for ``config``'s dataset; trains and exports if needed."""
+    """Name of an up-to-date SCFT feature file for ``config``'s dataset (stored in ``feature_dtype``); trains and
+    exports if needed, then its PCA companion when ``settings.pca_dim``."""
     settings = settings or settings_from_config(config)
-    dataset = config["dataset"]
-    key = scft_cache_key(config, settings)
-    full_name = scft_feature_name(SCFTSettings(**{**asdict(settings), "pca_dim": 0}))
-    target_dir = feature_io.feature_dirs(config)[0]
-    built = build_once(
-        feature_io.feature_base(target_dir, dataset, full_name),
-        lambda: is_current(feature_io.find_feature_file(config, full_name), key),
-        lambda: _train_and_export(config, settings, key, full_name, target_dir, resume, show_progress),
-        "SCFT features",
-    )
-    existing = feature_io.find_feature_file(config, full_name)
-    if not built:
-        print(f"SCFT: reusing up-to-date features {existing}.npy (cache key {key})")
+    dtype = feature_io.check_dtype(setting(config, "feature_dtype"))
+    full_name = scft_feature_name(SCFTSettings(**{**asdict(settings), "pca_dim": 0}), dtype=dtype)
+    SCFTFeatures(settings, full_name, resume, show_progress).ensure(config)
     if not settings.pca_dim:
         return full_name
-    return ensure_pca_companion(config, full_name, key, settings.pca_dim, scft_feature_name(settings))
+    return ensure_pca_companion(config, full_name, settings.pca_dim, scft_feature_name(settings, dtype=dtype))
 
 
-def _train_and_export(config, settings, key, full_name, target_dir, resume, show_progress):
-    """Train SCFT on ``config``'s dataset, embed every item with the tuned LLM and write the feature file."""
-    dataset, data_dir = config["dataset"], config["data_path"]
-    prompts_cfg = prompt_config(config)
-    item_text = read_item_text(
-        data_dir, dataset, prompts_cfg["text_fields"], prompts_cfg["field_names"], prompts_cfg["list_fields"], prompts_cfg["item_field"]
-    )
+def _train_and_export(config, training, settings, key, path, resume, show_progress):
+    """Train SCFT on ``config``'s dataset, embed every item with the tuned LLM and write the feature file ``path``."""
+    item_text, tokens, prompts = dataset_prompts(config, "llmemb")
     device = setting(config, "device", "cpu")
-    output_dir = os.path.join(target_dir, f"scft-{key}")
+    # the run's folder (checkpoints, adapter) is keyed without the dtype: another feature_dtype re-exports, resuming
+    output_dir = os.path.join(os.path.dirname(path), f"scft-{artifact_key({k: v for k, v in settings.items() if k != 'dtype'})}")
     start = time.perf_counter()
-    model, tokenizer, report = train_scft(item_text, prompts_cfg["instruction"], settings, output_dir, device, resume, show_progress)
+    model, tokenizer, report = train_scft(item_text, prompt_config(config)["instruction"], training, output_dir, device, resume, show_progress)
     train_seconds = time.perf_counter() - start
     model.save_pretrained(os.path.join(output_dir, "adapter"))
-    tokens = dataset_item_tokens(data_dir, dataset, item_text, prompts_cfg["item_field"])
-    prompts = build_prompts(item_text, "llmemb", prompts_cfg["instruction"], prompts_cfg["max_value_len"], tokens)
     batch = int(setting(config, "llm_batch_size"))
     matrix = embed_texts(
-        [prompts[t] for t in tokens], model, tokenizer, settings.pooling, batch, settings.max_length, device, show_progress=show_progress
+        [prompts[t] for t in tokens], model, tokenizer, training.pooling, batch, training.max_length, device, show_progress=show_progress
     )
     meta = {
-        "model": resolve_llm_path(settings.llm_path),
-        "pooling": settings.pooling,
+        "model": resolve_llm_path(training.llm_path),
+        "pooling": training.pooling,
         "prompt_style": "llmemb",
-        "scft": asdict(settings),
+        "scft": asdict(training),
         "scft_report": report,
         "scft_adapter": os.path.join(output_dir, "adapter"),
         "train_seconds": round(train_seconds, 1),
         "cache_key": key,
     }
-    base = feature_io.feature_base(target_dir, dataset, full_name)
-    feature_io.save_features(base, tokens, matrix, meta)
-    print(f"SCFT: wrote {matrix.shape[0]} x {matrix.shape[1]} tuned features to {base}.npy ({train_seconds:.0f} s training)")
+    feature_io.save_features(path, tokens, matrix, meta, dtype=settings["dtype"])
+    print(f"SCFT: wrote {matrix.shape[0]} x {matrix.shape[1]} tuned features to {path}.npy ({train_seconds:.0f} s training)")

@@ -7,21 +7,21 @@ whole sequence (test item included); here no LLM runs and only training interact
 
 ``llmesr_similar_users: auto`` computes them once and caches
 ``<feature dir>/<dataset>.simusers-<key>.pth`` = {"user_tokens": [...], "neighbors": LongTensor (U, K) of rows of
-user_tokens, "k": K, ...}; the key hashes the dataset files, the split settings, the feature file's cache key and
-K, so changed data rebuild it. ``llmesr_similar_users: <path>`` takes a file in that format. Rows are matched to
+user_tokens, "k": K, "cache_key": ...}, a :class:`recbole_llm.artifacts.Artifact` (:class:`SimilarUsers`): the key
+hashes the dataset files, the split settings, the feature file's key and K, so changed data rebuild it, and a file
+that does not open as one is rebuilt. ``llmesr_similar_users: <path>`` takes a file in that format. Rows are matched to
 the dataset by user token; a file that lacks users of the dataset is rejected with an error naming it.
 """
 
-import hashlib
-import json
 import os
 from logging import getLogger
 
 import torch
 import torch.nn.functional as F
 
-from recbole_llm.errors import UserError
-from recbole_llm.fileio import atomic_torch_save, build_once
+from recbole_llm.artifacts import Artifact, BrokenArtifact
+from recbole_llm.errors import DataFileError, UnsafeFileError, UserError
+from recbole_llm.fileio import atomic_torch_save, load_plain
 from recbole_llm.llm import features as feature_io
 from recbole_llm.data.cold import cold_settings_key
 from recbole_llm.model.teacher import dataset_stamp
@@ -67,20 +67,57 @@ def user_llm_vectors(features, seqs, lens):
     return summed / mask.sum(1, keepdim=True).clamp(min=1.0)
 
 
+class SimilarUsers(Artifact):
+    """The cached similar users of ``dataset`` for feature file ``feature_name`` and ``k`` neighbours (module docstring);
+    ``features``, ``seqs`` and ``lens`` are what it is built from."""
+
+    what = "the similar users"
+    reuse_line = None  # logged only: every model build (each DDP process) reads it
+
+    def __init__(self, feature_name, k, dataset=None, features=None, seqs=None, lens=None):
+        self.feature_name, self.k = feature_name, int(k)
+        self.dataset, self.features, self.seqs, self.lens = dataset, features, seqs, lens
+
+    def settings(self, config):
+        base = feature_io.find_feature_file(config, self.feature_name)
+        feature_key = feature_io.feature_key(base, feature_io.load_meta(base)) if base else None
+        settings = {
+            "dataset": config["dataset"],
+            "files": dataset_stamp(config),
+            "split": {key: config[key] for key in SPLIT_KEYS if config[key] is not None},
+            "feature": [self.feature_name, feature_key],
+            "k": self.k,
+        }
+        if cold_settings_key(config):
+            settings["cold"] = cold_settings_key(config)
+        return settings
+
+    def path(self, config, settings, key):
+        return os.path.join(feature_io.feature_dirs(config)[0], f"{config['dataset']}.simusers-{key}.pth")
+
+    def validate(self, path):
+        try:
+            artifact = load_plain(path, "similar-user file", "delete it, or set llmesr_similar_users: auto")
+        except UnsafeFileError:
+            raise
+        except DataFileError as err:
+            raise BrokenArtifact(str(err)) from None
+        neighbors = artifact.get("neighbors")
+        if not isinstance(artifact.get("user_tokens"), list) or not isinstance(neighbors, torch.Tensor) or neighbors.dim() != 2:
+            raise BrokenArtifact("it holds no user_tokens list and 2-D neighbors tensor")
+        return artifact.get("cache_key")
+
+    def build(self, config, settings, key, path):
+        artifact = build_similar_users(self.dataset, self.features, self.seqs, self.lens, self.k)
+        atomic_torch_save(dict(artifact, cache_key=key), path)
+        getLogger().info(f"similar users: wrote {path}")
+
+
 def similar_users_path(config, feature_name, k):
-    base = feature_io.find_feature_file(config, feature_name)
-    feature_key = feature_io.load_meta(base).get("cache_key") if base else None
-    settings = {
-        "dataset": config["dataset"],
-        "files": dataset_stamp(config),
-        "split": {key: config[key] for key in SPLIT_KEYS if config[key] is not None},
-        "feature": [feature_name, feature_key],
-        "k": int(k),
-    }
-    if cold_settings_key(config):  # only then: caches of runs without the protocol keep their keys
-        settings["cold"] = cold_settings_key(config)
-    key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return os.path.join(feature_io.feature_dirs(config)[0], f"{config['dataset']}.simusers-{key}.pth")
+    """Where the cached similar users of ``config`` for ``feature_name`` and ``k`` live (their key: :class:`SimilarUsers`)."""
+    artifact = SimilarUsers(feature_name, k)
+    settings = artifact.settings(config)
+    return artifact.path(config, settings, artifact.key(settings))
 
 
 def build_similar_users(dataset, features, seqs, lens, k):
@@ -133,12 +170,5 @@ def ensure_similar_users(config, dataset, features, feature_name, seqs, lens, k)
         if not os.path.isfile(source):
             raise SimilarUsersError(f"llmesr_similar_users '{source}' does not exist: give a file or use auto")
         return load_similar_users(source, dataset, lens, k)
-    path = similar_users_path(config, feature_name, k)
-
-    def build():
-        atomic_torch_save(build_similar_users(dataset, features, seqs, lens, k), path)
-        getLogger().info(f"similar users: wrote {path}")
-
-    if not build_once(path, lambda: os.path.isfile(path), build, "the similar users"):
-        getLogger().info(f"similar users: reusing {path}")
+    path = SimilarUsers(feature_name, k, dataset, features, seqs, lens).ensure(config).path
     return load_similar_users(path, dataset, lens, k)

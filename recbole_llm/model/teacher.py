@@ -6,22 +6,23 @@ the dataset files and every setting that shapes the teacher, so a changed split 
 ``teacher_checkpoint: <path>`` takes that file or a plain weights file of a SASRec-like model
 (``python -m recbole_llm.export --model_file=YOUR.pth --weights=OUT.pth`` writes one from your own checkpoint);
 rows are always matched to this dataset by item token, and the width must equal the student's.
+The cache is a :class:`recbole_llm.artifacts.Artifact` (:class:`Teacher`): the file records its key and is opened and
+checked before it is reused; a broken one is trained again, one holding pickled objects is refused.
 Both are read with ``weights_only=True`` (:func:`recbole_llm.fileio.load_plain`): a teacher file found in a dataset
 folder or handed over by someone else cannot run code; a full RecBole checkpoint (it pickles its Config) is refused.
 """
 
-import hashlib
-import json
 import os
 import tempfile
 from logging import getLogger
 
 import torch
 
+from recbole_llm.artifacts import Artifact, BrokenArtifact
 from recbole_llm.compat import load_checkpoint
 from recbole_llm.data.cold import cold_items_of, cold_settings_key
-from recbole_llm.errors import UserError
-from recbole_llm.fileio import atomic_torch_save, build_once, file_fingerprint, load_plain, plain
+from recbole_llm.errors import DataFileError, UnsafeFileError, UserError
+from recbole_llm.fileio import atomic_torch_save, file_fingerprint, load_plain, plain
 from recbole_llm.llm.features import feature_dirs
 
 # dataset-shaping keys the teacher inherits from the student's config
@@ -76,28 +77,57 @@ def dataset_stamp(config):
     return stamp
 
 
+class Teacher(Artifact):
+    """The cached teacher of width ``dim`` for a config: ``<feature dir>/<dataset>.teacher-<key>.pth``. Settings: the
+    teacher's run config (no device), the dataset and its files' content, the file format; ``run`` trains it
+    (``recbole_llm.quick_start.run_recbole_llm``, handed down: the model layer does not import the entry point)."""
+
+    what = "the teacher"
+    reuse_line = "teacher: reusing cached {path}"
+
+    def __init__(self, dim, run=None):
+        self.dim, self.run = int(dim), run
+
+    def settings(self, config):
+        teacher = teacher_config(config, self.dim)
+        teacher.pop("device", None)
+        teacher.pop("gpu_id", None)
+        # format 3: plain contents (weights_only) and the file's own key; older caches are not reused
+        return {"teacher": teacher, "dataset": config["dataset"], "files": dataset_stamp(config), "format": 3}
+
+    def path(self, config, settings, key):
+        return os.path.join(feature_dirs(config)[0], f"{config['dataset']}.teacher-{key}.pth")
+
+    def validate(self, path):
+        try:
+            checkpoint = load_plain(path, "teacher checkpoint", TEACHER_FIX)
+        except UnsafeFileError:
+            raise  # a file planted under the cache's name is refused, not silently replaced
+        except DataFileError as err:
+            raise BrokenArtifact(str(err)) from None
+        table = checkpoint.get("item_embedding")
+        if not isinstance(table, torch.Tensor) or table.dim() != 2 or not isinstance(checkpoint.get("item_tokens"), list):
+            raise BrokenArtifact("it holds no 2-d item_embedding and item_tokens list")
+        return checkpoint.get("cache_key")
+
+    def build(self, config, settings, key, path):
+        _train_teacher(config, self.dim, path, key, getLogger(), self.run)
+
+
 def teacher_path(config, dim):
-    # format 2: plain contents (weights_only); older caches may hold pickled objects and are not reused
-    settings = {"teacher": teacher_config(config, dim), "dataset": config["dataset"], "files": dataset_stamp(config), "format": 2}
-    settings["teacher"].pop("device", None)
-    settings["teacher"].pop("gpu_id", None)
-    key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return os.path.join(feature_dirs(config)[0], f"{config['dataset']}.teacher-{key}.pth")
+    """Where the cached teacher of width ``dim`` for ``config`` lives (its key: :class:`Teacher`)."""
+    artifact = Teacher(dim)
+    settings = artifact.settings(config)
+    return artifact.path(config, settings, artifact.key(settings))
 
 
 def ensure_teacher(config, dim, run):
-    """Path of a cached teacher of width ``dim`` for ``config``; trains and caches it when missing with ``run``
-    (``recbole_llm.quick_start.run_recbole_llm``, handed down by the caller: the model layer does not import the
-    entry point), one run at a time: a second run started meanwhile waits for it and reuses its teacher."""
-    path = teacher_path(config, dim)
-    logger = getLogger()
-    if not build_once(path, lambda: os.path.isfile(path), lambda: _train_teacher(config, dim, path, logger, run), "the teacher"):
-        logger.info(f"teacher: reusing {path}")
-        print(f"teacher: reusing cached {path}")
-    return path
+    """Path of a cached teacher of width ``dim`` for ``config``; trains and caches it when missing or broken with
+    ``run`` (handed down by the caller), one run at a time: a second run started meanwhile waits and reuses it."""
+    return Teacher(dim, run).ensure(config).path
 
 
-def _train_teacher(config, dim, path, logger, run_recbole_llm):
+def _train_teacher(config, dim, path, key, logger, run_recbole_llm):
     print(f"teacher: training SASRec (hidden {dim}) on {config['dataset']} -> {path}")
     with tempfile.TemporaryDirectory() as checkpoint_dir:
         teacher = teacher_config(config, dim)
@@ -110,6 +140,7 @@ def _train_teacher(config, dim, path, logger, run_recbole_llm):
             "item_tokens": [str(t) for t in result["item_tokens"]],
             "teacher_config": {k: v for k, v in teacher.items() if k != "checkpoint_dir"},
             "test_result": dict(result["test_result"]),
+            "cache_key": key,
         }
     )
     atomic_torch_save(artifact, path)
