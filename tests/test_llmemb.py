@@ -259,14 +259,15 @@ def test_second_run_waits_for_the_teacher_being_built_and_reuses_it(tiny_data, t
 
     config = Config(model="LLMEmbSASRec", dataset="tiny", config_dict=llm_config(tiny_data, tmp_path, align_alpha=0.01))
     path = teacher_module.teacher_path(config, 16)
+    artifact = teacher_module.Teacher(16)
+    key = artifact.key(artifact.settings(config))
     holding, events = threading.Event(), []
 
-    def other_run():  # holds the lock while "training", then writes the teacher
+    def other_run():  # holds the lock while "training", then writes the teacher (a sound file recording its key)
         with build_lock(path):
             holding.set()
             threading.Event().wait(0.5)
-            with open(path, "wb") as handle:
-                handle.write(b"teacher")
+            torch.save({"item_embedding": torch.zeros(31, 16), "item_tokens": ["[PAD]"] + [f"i{i}" for i in range(30)], "cache_key": key}, path)
             events.append("built")
 
     monkeypatch.setattr(teacher_module, "_train_teacher", lambda *a: pytest.fail("the teacher was trained twice"))
