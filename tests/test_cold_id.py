@@ -69,7 +69,7 @@ def test_a_cold_item_scores_on_the_warm_items_scale(twin_data, tmp_path, model_n
     initial scale, and LLM-ESR's cold items rank far from their twins."""
     found = {}
     for mode in ("none", "generate", "dropout"):
-        _, dataset, train, test, model = build(model_name, twin_data, tmp_path, cold_id=mode)
+        _, dataset, train, test, model = build(model_name, twin_data, tmp_path, cold_id=mode, cold_id_norm="row")
         fit(model, train, epochs=30)
         cold = dataset.cold_items
         tokens = list(dataset.field2id_token["item_id"])
@@ -139,8 +139,12 @@ def test_evaluation_generates_exactly_the_untrained_rows(twin_data, tmp_path, mo
         mixed, plain = table.weight, table.table.weight
         cold = table.cold.nonzero().view(-1)
         torch.testing.assert_close(mixed[cold], table.generated_rows(cold))
-        norms = mixed[cold].norm(dim=1)  # cold_id_norm: row
-        torch.testing.assert_close(norms, torch.full_like(norms, plain[table.warm].norm(dim=1).mean().item()))
+        norms, warm_norm = mixed[cold].norm(dim=1), plain[table.warm].norm(dim=1).mean()
+        if table.norm == "row":  # LLM2X's default: every generated row at the warm rows' mean norm
+            torch.testing.assert_close(norms, torch.full_like(norms, warm_norm.item()))
+        else:  # LLM-ESR's default, mean: one factor, their mean norm at the warm rows'
+            assert table.norm == "mean" and norms.std() > 0
+            torch.testing.assert_close(norms.mean(), warm_norm)
         assert torch.equal(mixed[~table.cold], plain[~table.cold])  # warm rows, padding, BERT4Rec's mask token
 
 
