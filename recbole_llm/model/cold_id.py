@@ -10,8 +10,8 @@ of its text at another scale), so the ID half of a cold item's score is on anoth
   an ID row. It is trained on the warm items of each batch only, to reproduce their current ID rows (ALDI-style
   distillation, Huang et al. SIGIR 2023: ``cold_id_alpha`` times the squared error relative to the rows' own
   squared norm, the rows detached). A regression to the warm rows shrinks towards their mean, so with
-  ``cold_id_norm: row`` (default) each generated row is rescaled to the warm rows' mean norm (``mean``: one
-  factor for all, ``none``: as is). At evaluation every item that the model's training data never holds gets the
+  ``cold_id_norm: row`` (LLM2X) each generated row is rescaled at evaluation to the warm rows' mean norm
+  (``mean``, LLM-ESR: one factor for all, ``none``: as is; docs/cold_start.md has the measurements). At evaluation every item that the model's training data never holds gets the
   generated row instead of its own; warm rows are untouched, so warm scores are exactly those of ``none``.
 - ``cold_id: dropout``: ``generate`` plus DropoutNet (Volkovs et al. NeurIPS 2017): in every training step the
   ID rows of a random share ``cold_id_dropout`` of the warm items are replaced by their generated rows, as
@@ -109,7 +109,8 @@ class ColdIdTable(CachedTableMixin, nn.Module):
         if self.training:
             if self._dropped is None or not len(self._dropped):
                 return plain
-            return plain.index_put((self._dropped,), self.generated_rows(self._dropped).to(plain.dtype))
+            # training reads the generator's own rows: the norm rule is an evaluation-side correction (measured so)
+            return plain.index_put((self._dropped,), self.generate(self._dropped).to(plain.dtype))
         if self._cache is None:
             cold = self.cold.nonzero().view(-1)
             self._cache = plain.index_put((cold,), self.generated_rows(cold).to(plain.dtype)) if len(cold) else plain
