@@ -36,6 +36,8 @@ def main(argv=None):
     parser.add_argument("--norms", default="none,row,mean")
     parser.add_argument("--splits", default="valid,test")
     parser.add_argument("--json", required=True)
+    parser.add_argument("--plot", default=None, help="PNG of warm and cold NDCG@10 (test) per row and rule, with the rows "
+                        "without cold_id from the suite's records")
     args = parser.parse_args(argv)
     from recbole_llm.fileio import atomic_write_text
 
@@ -59,7 +61,33 @@ def main(argv=None):
     print("| row | split | norm | seeds | " + " | ".join(METRICS) + " |")
     for (row, split, norm), rs in sorted(table.items()):
         print(f"| {row} | {split} | {norm} | {len(rs)} | " + " | ".join(f"{statistics.mean(r[k] for r in rs):.4f}" for k in METRICS) + " |")
+    if args.plot:
+        plot(records, args.suite_out, args.plot)
     return 0
+
+
+def plot(records, suite_out, path):
+    from recbole_llm.reporting import grouped_bars
+
+    groups = {}
+    for r in records:
+        if r["split"] == "test":
+            groups.setdefault(f"{r['row']} {r['norm']}", []).append(r)
+    for run in glob.glob(os.path.join(glob.escape(suite_out), "runs", "*", "*", "*.json")):
+        record = json.load(open(run))
+        if "cold_id=" not in record["row"] and record.get("status") == "ok":
+            groups.setdefault(record["row"], []).append(record["modes"]["full"])
+    rows = []
+    for name, rs in sorted(groups.items()):
+        row = {"model": name}
+        for metric in ("ndcg_warm@10", "ndcg_cold@10"):
+            values = [r[metric] for r in rs]
+            row[f"{metric}_mean"] = statistics.mean(values)
+            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
+    grouped_bars(rows, [("ndcg_warm@10", "warm NDCG@10"), ("ndcg_cold@10", "cold NDCG@10")],
+                 "cold_id: warm and cold items (test, mean and std over seeds)", path)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
