@@ -137,7 +137,7 @@ def test_scft_settings_take_their_defaults_from_the_yaml():
 
     plain, from_dict = SCFTSettings(), settings_from_config({})
     assert plain == from_dict
-    for name, key in SETTING_KEYS.items():
+    for name, (key, _) in SETTING_KEYS.items():
         expected = schema.default(key)
         assert getattr(plain, name) == (expected if expected is not None else type(getattr(plain, name))()), name
     assert settings_from_config({"scft_steps": 7}).steps == 7

@@ -18,7 +18,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -39,58 +39,41 @@ DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 ENCODER_TARGETS = ("query", "key", "value", "dense")
 
 
-# each setting's config key; its default is that key's in properties/overall.yaml (recbole_llm/schema.py)
+# each setting: its config key (its default is that key's in properties/overall.yaml, recbole_llm/schema.py) and type
 SETTING_KEYS = {
-    "llm_path": "llm_path", "steps": "scft_steps", "batch_size": "scft_batch_size", "lr": "scft_lr",
-    "lora_r": "scft_lora_r", "lora_alpha": "scft_lora_alpha", "lora_dropout": "scft_lora_dropout",
-    "target_modules": "scft_target_modules", "drop_ratio": "scft_drop_ratio", "loss": "scft_loss",
-    "grad_accum": "scft_grad_accum", "grad_checkpointing": "scft_grad_checkpointing", "max_length": "llm_max_length",
-    "pooling": "llm_pooling", "seed": "scft_seed", "checkpoint_every": "scft_checkpoint_every",
-    "eval_items": "scft_eval_items", "pca_dim": "pca_dim",
+    "llm_path": ("llm_path", str), "steps": ("scft_steps", int), "batch_size": ("scft_batch_size", int),
+    "lr": ("scft_lr", float), "lora_r": ("scft_lora_r", int), "lora_alpha": ("scft_lora_alpha", int),
+    "lora_dropout": ("scft_lora_dropout", float), "target_modules": ("scft_target_modules", list),
+    "drop_ratio": ("scft_drop_ratio", float), "loss": ("scft_loss", str), "grad_accum": ("scft_grad_accum", int),
+    "grad_checkpointing": ("scft_grad_checkpointing", bool), "max_length": ("llm_max_length", int),
+    "pooling": ("llm_pooling", str), "seed": ("scft_seed", int), "checkpoint_every": ("scft_checkpoint_every", int),
+    "eval_items": ("scft_eval_items", int), "pca_dim": ("pca_dim", int),
 }
-SETTING_TYPES = {"steps": int, "batch_size": int, "lr": float, "lora_r": int, "lora_alpha": int, "lora_dropout": float,
-                 "target_modules": list, "drop_ratio": float, "grad_accum": int, "grad_checkpointing": bool,
-                 "max_length": int, "seed": int, "checkpoint_every": int, "eval_items": int, "pca_dim": int}
 TAU_INIT = 3.0  # the learnable temperature's start (LLMEmb's code)
 
 
 def _setting(name, value):
     """A setting's value in its type; None (a null key) becomes the type's empty value (no target list, no PCA)."""
-    kind = SETTING_TYPES.get(name)
-    if kind is None:
-        return value
+    kind = SETTING_KEYS[name][1]
     return kind(value) if value is not None else kind()
 
 
-def _yaml_default(name):
-    import recbole_llm.schema as schema
+class SCFTSettings(SimpleNamespace):
+    """The training parameters of :func:`train_scft` (the SCFT artifact's settings dict holds them: :class:`SCFTFeatures`):
+    every setting of ``SETTING_KEYS`` (a setting not given takes its key's YAML default) and ``tau_init``."""
 
-    return field(default_factory=lambda: _setting(name, schema.default(SETTING_KEYS[name])))
+    def __init__(self, tau_init=TAU_INIT, **given):
+        import recbole_llm.schema as schema
 
+        unknown = sorted(set(given) - set(SETTING_KEYS))
+        if unknown:
+            raise TypeError(f"SCFTSettings got unknown settings {unknown}; known: {sorted(SETTING_KEYS)}")
+        values = {name: _setting(name, given[name] if given.get(name) is not None else schema.default(key))
+                  for name, (key, _) in SETTING_KEYS.items()}
+        super().__init__(tau_init=float(tau_init), **values)
 
-@dataclass
-class SCFTSettings:
-    """The training parameters of :func:`train_scft` (the SCFT artifact's settings dict holds them: :class:`SCFTFeatures`)."""
-
-    llm_path: str = _yaml_default("llm_path")
-    steps: int = _yaml_default("steps")
-    batch_size: int = _yaml_default("batch_size")
-    lr: float = _yaml_default("lr")
-    lora_r: int = _yaml_default("lora_r")
-    lora_alpha: int = _yaml_default("lora_alpha")
-    lora_dropout: float = _yaml_default("lora_dropout")
-    target_modules: list = _yaml_default("target_modules")  # empty = automatic
-    drop_ratio: float = _yaml_default("drop_ratio")
-    loss: str = _yaml_default("loss")  # soft (LLMEmb) | infonce
-    tau_init: float = TAU_INIT
-    grad_accum: int = _yaml_default("grad_accum")
-    grad_checkpointing: bool = _yaml_default("grad_checkpointing")
-    max_length: int = _yaml_default("max_length")
-    pooling: str = _yaml_default("pooling")
-    seed: int = _yaml_default("seed")
-    checkpoint_every: int = _yaml_default("checkpoint_every")
-    eval_items: int = _yaml_default("eval_items")
-    pca_dim: int = _yaml_default("pca_dim")
+    def as_dict(self):
+        return dict(vars(self))
 
 
 # ---- augmentation ------------------------------------------------------------------------------------------
@@ -275,7 +258,7 @@ def save_scft_state(state_path, run, settings):
             "losses": run["losses"],
             "rng": run["rng"].getstate(),
             "torch_rng": torch.get_rng_state(),
-            "settings": plain(asdict(settings)),
+            "settings": plain(settings.as_dict()),
         },
         state_path,
     )
@@ -308,7 +291,7 @@ def scft_feature_name(settings, prompt_style="llmemb", dtype="float32"):
 
 def settings_from_config(config):
     """The SCFT settings of a Config or a plain dict (a key it lacks, or null, takes its YAML default)."""
-    return SCFTSettings(**{name: _setting(name, setting(config, key)) for name, key in SETTING_KEYS.items()})
+    return SCFTSettings(**{name: setting(config, key) for name, (key, _) in SETTING_KEYS.items()})
 
 
 class SCFTFeatures(feature_io.FeatureFileArtifact):
@@ -324,7 +307,7 @@ class SCFTFeatures(feature_io.FeatureFileArtifact):
         self.training, self.resume, self.show_progress = training, resume, show_progress
 
     def settings(self, config):
-        training = {k: v for k, v in asdict(self.training).items() if k not in ("checkpoint_every", "eval_items", "pca_dim")}
+        training = {k: v for k, v in self.training.as_dict().items() if k not in ("checkpoint_every", "eval_items", "pca_dim")}
         training["llm_path"] = resolve_llm_path(self.training.llm_path)
         item_path = os.path.join(config["data_path"], f"{config['dataset']}.item")
         return {"scft": training, "dataset": config["dataset"], "prompt": prompt_hash(config, "llmemb"),
@@ -339,7 +322,7 @@ def ensure_scft_features(config, settings=None, resume=True, show_progress=True)
     exports if needed, then its PCA companion when ``settings.pca_dim``."""
     settings = settings or settings_from_config(config)
     dtype = feature_io.check_dtype(setting(config, "feature_dtype"))
-    full_name = scft_feature_name(SCFTSettings(**{**asdict(settings), "pca_dim": 0}), dtype=dtype)
+    full_name = scft_feature_name(SCFTSettings(**{**settings.as_dict(), "pca_dim": 0}), dtype=dtype)
     SCFTFeatures(settings, full_name, resume, show_progress).ensure(config)
     if not settings.pca_dim:
         return full_name
@@ -364,7 +347,7 @@ def _train_and_export(config, training, settings, key, path, resume, show_progre
         "model": resolve_llm_path(training.llm_path),
         "pooling": training.pooling,
         "prompt_style": "llmemb",
-        "scft": asdict(training),
+        "scft": training.as_dict(),
         "scft_report": report,
         "scft_adapter": os.path.join(output_dir, "adapter"),
         "train_seconds": round(train_seconds, 1),
