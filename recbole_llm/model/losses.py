@@ -64,6 +64,18 @@ class SampledSoftmaxMixin:
     ``ssm_in_batch``. ``negative_sampler`` stays None for the other loss types.
     """
 
+    def setup_plugin_options(self, config, dataset, loss_type):
+        """The options every plugin backbone shares, after RecBole's __init__: the loss type (SSM's sampler),
+        ``length_bucketing``, ``train_mode`` and the all-positions target field."""
+        from recbole_llm.model.train_modes import check_train_mode, target_list_field
+
+        self.loss_type = loss_type
+        if loss_type == "SSM":
+            self.init_sampled_softmax(config, dataset)
+        self.length_bucketing = config["length_bucketing"] is not False
+        self.train_mode = check_train_mode(config)
+        self.TARGET_SEQ = target_list_field(self.ITEM_ID)
+
     negative_sampler = None  # the cold-start protocol excludes its cold items from any model's sampler
 
     def init_sampled_softmax(self, config, dataset):

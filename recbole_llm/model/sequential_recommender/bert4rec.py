@@ -41,19 +41,14 @@ from recbole_llm.model.hooks import SequentialBackbone
 from recbole_llm.model.layers import bucketed_encode
 from recbole_llm.compat import stand_in_loss_type
 from recbole_llm.model.losses import SampledSoftmaxMixin
-from recbole_llm.model.train_modes import check_train_mode, require_target_list, target_list_field, valid_positions
+from recbole_llm.model.train_modes import require_target_list, valid_positions
 
 
 class BERT4Rec(SampledSoftmaxMixin, RecBoleBERT4Rec, SequentialBackbone):
     def __init__(self, config, dataset):
         with stand_in_loss_type(config, {"SSM": "CE"}) as loss_type:  # RecBole's BERT4Rec accepts BPR and CE only
             super().__init__(config, dataset)
-        self.loss_type = loss_type
-        if loss_type == "SSM":
-            self.init_sampled_softmax(config, dataset)
-        self.length_bucketing = config["length_bucketing"] is not False
-        self.train_mode = check_train_mode(config)
-        self.TARGET_SEQ = target_list_field(self.ITEM_ID)
+        self.setup_plugin_options(config, dataset, loss_type)
         if self.loss_type == "CE":  # RecBole's BERT4Rec calls F.cross_entropy; a loss_fct can be swapped (cold items)
             self.loss_fct = torch.nn.CrossEntropyLoss()
         if config["output_bias"] is False:  # every reader of self.output_bias gets zeros

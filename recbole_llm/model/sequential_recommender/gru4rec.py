@@ -19,19 +19,14 @@ from recbole_llm.model.hooks import SequentialBackbone
 from recbole_llm.model.layers import bucketed_encode, bucketed_forward
 from recbole_llm.compat import stand_in_loss_type
 from recbole_llm.model.losses import SampledSoftmaxMixin
-from recbole_llm.model.train_modes import check_train_mode, require_target_list, target_list_field, valid_positions
+from recbole_llm.model.train_modes import require_target_list, valid_positions
 
 
 class GRU4Rec(SampledSoftmaxMixin, RecBoleGRU4Rec, SequentialBackbone):
     def __init__(self, config, dataset):
         with stand_in_loss_type(config, {"SSM": "CE"}) as loss_type:
             super().__init__(config, dataset)
-        self.loss_type = loss_type
-        if loss_type == "SSM":
-            self.init_sampled_softmax(config, dataset)
-        self.length_bucketing = config["length_bucketing"] is not False
-        self.train_mode = check_train_mode(config)
-        self.TARGET_SEQ = target_list_field(self.ITEM_ID)
+        self.setup_plugin_options(config, dataset, loss_type)
 
     def forward(self, item_seq, item_seq_len):
         """(B, embedding_size) state at the last real position (RecBole's forward, per length group)."""
