@@ -152,3 +152,19 @@ def build_once(path, is_current, build, what=None):
             return False
         build()
         return True
+
+
+def read_yaml(path, what, fix, missing_error=None):
+    """The YAML of ``path`` (``{}`` when empty). An unreadable file raises ``missing_error`` (default ConfigError)
+    and invalid YAML a ConfigError, each one line naming ``what`` and the file, with ``fix`` for the first."""
+    import yaml
+
+    from recbole_llm.errors import ConfigError
+
+    try:
+        with open(path) as handle:
+            return yaml.safe_load(handle) or {}
+    except OSError as err:
+        raise (missing_error or ConfigError)(f"{what} '{path}' cannot be read ({err.strerror}): {fix}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} '{path}' is not valid YAML ({str(err).splitlines()[0]})") from None

@@ -24,9 +24,9 @@ import re
 import statistics
 import textwrap
 
-import yaml
 
 from recbole_llm.errors import ConfigError, MissingFileError, cli_entry
+from recbole_llm.fileio import read_yaml
 from recbole_llm.fileio import atomic_write_text
 
 SOURCE_KEYS = {"id", "title", "legacy", "runs", "suite", "out", "dataset", "protocol", "rows", "baseline", "baselines",
@@ -40,13 +40,7 @@ BEGIN, END = "<!-- results-at-a-glance -->", "<!-- /results-at-a-glance -->"
 # ---- the sources file and the records it names -----------------------------------------------------------------
 def load_sources(path):
     """The sources file with each source checked; a bad one is one ConfigError naming the source and key."""
-    try:
-        with open(path) as handle:
-            spec = yaml.safe_load(handle) or {}
-    except OSError as err:
-        raise MissingFileError(f"results sources '{path}' cannot be read ({err.strerror}): pass --sources=<file.yaml>") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"results sources '{path}' is not valid YAML ({str(err).splitlines()[0]})") from None
+    spec = read_yaml(path, "results sources", "pass --sources=<file.yaml>", MissingFileError)
     sources = spec.get("sources")
     if not isinstance(sources, list) or not sources:
         raise ConfigError(f"results sources '{path}': needs a list 'sources' (see benchmarks/results.yaml)")

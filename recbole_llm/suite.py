@@ -41,9 +41,9 @@ import sys
 import time
 import traceback
 
-import yaml
 
 from recbole_llm.errors import ConfigError
+from recbole_llm.fileio import read_yaml
 
 SUITE_KEYS = {"datasets", "data_path", "seeds", "eval_modes", "budget", "config", "config_files", "rows", "models", "pairs",
               "metrics", "workers", "rerun_failed", "popularity_buckets", "out"}
@@ -59,13 +59,7 @@ POP_EDGES = (0, 2, 5, 10, 20, 50)  # popularity buckets: [0,2), [2,5), ..., [50,
 # ---- the suite file -------------------------------------------------------------------------------------------
 def load_suite(path):
     """The suite of ``path`` with every default filled in; a bad file is one ConfigError naming the key."""
-    try:
-        with open(path) as handle:
-            suite = yaml.safe_load(handle) or {}
-    except OSError as err:
-        raise ConfigError(f"suite file '{path}' cannot be read ({err.strerror}): pass --suite=<file.yaml>") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"suite file '{path}' is not valid YAML ({str(err).splitlines()[0]})") from None
+    suite = read_yaml(path, "suite file", "pass --suite=<file.yaml>")
     if not isinstance(suite, dict):
         raise ConfigError(f"suite file '{path}' must be a mapping of suite keys (known: {', '.join(sorted(SUITE_KEYS))})")
     return make_suite(suite, path)

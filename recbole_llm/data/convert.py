@@ -153,21 +153,21 @@ def _yelp_time(value, path, lineno):
 
 def read_amazon_reviews(path):
     """DataFrame (user, item, time) of an Amazon 2014/2018 review dump, in file order."""
-    users, items, times = [], [], []
-    for lineno, rec in iter_records(path, "reviews"):
-        users.append(_token(_require(rec, "reviewerID", path, lineno, "review")))
-        items.append(_token(_require(rec, "asin", path, lineno, "review")))
-        times.append(_amazon_time(_require(rec, "unixReviewTime", path, lineno, "review"), path, lineno))
-    return _frame(users, items, times)
+    return _read_reviews(path, ("reviewerID", "asin", "unixReviewTime"), _amazon_time)
 
 
 def read_yelp_reviews(path):
     """DataFrame (user, item, time) of a Yelp review dump, in file order."""
+    return _read_reviews(path, ("user_id", "business_id", "date"), _yelp_time)
+
+
+def _read_reviews(path, fields, to_time):
+    user_key, item_key, time_key = fields
     users, items, times = [], [], []
     for lineno, rec in iter_records(path, "reviews"):
-        users.append(_token(_require(rec, "user_id", path, lineno, "review")))
-        items.append(_token(_require(rec, "business_id", path, lineno, "review")))
-        times.append(_yelp_time(_require(rec, "date", path, lineno, "review"), path, lineno))
+        users.append(_token(_require(rec, user_key, path, lineno, "review")))
+        items.append(_token(_require(rec, item_key, path, lineno, "review")))
+        times.append(to_time(_require(rec, time_key, path, lineno, "review"), path, lineno))
     return _frame(users, items, times)
 
 
