@@ -77,18 +77,7 @@ def test_benchmark_files_resume_and_failure(tiny_data, tmp_path, monkeypatch, ca
 def test_a_changed_key_reruns_and_the_same_keys_skip(tmp_path, monkeypatch, capsys):
     """The resume rule, without training: the record's spec names what it ran with (keys, epochs, eval mode, config
     files); a rerun with the same ones skips, any change reruns exactly the runs it changes."""
-    from recbole_llm import suite as engine
-
-    calls = []
-
-    def fake_execute(suite, dataset, row, seed, shared=None, threads=None, run_id=None):
-        calls.append((row, seed))
-        rec = dict(record(seed, 0.1, row, dataset), spec=engine.run_spec(suite, dataset, row, seed))
-        engine.write_record(engine.run_path(suite, dataset, row, seed), rec)
-        return rec
-
-    monkeypatch.setattr(engine, "execute_run", fake_execute)
-    monkeypatch.setattr(engine, "prepare_runs", lambda suite, pending: [(*run, {}) for run in pending])
+    calls = fake_engine(monkeypatch)
     (tmp_path / "a.yaml").write_text("hidden_size: 8\n")
     base = ["--dataset=d", "--models=SASRec,GRU4Rec", "--seeds=1,2", f"--out={tmp_path / 'out'}", "--epochs=2", "--dropout_prob=0.2"]
     assert benchmark.main(base) == 0 and len(calls) == 4
@@ -315,16 +304,7 @@ def write_suite(path, **extra):
 def test_suite_resumes_and_retries_failed_runs(tmp_path, monkeypatch, capsys):
     from recbole_llm import suite as engine
 
-    calls = []
-
-    def fake_execute(suite, dataset, row, seed, shared=None, threads=None, run_id=None):
-        calls.append((row, seed))
-        rec = dict(record(seed, 0.1, row, dataset), spec=engine.run_spec(suite, dataset, row, seed))
-        engine.write_record(engine.run_path(suite, dataset, row, seed), rec)
-        return rec
-
-    monkeypatch.setattr(engine, "execute_run", fake_execute)
-    monkeypatch.setattr(engine, "prepare_runs", lambda suite, pending: [(*run, {}) for run in pending])
+    calls = fake_engine(monkeypatch)
     path = write_suite(tmp_path / "s.yaml")
     assert benchmark.main([f"--suite={path}"]) == 0 and len(calls) == 4
     loaded = engine.load_suite(path)
@@ -421,3 +401,20 @@ def test_cold_protocol_gets_a_teacher_per_seed(tiny_data, tmp_path, capsys):
     assert benchmark.main(args) == 0
     teachers = {json.load(open(run_file(out, "LLMEmbSASRec", seed)))["config"]["teacher_checkpoint"] for seed in (1, 2)}
     assert len(teachers) == 2 and all(os.path.isfile(t) for t in teachers)
+
+
+def fake_engine(monkeypatch):
+    """The suite engine with runs that write a record instead of training; returns the (row, seed) list of calls."""
+    from recbole_llm import suite as engine
+
+    calls = []
+
+    def fake_execute(suite, dataset, row, seed, shared=None, threads=None, run_id=None):
+        calls.append((row, seed))
+        rec = dict(record(seed, 0.1, row, dataset), spec=engine.run_spec(suite, dataset, row, seed))
+        engine.write_record(engine.run_path(suite, dataset, row, seed), rec)
+        return rec
+
+    monkeypatch.setattr(engine, "execute_run", fake_execute)
+    monkeypatch.setattr(engine, "prepare_runs", lambda suite, pending: [(*run, {}) for run in pending])
+    return calls
