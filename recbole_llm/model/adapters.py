@@ -185,15 +185,10 @@ class LLMEmbMixin(FrozenTablesMixin):
 
     def alignment_items(self, interaction):
         """Unique target items of the batch (next items, target lists, BERT4Rec's masked items)."""
-        items = [interaction[self.ITEM_ID].view(-1)] if self.ITEM_ID in interaction else []
-        for field in (self.ITEM_ID + "_target_list", getattr(self, "POS_ITEMS", None)):
-            if field and field in interaction:
-                items.append(interaction[field].view(-1))
-        items = torch.unique(torch.cat(items))
-        items = items[items > 0]
-        if len(items) > self.align_max_items:
-            items = items[torch.randperm(len(items), device=items.device)[: self.align_max_items]]
-        return items
+        from recbole_llm.model.train_modes import batch_items
+
+        fields = (self.ITEM_ID, self.ITEM_ID + "_target_list", getattr(self, "POS_ITEMS", None))
+        return batch_items(interaction, fields, self.align_max_items)
 
     def alignment_loss(self, interaction):
         items = self.alignment_items(interaction)

@@ -29,6 +29,7 @@ from torch import nn
 
 from recbole_llm.errors import ConfigError
 from recbole_llm.model.layers import CachedTableMixin
+from recbole_llm.model.train_modes import batch_items
 
 COLD_ID_MODES = ("none", "generate", "dropout")
 NORMS = ("row", "mean", "none")
@@ -63,8 +64,6 @@ class ColdIdTable(CachedTableMixin, nn.Module):
         super().__init__()
         from recbole_llm.model.adapters import build_adapter
 
-        if mode not in COLD_ID_MODES[1:]:
-            raise ConfigError(f"config key 'cold_id' must be one of {list(COLD_ID_MODES)}, got {mode!r}")
         if not 0 <= float(dropout) < 1:
             raise ConfigError(f"config key 'cold_id_dropout' must be a number in [0, 1), got {dropout!r}")
         if norm not in NORMS:
@@ -143,7 +142,7 @@ class ColdIdTable(CachedTableMixin, nn.Module):
 class ColdIdMixin:
     """``cold_id`` for models with an ID table next to text; the model calls :meth:`setup_cold_id` with its table.
 
-    Hooks: ``cold_id_content(ids)`` (the generator's input rows) and ``cold_id_content_dim`` set by the model.
+    Hook: ``cold_id_content(ids)``, the generator's input rows (its width passed to :meth:`setup_cold_id`).
     """
 
     backbone_hooks = ("calculate_loss",)  # declared in recbole_llm/model/hooks.py, checked by tests/test_hooks.py
@@ -173,12 +172,8 @@ class ColdIdMixin:
 
     def cold_id_items(self, interaction):
         """The batch's items (targets, target lists, histories), at most ``align_max_items`` of them."""
-        parts = [interaction[f].reshape(-1) for f in (self.ITEM_ID, self.ITEM_ID + "_target_list", self.ITEM_SEQ) if f in interaction]
-        items = torch.unique(torch.cat(parts))
-        items = items[(items > 0) & (items < self.cold_table.warm.size(0))]
-        if len(items) > self.cold_id_max_items:
-            items = items[torch.randperm(len(items), device=items.device)[: self.cold_id_max_items]]
-        return items
+        fields = (self.ITEM_ID, self.ITEM_ID + "_target_list", self.ITEM_SEQ)
+        return batch_items(interaction, fields, self.cold_id_max_items)
 
     def calculate_loss(self, interaction):
         if self.cold_table is None:

@@ -35,7 +35,8 @@ class LLM2XMixin(ColdIdMixin):
         scale = config["llm2x_scale"] if "llm2x_scale" in config else "auto"
         copy_rows(self.item_embedding.weight, features, resolve_scale(scale, config))
         # cold_id: the rows of items training never saw generated from the same features (recbole_llm/model/cold_id.py)
-        self.register_buffer("cold_id_features", features.float(), persistent=False)
+        if (config["cold_id"] or "none") != "none":
+            self.register_buffer("cold_id_features", features.float(), persistent=False)
         self.item_embedding = self.setup_cold_id(config, dataset, self.item_embedding, self.cold_id_content, width)
 
     def cold_id_content(self, ids):

@@ -40,6 +40,7 @@ from recbole_llm.llm.extract import pca_reduce
 from recbole_llm.model.adapters import AdaptedEmbedding, prepare_llm_features
 from recbole_llm.model.cold_id import ColdIdMixin
 from recbole_llm.model.llm2x import copy_rows, resolve_scale
+from recbole_llm.model.train_modes import batch_items
 from recbole_llm.llm.contrastive import soft_contrastive_loss
 
 ID_INITS = ("pca", "random")
@@ -305,10 +306,7 @@ class LLMESRMixin(ColdIdMixin):
         return loss
 
     def item_reg_loss(self, interaction):
-        items = torch.unique(interaction[self.ITEM_SEQ])
-        items = items[items > 0]
-        if len(items) > self.item_reg_max:
-            items = items[torch.randperm(len(items), device=items.device)[: self.item_reg_max]]
+        items = batch_items(interaction, (self.ITEM_SEQ,), self.item_reg_max)
         table = self.item_embedding
         return soft_contrastive_loss(table.llm_embedding.weight[items], table.id_embedding.weight[items], 1.0)
 

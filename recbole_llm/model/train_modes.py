@@ -40,3 +40,14 @@ def valid_positions(item_seq_len, max_len):
     """(B, max_len) bool: position < length, the real positions of left-aligned sequences."""
     positions = torch.arange(max_len, device=item_seq_len.device)
     return positions.unsqueeze(0) < item_seq_len.unsqueeze(1)
+
+
+def batch_items(interaction, fields, limit):
+    """The unique item ids (padding 0 left out) of the batch's ``fields`` that it holds, at most ``limit`` of them
+    (a random subset beyond that): the items a per-item auxiliary loss of one step looks at."""
+    parts = [interaction[field].reshape(-1) for field in fields if field and field in interaction]
+    items = torch.unique(torch.cat(parts))
+    items = items[items > 0]
+    if len(items) > limit:
+        items = items[torch.randperm(len(items), device=items.device)[:limit]]
+    return items
