@@ -10,6 +10,8 @@ wrong type is one line naming the key), and the defaults that code reading a pla
 (:func:`default`).
 """
 
+import copy
+import functools
 import glob
 import os
 import re
@@ -75,12 +77,16 @@ def declared_keys():
     return _DECLARED
 
 
+@functools.lru_cache(maxsize=1)
+def _overall_defaults():
+    return {entry[0]: entry[1] for entry in parse_file(os.path.join(properties_dir(), "overall.yaml"))}
+
+
 def default(name):
-    """The declared default of a plugin key (properties/overall.yaml's, else the first file's)."""
-    overall = {entry[0]: entry[1] for entry in parse_file(os.path.join(properties_dir(), "overall.yaml"))}
-    if name in overall:
-        return overall[name]
-    return declared_keys()[name].default
+    """The declared default of a plugin key (properties/overall.yaml's, else the first file's); a copy, so that a
+    caller may change a list or dict default."""
+    overall = _overall_defaults()
+    return copy.deepcopy(overall[name] if name in overall else declared_keys()[name].default)
 
 
 def _matches(value, kind):
