@@ -275,7 +275,7 @@ def validate_config(config):
         near = difflib.get_close_matches(key, sorted(known), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         raise _config_error(f"unknown config key '{key}'{hint}: no RecBole or recbole-llm code reads it; fix its name or drop it")
-    from recbole_llm.schema import type_error
+    from recbole_llm.schema import parse_file, type_error
 
     for key, value in external.items():  # the declared type of a plugin key; RecBole's: the type of its default
         message = type_error(key, value)
@@ -305,7 +305,8 @@ def validate_config(config):
             raise _config_error(f"config key '{key}' must be a number in [0, 1), got {value!r}")
     if "offset" in external:
         positive_int("offset", minimum=0)
-    for key in ("cold_id", "cold_id_alpha", "cold_id_dropout", "cold_id_layers", "cold_id_norm"):  # declared for the models that read them
+    cold_id_keys = [entry[0] for entry in parse_file(os.path.join(properties_dir(), "model", "ColdIdMixin.yaml"))]
+    for key in cold_id_keys:  # declared for the models that read them only
         if key in external and key not in config.internal_config_dict:
             raise _config_error(
                 f"config key '{key}' applies to the models that keep an ID table next to text (LLMESR*, LLM2X*; "
