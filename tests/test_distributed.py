@@ -82,6 +82,38 @@ def test_cli_llmemb_with_two_processes(tmp_path, capsys):
     assert out.out.count("'ndcg@10': ") == 2 and "'ndcg_tail@10': " in out.out
 
 
+def test_a_rank_frees_its_ddp_wrapper_before_leaving_the_group(tmp_path):
+    """A DDP wrapper caught in a reference cycle (as RecBole's trainer holds it) is freed before the group is left,
+    not at interpreter shutdown (where its gloo reducer could abort the process: CI, SIGABRT)."""
+    import gc
+    import pickle
+
+    import torch.distributed as dist
+
+    from recbole_llm.quick_start import _rank_result
+
+    def alive():
+        return sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+
+    def compute():
+        holder = {"model": torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))}
+        holder["self"] = holder  # a cycle: only a garbage collection frees it
+        return {"ok": alive()}
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    gc.disable()
+    try:
+        _rank_result(compute, str(tmp_path / "result.pkl"))
+        left = alive()
+    finally:
+        gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    with open(tmp_path / "result.pkl", "rb") as handle:
+        assert pickle.load(handle) == {"ok": 1}
+    assert left == 0 and not dist.is_initialized()
+
+
 # ---- LLM feature extraction on Ray ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def local_ray():
