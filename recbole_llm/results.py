@@ -24,10 +24,8 @@ import re
 import statistics
 import textwrap
 
-
 from recbole_llm.errors import ConfigError, MissingFileError, cli_entry
-from recbole_llm.fileio import read_yaml
-from recbole_llm.fileio import atomic_write_text
+from recbole_llm.fileio import atomic_write_text, read_yaml
 
 SOURCE_KEYS = {"id", "title", "legacy", "runs", "suite", "out", "dataset", "protocol", "rows", "baseline", "baselines",
                "date", "command", "setting", "details", "note", "archived"}

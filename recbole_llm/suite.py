@@ -41,7 +41,6 @@ import sys
 import time
 import traceback
 
-
 from recbole_llm.errors import ConfigError
 from recbole_llm.fileio import read_yaml
 
