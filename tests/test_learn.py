@@ -11,7 +11,7 @@ from conftest import tiny_config, assert_reproduces
 
 from recbole_llm import Config, create_dataset, get_model, run_recbole_llm
 from recbole_llm.llm.features import load_features
-from recbole_llm.model.sequential_recommender.learn import dense_all_action_loss, recency_weights, two_stage_sample
+from recbole_llm.model.sequential_recommender.learn import catalogue_loss, dense_all_action_loss, recency_weights, two_stage_sample
 from recbole_llm.utils import data_preparation
 
 SMALL = {"n_layers": 1, "n_heads": 2, "d_model": 16, "inner_size": 32, "embedding_dim": 8, "n_history_samples": 3, "n_target_samples": 2}
@@ -87,6 +87,51 @@ def build(tiny_data, tmp_path, **overrides):
     return config, train, get_model("LEARN")(config, train.dataset)
 
 
+def test_catalogue_loss_is_a_softmax_over_every_item():
+    users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    table = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # items 1, 2, 3
+    targets = torch.tensor([1, 3])
+    tau = 0.5
+    def term(pos, others):
+        return -(pos / tau - math.log(sum(math.exp(x / tau) for x in [pos, *others])))
+
+    expected = (term(1.0, [0.0, -1.0]) + term(0.0, [0.0, 1.0])) / 2
+    assert catalogue_loss(users, table, targets, tau).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_catalogue_loss_draws_a_target_position_and_reaches_items_outside_the_batch(tiny_data, tmp_path):
+    config, train, model = build(tiny_data, tmp_path, learn_loss="catalogue", item_tower="b")
+    model.train()
+    interaction = next(iter(train))[:3]  # three users: most items are in none of their sequences
+    seq_len = interaction[model.ITEM_SEQ_LEN].long() + 1  # the whole training sequence of each row
+    cuts = torch.stack([model.build_batch(interaction)[1] for _ in range(30)])
+    assert bool(((cuts >= 1) & (cuts <= seq_len - 1)).all())
+    long_rows = seq_len >= 4
+    assert bool((cuts[:, long_rows].unique(dim=0).size(0) > 1))  # a new draw per step, not a fixed split
+    hist, cut, pos, _, tgt, *_ = model.build_batch(interaction)
+    full = torch.cat([interaction[model.ITEM_SEQ][:, :1], interaction[model.TARGET_SEQ]], dim=1)
+    assert torch.equal(tgt[:, 0], full.gather(1, cut.unsqueeze(1)).squeeze(1))  # the item right after the history
+    assert torch.equal(pos[:, 0], cut - 1)
+    # an item no row of the batch holds still moves the loss: every item is a negative (next_item: batch only)
+    in_batch = set(full.flatten().tolist())
+    outside = next(i for i in range(1, model.n_items) if i not in in_batch)
+    def loss_with(content):
+        model.content = content
+        torch.manual_seed(0)
+        model._generator.manual_seed(0)
+        return model.calculate_loss(interaction).item()
+
+    base = model.content.clone()
+    changed = base.clone()
+    changed[outside] = -changed[outside]
+    assert loss_with(base) != pytest.approx(loss_with(changed), rel=1e-6)
+
+
+def test_catalogue_loss_refuses_random_negatives(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="learn_random_negatives"):
+        build(tiny_data, tmp_path, learn_loss="catalogue", learn_random_negatives=4)
+
+
 def test_pal_is_causal(tiny_data, tmp_path):
     _, _, model = build(tiny_data, tmp_path)
     model.eval()
@@ -101,7 +146,7 @@ def test_pal_is_causal(tiny_data, tmp_path):
 
 @pytest.mark.parametrize(
     "tower,sampler,loss,negatives",
-    [("a", "recency", "dense", 0), ("b", "uniform", "dense", 0), ("c", "recency", "dense", 0), ("a", "recency", "next_item", 0), ("a", "recency", "dense", 16)],
+    [("a", "recency", "dense", 0), ("b", "uniform", "dense", 0), ("c", "recency", "dense", 0), ("a", "recency", "next_item", 0), ("a", "recency", "dense", 16), ("b", "recency", "catalogue", 0)],
 )
 def test_towers_and_samplers_train(tiny_data, tmp_path, tower, sampler, loss, negatives):
     result = run_recbole_llm(

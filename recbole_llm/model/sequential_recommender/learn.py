@@ -14,6 +14,9 @@ r"""LEARN: frozen-LLM content embeddings, a causal PAL user tower, an item tower
   masked), s = cosine / ``learn_tau``. Positions come from two-stage sampling: a uniform subsample, then
   recency weights ``w_i = log(alpha + i (beta - alpha) / (N - 1))`` (``sampler: recency``) or uniform.
   ``learn_loss: next_item`` takes one state (the last) and one target (the next item) for comparison.
+  ``learn_loss: catalogue`` is the public code's finetune loss: per user and step one target position drawn
+  uniformly from 1..n-1 of its training sequence, the state just before it, a softmax over every item of the
+  catalogue embedded by the inference item tower (s = cosine / ``learn_tau``; history items stay negatives).
   ``learn_random_negatives: M`` adds M items drawn uniformly from the catalogue per batch as negatives shared by
   every user (PinnerFormer mixes in-batch and random negatives; the LEARN paper names only in-batch ones).
 - Evaluation: RecBole's evaluator, scores = cosine(user, item) with the item table computed once per
@@ -140,6 +143,11 @@ def dense_all_action_loss(user_states, user_mask, target_embs, target_items, tar
     return (loss * valid).sum() / valid.sum().clamp(min=1)
 
 
+def catalogue_loss(users, table, targets, tau):
+    """Cross-entropy of L2-normalised ``users`` (B, D) over every item: ``table`` (N - 1, D) holds items 1..N-1."""
+    return F.cross_entropy(users @ table.t() / tau, targets - 1)
+
+
 class LEARN(FrozenTablesMixin, SequentialRecommender):
     input_type = InputType.POINTWISE
 
@@ -163,8 +171,10 @@ class LEARN(FrozenTablesMixin, SequentialRecommender):
         self.target_ratio = float(config["target_ratio"])
         self.target_len = config["target_len"]
         self.learn_loss = config["learn_loss"] or "dense"
-        if self.learn_loss not in ("dense", "next_item"):
-            raise ConfigError(f"config key 'learn_loss' must be dense or next_item, got '{self.learn_loss}'")
+        if self.learn_loss not in ("dense", "next_item", "catalogue"):
+            raise ConfigError(f"config key 'learn_loss' must be dense, next_item or catalogue, got '{self.learn_loss}'")
+        if self.learn_loss == "catalogue" and config["learn_random_negatives"]:
+            raise ConfigError("config key 'learn_random_negatives' has no effect with learn_loss: catalogue (every item is a negative): set it to 0")
         self.length_bucketing = config["length_bucketing"] is not False
         self.random_negatives = int(config["learn_random_negatives"] or 0)
         if self.random_negatives < 0:
@@ -266,7 +276,11 @@ class LEARN(FrozenTablesMixin, SequentialRecommender):
         device, batch = item_seq.device, item_seq.size(0)
         full = torch.cat([item_seq[:, :1], targets], dim=1)  # the whole sequence: first input, then every target
         length = seq_len.long() + 1
-        cut = self.split_points(length)
+        if self.learn_loss == "catalogue":  # the public finetune: target position uniform in 1..n-1, per step
+            draw = torch.rand(batch, generator=self._generator, dtype=torch.float64).to(device)
+            cut = torch.minimum(1 + (draw * (length - 1)).long(), length - 1)
+        else:
+            cut = self.split_points(length)
         cols = torch.arange(full.size(1), device=device).unsqueeze(0)
         max_hist = int(cut.max())
         hist_tensor = full[:, :max_hist].masked_fill(cols[:, :max_hist] >= cut.unsqueeze(1), 0)
@@ -275,7 +289,7 @@ class LEARN(FrozenTablesMixin, SequentialRecommender):
         t_cols = torch.arange(max_t, device=device).unsqueeze(0)
         target_seq = full.gather(1, (cut.unsqueeze(1) + t_cols).clamp(max=full.size(1) - 1))
         target_seq = target_seq.masked_fill(t_cols >= n_target.unsqueeze(1), 0)  # each row's targets, left-aligned
-        if self.learn_loss == "next_item":
+        if self.learn_loss in ("next_item", "catalogue"):
             pos_tensor, pos_mask = (cut - 1).unsqueeze(1), torch.ones(batch, 1, dtype=torch.bool, device=device)
             tgt_index, tgt_mask = torch.zeros(batch, 1, dtype=torch.long, device=device), torch.ones(batch, 1, dtype=torch.bool, device=device)
         else:
@@ -297,6 +311,8 @@ class LEARN(FrozenTablesMixin, SequentialRecommender):
         hist, hist_len, pos, pos_mask, tgt_items, tgt_index, tgt_mask, full_targets = self.build_batch(interaction)
         states = self.user_states(hist, hist_len)
         user = torch.gather(states, 1, pos.unsqueeze(-1).expand(-1, -1, states.size(-1)))
+        if self.learn_loss == "catalogue":
+            return catalogue_loss(user[:, 0], self.single_item_embeddings(torch.arange(1, self.n_items, device=hist.device)), tgt_items[:, 0], self.tau)
         items = self.target_embeddings(tgt_items, tgt_index, full_targets)
         extra_items = extra_embs = None
         if self.random_negatives:  # uniform over the catalogue, embedded by the inference item tower
