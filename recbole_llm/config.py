@@ -318,9 +318,31 @@ def validate_config(config):
     train_mode = config["train_mode"]
     if train_mode is not None and train_mode not in ("prefix", "all_positions"):
         raise _config_error(f"config key 'train_mode' must be 'prefix' or 'all_positions', got {train_mode!r}")
+    _validate_interval(config, "train_user_inter_num_interval")
     _validate_metrics(config)
     _validate_device(config, external)
     check_item_attributes(config)
+
+
+_INTERVAL = re.compile(r"^\s*[\[(]\s*([-+]?(?:\d+(?:\.\d*)?|inf))\s*,\s*([-+]?(?:\d+(?:\.\d*)?|inf))\s*[\])]\s*$")
+
+
+def _validate_interval(config, key):
+    """RecBole's interval syntax ("[5,40]", "(0,inf)", ";"-joined); RecBole itself warns and skips a bad one.
+    RecBole evaluates "[5,40]" to a list and "(5,40)" to a tuple: they become "[5,40]" and "(5,40)" again."""
+    value = config[key]
+    if value is None:
+        return
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        left, right = ("[", "]") if isinstance(value, list) else ("(", ")")
+        value = config[key] = f"{left}{value[0]},{value[1]}{right}"
+    fix = f"config key '{key}' must be an interval such as \"[5,40]\" or \"[5,inf)\", got {value!r}"
+    if not isinstance(value, str):
+        raise _config_error(fix)
+    for part in value.split(";"):
+        match = _INTERVAL.match(part)
+        if not match or float(match.group(1)) > float(match.group(2)):
+            raise _config_error(fix)
 
 
 def _validate_metrics(config):

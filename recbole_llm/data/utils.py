@@ -5,6 +5,10 @@ user's sequence, loss at its last position. ``train_mode: all_positions`` keeps 
 longest training prefix, i.e. the whole training sequence up to MAX_ITEM_LIST_LENGTH) and adds the field
 ``<item_id>_target_list``: the next item at every position, so the model takes the loss at all positions
 in one pass (the original SASRec and the official LLMEmb code). Validation and test are RecBole's.
+
+``train_user_inter_num_interval`` (RecBole's interval syntax, e.g. ``"[5,40]"``) keeps the training rows of the
+users whose training sequence has that many items (the public LEARN finetune trains on [5,40]); validation and
+test keep every user, and long-tail popularity keeps counting every training interaction.
 """
 
 import numpy as np
@@ -40,17 +44,51 @@ def all_positions_dataset(train_dataset):
     picked.update(Interaction({target_field: targets}))
     train_dataset.set_field_property(target_field, FeatureType.TOKEN_SEQ, FeatureSource.INTERACTION, seq.size(1))
     new = train_dataset.copy(picked)
-    new.statistics_source = train_dataset  # long-tail popularity keeps counting every training interaction
+    # long-tail popularity keeps counting every training interaction (also those of users filtered out)
+    new.statistics_source = getattr(train_dataset, "statistics_source", train_dataset)
+    return new
+
+
+def training_lengths(train_dataset):
+    """(n_users,) the number of items in each user's training sequence, read from a prefix-augmented split
+    (n - 1 rows for n items: the first item is never a target); users without rows get 0."""
+    users = train_dataset.inter_feat[train_dataset.uid_field].long()
+    rows = torch.bincount(users, minlength=train_dataset.user_num)
+    return torch.where(rows > 0, rows + 1, torch.zeros_like(rows))
+
+
+def filter_training_users(train_dataset, interval):
+    """A copy of a prefix-augmented train split with the rows of the users whose training length lies in
+    ``interval`` (a RecBole interval string, validated by recbole_llm.config)."""
+    intervals = train_dataset._parse_intervals_str(interval)
+    lengths = training_lengths(train_dataset)
+    keep_user = torch.tensor([n > 0 and train_dataset._within_intervals(int(n), intervals) for n in lengths.tolist()])
+    if not bool(keep_user.any()):
+        from recbole_llm.errors import ConfigError
+
+        raise ConfigError(
+            f"config key 'train_user_inter_num_interval' is {interval!r}: no user's training sequence has a length in it "
+            f"(lengths {int(lengths[lengths > 0].min())}..{int(lengths.max())}): widen it"
+        )
+    users = train_dataset.inter_feat[train_dataset.uid_field].long()
+    new = train_dataset.copy(train_dataset.inter_feat[keep_user[users]])
+    new.statistics_source = getattr(train_dataset, "statistics_source", train_dataset)
     return new
 
 
 def data_preparation(config, dataset):
     """RecBole's data_preparation; with ``train_mode: all_positions`` the train loader yields one row per user."""
     train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
-    if config["train_mode"] == "all_positions":  # a model without the key trains RecBole's way (prefix)
+    interval = config["train_user_inter_num_interval"]
+    all_positions = config["train_mode"] == "all_positions"  # a model without the key trains RecBole's way (prefix)
+    if all_positions or interval is not None:
         from recbole.data.utils import get_dataloader
 
-        train_dataset = all_positions_dataset(train_data._dataset)
+        train_dataset = train_data._dataset
+        if interval is not None:
+            train_dataset = filter_training_users(train_dataset, interval)
+        if all_positions:
+            train_dataset = all_positions_dataset(train_dataset)
         train_sampler = train_data._sampler
         train_data = get_dataloader(config, "train")(config, train_dataset, train_sampler, shuffle=config["shuffle"])
     return train_data, valid_data, test_data
