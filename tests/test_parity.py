@@ -192,6 +192,31 @@ def test_scratch_copy_refuses_a_folder_inside_the_checkout(tmp_path):
     assert os.path.isfile(os.path.join(official.scratch_copy(str(tmp_path / "co"), str(tmp_path / "s"), "llmesr"), "main.py"))
 
 
+def test_the_official_child_imports_this_package_from_any_folder(tmp_path, monkeypatch):
+    """The child runs `python -m recbole_llm.parity.shim` in the scratch copy: an uninstalled checkout must be on its path."""
+    import subprocess
+
+    seen = {}
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.setattr(subprocess, "call", lambda cmd, cwd, stdout, stderr, env: seen.update(env=env, cwd=cwd) or 0)
+    (tmp_path / "scratch").mkdir()
+    assert official.run_official("llmemb", str(tmp_path / "scratch"), [], str(tmp_path / "log" / "o.log"), str(tmp_path / "t.json")) == 0
+    path = seen["env"]["PYTHONPATH"].split(os.pathsep)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(official.__file__)))
+    assert package_root in path and os.path.isfile(os.path.join(package_root, "recbole_llm", "parity", "shim.py"))
+    assert seen["env"]["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path / "scratch")  # their trainers/ first
+
+
+@pytest.mark.parametrize("bad", [["--epochs=0"], ["--patience=0"], ["--max_len=0"], ["--seeds="], ["--seeds=a"], ["--sides=theirs"]])
+def test_harness_options_out_of_range_exit_2(bad, capsys):
+    from recbole_llm.parity.runner import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--method=llmemb", "--official=x", "--dataset=d", *bad])
+    assert exit_info.value.code == 2
+    assert bad[0].split("=")[0] in capsys.readouterr().err
+
+
 def test_shim_patches(monkeypatch):
     monkeypatch.setattr(argparse.ArgumentParser, "add_argument", argparse.ArgumentParser.add_argument)
     patch_dataset_choices()

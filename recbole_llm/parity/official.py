@@ -54,7 +54,10 @@ def run_official(method, scratch, flags, log_path, times_path):
 
     cmd = [sys.executable, "-m", "recbole_llm.parity.shim"] + flags
     source = os.path.join(scratch, "src") if method == "learn" else scratch
-    path = os.pathsep.join([source] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    # their source folder, and this package's (the child imports recbole_llm.parity.shim from the scratch folder:
+    # a checkout run as `python -m recbole_llm.parity` without installing it is not on the child's path otherwise)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.pathsep.join([source, package_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1", PYTHONPATH=path,
                **{METHOD_ENV: method, TIMES_ENV: os.path.abspath(times_path)})
     with open(log_path, "w", encoding="utf-8") as log:

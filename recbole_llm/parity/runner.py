@@ -57,8 +57,20 @@ def parse_args(argv):
             p.error(f"unrecognised argument {item!r}: config keys are given as --key=value")
         key, value = item[2:].split("=", 1)
         args.keys[key] = yaml.safe_load(value)
-    args.seeds = [int(s) for s in str(args.seeds).split(",") if s]
+    for name in ("epochs", "patience", "max_len"):  # 0 used to mean "the default" (200 epochs) without a word
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name} must be an integer >= 1, got {value}")
+    try:
+        args.seeds = [int(s) for s in str(args.seeds).split(",") if s]
+    except ValueError:
+        p.error(f"--seeds must be integers joined by commas, e.g. 42,43,44, got {args.seeds!r}")
+    if not args.seeds:
+        p.error("--seeds is empty: give at least one seed, e.g. --seeds=42")
     args.sides = [s for s in args.sides.split(",") if s]
+    unknown = [s for s in args.sides if s not in ("official", "ours")]
+    if unknown or not args.sides:
+        p.error(f"--sides must be official, ours or official,ours, got {','.join(args.sides) or 'nothing'}")
     args.out = os.path.abspath(args.out or os.path.join("benchmarks", "parity", f"{args.method}_{args.dataset}"))
     args.scratch = os.path.abspath(args.scratch or os.path.join(tempfile.gettempdir(), "recbole_llm_parity", f"{args.method}_{args.dataset}"))
     return args
