@@ -318,6 +318,9 @@ def validate_config(config):
     train_mode = config["train_mode"]
     if train_mode is not None and train_mode not in ("prefix", "all_positions"):
         raise _config_error(f"config key 'train_mode' must be 'prefix' or 'all_positions', got {train_mode!r}")
+    ties = config["eval_ties"]
+    if ties is not None and ties not in ("arbitrary", "optimistic", "pessimistic"):
+        raise _config_error(f"config key 'eval_ties' must be arbitrary, optimistic or pessimistic, got {ties!r}")
     _validate_interval(config, "train_user_inter_num_interval")
     _validate_metrics(config)
     _validate_device(config, external)

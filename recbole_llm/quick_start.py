@@ -1,6 +1,5 @@
 """run_recbole_llm(): the one training entry point (RecBole's run_recbole, plugin-aware)."""
 
-import logging
 import os
 import sys
 import time
@@ -193,13 +192,6 @@ def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, 
     """One DDP process (module level: spawn pickles it by name)."""
     _rank_result(lambda: run_recbole_llm(model=model, dataset=dataset, config_file_list=config_file_list,
                                          config_dict={**config_dict, "local_rank": local_rank}, saved=saved), result_file)
-
-
-def quiet_logging():
-    """Silence RecBole's per-epoch logging on stdout (log files are still written)."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.WARNING)
 
 
 def load_model_file(model_file, config_overrides=None):

@@ -81,23 +81,28 @@ class PluginTrainerMixin:
 
     def _full_sort_batch_eval(self, batched_data):
         chunk = self.config["eval_item_chunk"]
+        ties = self.config["eval_ties"] or "arbitrary"
         if not chunk or not hasattr(self.model, "full_sort_factors"):
-            return super()._full_sort_batch_eval(batched_data)
+            interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+            return interaction, break_ties(scores, positive_u, positive_i, ties), positive_u, positive_i
         interaction, history_index, positive_u, positive_i = batched_data
         users, items = self.model.full_sort_factors(interaction.to(self.device))
-        topk = chunked_topk(users, items, max(self.config["topk"]), int(chunk), history_index)
+        topk = chunked_topk(users, items, max(self.config["topk"]), int(chunk), history_index, (positive_u, positive_i, ties))
         return interaction, topk, positive_u, positive_i
 
     def _neg_sample_batch_eval(self, batched_data):
         interaction, row_idx, positive_u, positive_i = batched_data
+        ties = self.config["eval_ties"] or "arbitrary"
         if scores_from_factors(self.model) and self.config["eval_type"] == EvaluatorType.RANKING:
             first = first_row_of_each(row_idx, int(positive_u[-1]) + 1)
             scores = self._sampled_scores(interaction, row_idx, first)
-            return interaction[first], scores, positive_u, positive_i
+            return interaction[first], break_ties(scores, positive_u, positive_i, ties), positive_u, positive_i
         interaction, scores, positive_u, positive_i = super()._neg_sample_batch_eval(batched_data)
         if scores.dim() == 2 and len(interaction) != scores.shape[0]:
             # sampled evaluation expands each user into 1 + n negatives rows: keep the first per row
             interaction = interaction[first_row_of_each(row_idx, scores.shape[0])]
+        if scores.dim() == 2 and self.config["eval_type"] == EvaluatorType.RANKING:
+            scores = break_ties(scores, positive_u, positive_i, ties)
         return interaction, scores, positive_u, positive_i
 
     def _sampled_scores(self, interaction, row_idx, first):
@@ -131,12 +136,33 @@ def scores_from_factors(model):
     return hasattr(model, "full_sort_factors") and owner("predict") is owner("full_sort_factors")
 
 
-def chunked_topk(users, items, k, chunk, history_index=None):
+TIE_RULES = ("arbitrary", "optimistic", "pessimistic")
+
+
+def break_ties(scores, positive_u, positive_i, rule, offset=0):
+    """``eval_ties``: where a target's score equals another item's exactly (items with identical text get identical
+    embeddings in content-based models), ``optimistic`` moves the target one float step up, so it ranks before the
+    items it ties with (the official LEARN code: rank = the number of items scored strictly higher), ``pessimistic``
+    one step down; ``arbitrary`` leaves the order to ``torch.topk`` (RecBole). Masked (-inf) scores stay masked.
+    ``offset``: the item id of ``scores``' first column (chunked evaluation). Changes ``scores`` in place."""
+    if rule == "arbitrary":
+        return scores
+    rows, cols = torch.as_tensor(positive_u).long().to(scores.device), torch.as_tensor(positive_i).long().to(scores.device) - offset
+    inside = (cols >= 0) & (cols < scores.size(1))
+    rows, cols = rows[inside], cols[inside]
+    values = scores[rows, cols]
+    towards = torch.full_like(values, float("inf") if rule == "optimistic" else float("-inf"))
+    scores[rows, cols] = torch.where(torch.isfinite(values), torch.nextafter(values, towards), values)
+    return scores
+
+
+def chunked_topk(users, items, k, chunk, history_index=None, positives=None):
     """TopKScores of ``users @ items.T`` computed ``chunk`` items at a time (at most B x (chunk + k) scores held);
     item 0 (padding) and ``history_index`` (rows, items) are excluded as in RecBole's full-sort evaluation.
     Equal scores are ranked by item id (lower first), whatever the chunk size; ``torch.topk`` over the whole row
     leaves the order of ties unspecified, so with exactly tied scores (e.g. items with identical text) the two can
-    differ in NDCG, never in Hit/Recall unless the tie straddles the k-th place."""
+    differ in NDCG, never in Hit/Recall unless the tie straddles the k-th place. ``positives`` = (rows, items,
+    rule) applies :func:`break_ties` to every chunk."""
     n_items = items.size(0)
     best_values = torch.full((users.size(0), 0), float("-inf"), device=users.device, dtype=users.dtype)
     best_index = torch.zeros((users.size(0), 0), dtype=torch.long, device=users.device)
@@ -148,6 +174,8 @@ def chunked_topk(users, items, k, chunk, history_index=None):
             rows, cols = history_index
             inside = (cols >= start) & (cols < start + scores.size(1))
             scores[rows[inside], cols[inside] - start] = float("-inf")
+        if positives is not None:
+            break_ties(scores, *positives, offset=start)
         values, index = chunk_candidates(scores, k)
         values = torch.cat([best_values, values], dim=1)
         indices = torch.cat([best_index, index + start], dim=1)  # equal values: increasing item ids
