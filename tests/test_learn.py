@@ -102,7 +102,8 @@ def test_catalogue_loss_is_a_softmax_over_every_item():
 def test_catalogue_loss_draws_a_target_position_and_reaches_items_outside_the_batch(tiny_data, tmp_path):
     config, train, model = build(tiny_data, tmp_path, learn_loss="catalogue", item_tower="b")
     model.train()
-    interaction = next(iter(train))[:3]  # three users: most items are in none of their sequences
+    batch = next(iter(train))  # the three longest users of the first (shuffled) batch: most items are in none of them
+    interaction = batch[batch[model.ITEM_SEQ_LEN].argsort(descending=True)[:3]]
     seq_len = interaction[model.ITEM_SEQ_LEN].long() + 1  # the whole training sequence of each row
     cuts = torch.stack([model.build_batch(interaction)[1] for _ in range(30)])
     assert bool(((cuts >= 1) & (cuts <= seq_len - 1)).all())
@@ -227,3 +228,16 @@ def test_batched_sampler_short_rows_and_masks():
     assert mask.tolist() == [[True, True, False], [True, True, True], [True, False, False]]
     assert index[0, :2].tolist() == [0, 1] and index[2, 0].item() == 0
     assert set(index[1].tolist()) <= set(range(5)) and len(set(index[1].tolist())) == 3
+
+
+def test_transformer_layers_start_from_their_own_weights(tiny_data, tmp_path):
+    """RecBole's TransformerEncoder deep-copies one layer: our LEARN (no _init_weights) started with n identical
+    layers. Each layer is drawn on its own now, with PyTorch's default initialisation (the public BertEncoder's)."""
+    _, _, model = build(tiny_data, tmp_path, n_layers=3)
+    layers = model.trm_encoder.layer
+    for name, first in layers[0].named_parameters():
+        if first.dim() == 2:  # matrices differ between layers (LayerNorms start at 1 / 0 everywhere)
+            assert all(not torch.equal(first, dict(other.named_parameters())[name]) for other in layers[1:]), name
+    query = layers[0].multi_head_attention.query.weight
+    bound = 1 / math.sqrt(query.size(1))  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert query.abs().max() <= bound and query.abs().max() > 0.9 * bound

@@ -88,6 +88,29 @@ def test_learn_files_read_back_as_their_loaders_do(tmp_path):
     with env.begin(buffers=True) as txn:  # AmazonDatasetTestUser.itemid_to_emb
         vector = pickle.loads(txn.get("i2".encode("utf-8")).tobytes())
     assert np.allclose(vector[:8], data.tables["llm"][1])
+    env.close()
+
+
+def test_a_second_learn_export_replaces_the_store(tmp_path):
+    """Re-exporting into an earlier scratch copy wrote into the old LMDB (its map filled up on scientific; stale
+    items stayed): now a fresh store with exactly this export's items, no temp folder left."""
+    lmdb = pytest.importorskip("lmdb")
+    data = tiny_data()
+    write_learn(data, str(tmp_path), "Tiny", "llm")
+    store = tmp_path / "amazon_2018" / "finetune_data" / "Tiny_lmdb"
+    env = lmdb.open(str(store), map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        txn.put(b"stale", pickle.dumps(np.zeros(4096, dtype=np.float32)))
+    env.close()
+    data.tables["llm"] = data.tables["llm"] * 2
+    write_learn(data, str(tmp_path), "Tiny", "llm")
+    env = lmdb.open(str(store), readonly=True, lock=False)
+    with env.begin(buffers=True) as txn:
+        keys = sorted(bytes(k).decode() for k, _ in txn.cursor())
+        vector = pickle.loads(txn.get(b"i2").tobytes())
+    env.close()
+    assert keys == sorted(data.item_tokens[1:]) and np.allclose(vector[:8], data.tables["llm"][1])
+    assert sorted(os.listdir(store.parent)) == ["Tiny", "Tiny_lmdb", "product2emb_Tiny.pkl"]
 
 
 def test_sequences_checked_against_recbole_split_and_thresholds():
@@ -280,3 +303,36 @@ def test_bce_is_the_official_sum_of_the_positive_and_negative_means(tmp_path):
     expected = (F.binary_cross_entropy_with_logits((states * out[pos]).sum(-1), torch.ones(5))
                 + F.binary_cross_entropy_with_logits((states * out[neg]).sum(-1), torch.zeros(5)))
     assert model.score_loss(states, pos, table, neg).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_a_stopped_official_rerun_leaves_the_finished_log(tmp_path, monkeypatch):
+    """The child writes under .running names, moved when it ends: a rerun stopped midway (the parent's SIGTERM,
+    here KeyboardInterrupt) used to leave the finished run's log truncated to the new run's first line."""
+    from recbole_llm.parity import runner
+
+    args = runner.parse_args(["--method=learn", "--official=x", "--dataset=d", f"--out={tmp_path}", "--seeds=1", "--epochs=1"])
+    spec = runner.load_methods()["learn"]
+
+    def finished(method, scratch, flags, log_path, times_path):
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        open(log_path, "w").write("the finished run\n")
+        json.dump({"epoch_seconds": [3.0], "evals": [{"NDCG@10": 0.5, "Recall@10": 0.75}]}, open(times_path, "w"))
+        return 0
+
+    monkeypatch.setattr(official, "run_official", finished)
+    runner.run_official_seed(args, spec, str(tmp_path / "s"), "D", 1, None, "full")
+    logs = tmp_path / "logs"
+    assert sorted(os.listdir(logs)) == ["official_1.log", "official_1.times.json"]
+    record = json.load(open(tmp_path / "runs" / "d" / "official" / "1.json"))
+    assert record["status"] == "ok" and record["modes"]["full"]["ndcg@10"] == 0.5
+
+    def stopped(method, scratch, flags, log_path, times_path):
+        open(log_path, "w").write("a new run\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(official, "run_official", stopped)
+    os.remove(tmp_path / "runs" / "d" / "official" / "1.json")  # forces the rerun
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_official_seed(args, spec, str(tmp_path / "s"), "D", 1, None, "full")
+    assert open(logs / "official_1.log").read() == "the finished run\n"
+    assert json.load(open(logs / "official_1.times.json"))["epoch_seconds"] == [3.0]

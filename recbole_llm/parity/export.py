@@ -20,6 +20,7 @@ Formats (read from the official loaders):
 
 import json
 import os
+import shutil
 import pickle
 from dataclasses import dataclass, field
 
@@ -156,9 +157,19 @@ def write_learn(data, root, name, table_name):
     table = pad_width(np.asarray(data.tables[table_name], dtype=np.float32))
     vectors = {items[i]: table[i - 1] for i in range(1, data.n_items + 1)}
     _dump(vectors, os.path.join(base, f"product2emb_{name}.pkl"))
-    env = lmdb.open(os.path.join(base, f"{name}_lmdb"), map_size=max(1 << 26, table.nbytes * 3))
+    # a fresh environment next to the old one, then swapped in: writing into the LMDB of an earlier export filled its
+    # map (MDB_MAP_FULL), and a stop mid-write must not leave a half-written store under the final name
+    final = os.path.join(base, f"{name}_lmdb")
+    tmp = f"{final}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    env = lmdb.open(tmp, map_size=max(1 << 26, table.nbytes * 3))
     with env.begin(write=True) as txn:
         for token, vector in vectors.items():
             txn.put(token.encode("utf-8"), pickle.dumps(vector))
     env.close()
+    old = f"{final}.old-{os.getpid()}"
+    if os.path.exists(final):
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
     return folder

@@ -144,7 +144,15 @@ def run_official_seed(args, spec, scratch, name, seed, thresholds, mode):
         return
     log, times_path = os.path.join(args.out, "logs", f"official_{seed}.log"), os.path.join(args.out, "logs", f"official_{seed}.times.json")
     start = time.perf_counter()
-    code = official.run_official(args.method, scratch, flags, log, times_path)
+    # written under .running names and moved once the child has ended: a rerun stopped midway (SIGTERM) leaves the
+    # finished run's log and times next to its record, not a truncated new log
+    running_log, running_times = log[: -len(".log")] + ".running.log", times_path[: -len(".times.json")] + ".running.times.json"
+    code = official.run_official(args.method, scratch, flags, running_log, running_times)
+    os.replace(running_log, log)
+    if os.path.exists(running_times):
+        os.replace(running_times, times_path)
+    elif os.path.exists(times_path):
+        os.remove(times_path)  # an earlier run's times must not pass for this one's
     times = official.read_times(times_path)
     try:
         if code != 0:

@@ -194,6 +194,12 @@ class LEARN(FrozenTablesMixin, SequentialRecommender):
             hidden_act=config["hidden_act"],
             layer_norm_eps=config["layer_norm_eps"],
         )
+        # RecBole's TransformerEncoder deep-copies one layer n_layers times, and only its models' _init_weights makes
+        # them differ: each layer drawn on its own, with PyTorch's default initialisation (the public LEARN's
+        # BertEncoder, built without from_pretrained, starts the same way)
+        for module in self.trm_encoder.modules():
+            if module is not self.trm_encoder and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
         self.LayerNorm = nn.LayerNorm(self.d_model, eps=config["layer_norm_eps"])
         self.dropout = nn.Dropout(config["hidden_dropout_prob"])
         self.out_proj = nn.Linear(self.d_model, self.embedding_dim)
