@@ -312,6 +312,14 @@ def validate_config(config):
                 f"config key '{key}' applies to the models that keep an ID table next to text (LLMESR*, LLM2X*; "
                 f"properties/model/ColdIdMixin.yaml), not to {config['model']}: drop it for this model"
             )
+    _validate_choices(config)
+    _validate_interval(config, "train_user_inter_num_interval")
+    _validate_metrics(config)
+    _validate_device(config, external)
+    check_item_attributes(config)
+
+
+def _validate_choices(config):
     duplicates = config["duplicate_interactions"]
     if duplicates is not None and duplicates not in ("keep", "drop", "error"):
         raise _config_error(f"config key 'duplicate_interactions' must be 'keep', 'drop' or 'error', got {duplicates!r}")
@@ -321,10 +329,6 @@ def validate_config(config):
     ties = config["eval_ties"]
     if ties is not None and ties not in ("arbitrary", "optimistic", "pessimistic"):
         raise _config_error(f"config key 'eval_ties' must be arbitrary, optimistic or pessimistic, got {ties!r}")
-    _validate_interval(config, "train_user_inter_num_interval")
-    _validate_metrics(config)
-    _validate_device(config, external)
-    check_item_attributes(config)
 
 
 _INTERVAL = re.compile(r"^\s*[\[(]\s*([-+]?(?:\d+(?:\.\d*)?|inf))\s*,\s*([-+]?(?:\d+(?:\.\d*)?|inf))\s*[\])]\s*$")

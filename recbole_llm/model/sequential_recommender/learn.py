@@ -148,6 +148,15 @@ def catalogue_loss(users, table, targets, tau):
     return F.cross_entropy(users @ table.t() / tau, targets - 1)
 
 
+def redraw_layers(encoder):
+    """RecBole's TransformerEncoder deep-copies one layer n_layers times, and only its models' _init_weights makes
+    them differ: each layer drawn on its own, with PyTorch's default initialisation (the public LEARN's BertEncoder,
+    built without from_pretrained, starts the same way)."""
+    for module in encoder.modules():
+        if module is not encoder and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
 class LEARN(FrozenTablesMixin, SequentialRecommender):
     input_type = InputType.POINTWISE
 
@@ -194,12 +203,7 @@ class LEARN(FrozenTablesMixin, SequentialRecommender):
             hidden_act=config["hidden_act"],
             layer_norm_eps=config["layer_norm_eps"],
         )
-        # RecBole's TransformerEncoder deep-copies one layer n_layers times, and only its models' _init_weights makes
-        # them differ: each layer drawn on its own, with PyTorch's default initialisation (the public LEARN's
-        # BertEncoder, built without from_pretrained, starts the same way)
-        for module in self.trm_encoder.modules():
-            if module is not self.trm_encoder and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        redraw_layers(self.trm_encoder)
         self.LayerNorm = nn.LayerNorm(self.d_model, eps=config["layer_norm_eps"])
         self.dropout = nn.Dropout(config["hidden_dropout_prob"])
         self.out_proj = nn.Linear(self.d_model, self.embedding_dim)
