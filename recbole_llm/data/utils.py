@@ -49,20 +49,15 @@ def all_positions_dataset(train_dataset):
     return new
 
 
-def training_lengths(train_dataset):
-    """(n_users,) the number of items in each user's training sequence, read from a prefix-augmented split
-    (n - 1 rows for n items: the first item is never a target); users without rows get 0."""
-    users = train_dataset.inter_feat[train_dataset.uid_field].long()
-    rows = torch.bincount(users, minlength=train_dataset.user_num)
-    return torch.where(rows > 0, rows + 1, torch.zeros_like(rows))
-
-
 def filter_training_users(train_dataset, interval):
     """A copy of a prefix-augmented train split with the rows of the users whose training length lies in
-    ``interval`` (a RecBole interval string, validated by recbole_llm.config)."""
+    ``interval`` (a RecBole interval string, validated by recbole_llm.config). A user with n training items has
+    n - 1 rows (the first item is never a target)."""
     intervals = train_dataset._parse_intervals_str(interval)
-    lengths = training_lengths(train_dataset)
-    keep_user = torch.tensor([n > 0 and train_dataset._within_intervals(int(n), intervals) for n in lengths.tolist()])
+    users = train_dataset.inter_feat[train_dataset.uid_field].long()
+    rows = torch.bincount(users, minlength=train_dataset.user_num)
+    lengths = torch.where(rows > 0, rows + 1, torch.zeros_like(rows))
+    keep_user = torch.tensor([n > 0 and train_dataset._within_intervals(n, intervals) for n in lengths.tolist()])
     if not bool(keep_user.any()):
         from recbole_llm.errors import ConfigError
 
@@ -70,7 +65,6 @@ def filter_training_users(train_dataset, interval):
             f"config key 'train_user_inter_num_interval' is {interval!r}: no user's training sequence has a length in it "
             f"(lengths {int(lengths[lengths > 0].min())}..{int(lengths.max())}): widen it"
         )
-    users = train_dataset.inter_feat[train_dataset.uid_field].long()
     new = train_dataset.copy(train_dataset.inter_feat[keep_user[users]])
     new.statistics_source = getattr(train_dataset, "statistics_source", train_dataset)
     return new

@@ -20,8 +20,8 @@ Formats (read from the official loaders):
 
 import json
 import os
-import shutil
 import pickle
+import shutil
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -146,7 +146,7 @@ def run_official_seed(args, spec, scratch, name, seed, thresholds, mode):
     start = time.perf_counter()
     # written under .running names and moved once the child has ended: a rerun stopped midway (SIGTERM) leaves the
     # finished run's log and times next to its record, not a truncated new log
-    running_log, running_times = log[: -len(".log")] + ".running.log", times_path[: -len(".times.json")] + ".running.times.json"
+    running_log, running_times = (os.path.join(args.out, "logs", f"official_{seed}.running.{ext}") for ext in ("log", "times.json"))
     code = official.run_official(args.method, scratch, flags, running_log, running_times)
     os.replace(running_log, log)
     if os.path.exists(running_times):

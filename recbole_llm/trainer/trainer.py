@@ -136,9 +136,6 @@ def scores_from_factors(model):
     return hasattr(model, "full_sort_factors") and owner("predict") is owner("full_sort_factors")
 
 
-TIE_RULES = ("arbitrary", "optimistic", "pessimistic")
-
-
 def break_ties(scores, positive_u, positive_i, rule, offset=0):
     """``eval_ties``: where a target's score equals another item's exactly (items with identical text get identical
     embeddings in content-based models), ``optimistic`` moves the target one float step up, so it ranks before the
