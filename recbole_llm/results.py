@@ -4,9 +4,11 @@
                                   [--no_plots] [--check]
 
 ``--sources`` lists the record sets (benchmarks/results.yaml says how): raw JSONs of the former
-benchmarks/llmemb_vs_sasrec.py (read by :func:`recbole_llm.suite.legacy_records`), ``python -m recbole_llm.benchmark``
+benchmarks/llmemb_vs_sasrec.py (read by :func:`recbole_llm.bench.store.legacy_records`), ``python -m recbole_llm.benchmark``
 output folders (``runs/<dataset>/<Model>/<seed>.json``, or the former ``runs/<Model>-<seed>.json``) and suite stores
-(read by :func:`recbole_llm.suite.load_records`).
+(read by :func:`recbole_llm.bench.store.load_records`). A record whose spec or inputs no longer match its suite
+(recbole_llm.bench.store.record_problem) is left out of the tables and named under its table; an unreadable record
+is an error naming the file.
 Every set becomes one table, model x protocol (full, uni100, or the cold-start protocol): NDCG@10 overall / tail /
 head (overall / warm / cold / tail for the cold protocol) as mean ± half-width of the 95% interval over seeds, the
 number of seeds, the change against the row's baseline (SASRec unless the set names another) paired on the seeds
@@ -18,13 +20,15 @@ the page (or the README's block) is not what the records give.
 """
 
 import argparse
-import json
 import os
 import re
 import statistics
 import textwrap
 
-from recbole_llm.errors import ConfigError, MissingFileError, cli_entry
+from recbole_llm.bench.report import fmt_change, fmt_ci, relative_change
+from recbole_llm.bench.spec import load_suite
+from recbole_llm.bench.store import CorruptRecord, legacy_records, load_records, read_record
+from recbole_llm.errors import ConfigError, DataFileError, MissingFileError, cli_entry
 from recbole_llm.fileio import atomic_write_text, read_yaml
 
 SOURCE_KEYS = {"id", "title", "legacy", "runs", "suite", "out", "dataset", "protocol", "rows", "baseline", "baselines",
@@ -71,8 +75,6 @@ def check_source(path, index, source):
 
 def source_records(source, root):
     """The source's records in the suite's form (dataset, row, model, seed, status, modes, sec_per_epoch, ...)."""
-    from recbole_llm.suite import legacy_records, load_records, load_suite
-
     if "legacy" in source:
         paths = [os.path.join(root, p) for p in source["legacy"]]
         missing = [p for p in paths if not os.path.isfile(p)]
@@ -83,7 +85,7 @@ def source_records(source, root):
         suite = load_suite(os.path.join(root, source["suite"]))
         if source.get("out"):
             suite["out"] = os.path.join(root, source["out"])
-        return load_records(suite)
+        return [readable(record) for record in load_records(suite, corrupt=True)]
     return benchmark_records(source["dataset"], os.path.join(root, source["runs"]))
 
 
@@ -100,8 +102,7 @@ def benchmark_records(dataset, folder):
     for name in sorted(os.listdir(runs)):
         if not name.endswith(".json"):
             continue
-        with open(os.path.join(runs, name)) as handle:
-            run = json.load(handle)
+        run = readable(read_record(os.path.join(runs, name), former=True))
         config = run.get("config") or {}
         model, _, seed = name[:-5].rpartition("-")
         record = {"dataset": dataset, "row": model, "model": model, "seed": config.get("seed", int(seed) if seed.isdigit() else None),
@@ -122,15 +123,23 @@ def store_records(folder):
     for row in sorted(os.listdir(folder)):
         names = os.listdir(os.path.join(folder, row)) if os.path.isdir(os.path.join(folder, row)) else []
         for name in sorted((n for n in names if n.endswith(".json")), key=lambda n: (len(n), n)):
-            with open(os.path.join(folder, row, name)) as handle:
-                records.append(json.load(handle))
+            records.append(readable(read_record(os.path.join(folder, row, name))))
     return records
+
+
+def readable(record):
+    """``record``, or one DataFileError naming the file when it is corrupt (a results page never leaves a run out
+    without saying so)."""
+    if isinstance(record, CorruptRecord):
+        raise DataFileError(f"results: record '{record.path}' is {record.error}: rerun its run (or delete the file)")
+    return record
 
 
 # ---- statistics of one source -----------------------------------------------------------------------------------
 def rows_of(source, records):
     """{row: [finished records]} in the source's ``rows`` order (default: first seen), of its dataset."""
-    ok = [r for r in records if r.get("status") == "ok" and (not source.get("dataset") or r["dataset"] == source["dataset"])]
+    ok = [r for r in records if r.get("status") == "ok" and not r.get("stale")
+          and (not source.get("dataset") or r["dataset"] == source["dataset"])]
     order = source.get("rows") or list(dict.fromkeys(r["row"] for r in ok))
     return {row: [r for r in ok if r["row"] == row] for row in order if any(r["row"] == row for r in ok)}
 
@@ -154,8 +163,6 @@ def usable(runs, value):
 
 def change(base_runs, runs, value):
     """(change, half-width, how) of ``runs`` against ``base_runs`` on the seeds both ran; None when none is common."""
-    from recbole_llm.suite import relative_change
-
     base_runs, runs = usable(base_runs, value), usable(runs, value)
     common = {r["seed"] for r in base_runs} & {r["seed"] for r in runs}
     if not common:
@@ -188,8 +195,6 @@ def slug(title):
 
 def source_table(source, rows):
     """The lines of one source's table: a line per row and protocol, values then changes against the baseline."""
-    from recbole_llm.suite import fmt_change, fmt_ci
-
     metrics = METRICS["cold" if source.get("protocol") == "cold" else "full"]
     labels = [LABELS[m] for m in metrics]
     lines = ["| model | protocol | seeds | " + " | ".join(labels) + " | vs | " + " | ".join(f"change {l}" for l in labels)
@@ -259,6 +264,9 @@ def source_section(source, rows, page_dir, root, plots):
     if source.get("setting"):
         lines += [f"Setting: {source['setting']}.", ""]
     lines += source_table(source, rows)
+    if source.get("left_out"):
+        lines += ["", f"Left out of this table: {len(source['left_out'])} record(s) whose inputs no longer match the suite "
+                  "(rerun it to replace them): " + "; ".join(f"{r['row']} seed {r['seed']} ({r['stale']})" for r in source["left_out"]) + "."]
     if source.get("note"):
         lines += ["", source["note"]]
     for path in plots:
@@ -269,8 +277,6 @@ def source_section(source, rows, page_dir, root, plots):
 def glance_cell(column, row, tables):
     """One cell of the glance table: the change against the baseline (its value on the baseline's own row), a value,
     or a ratio (epoch time)."""
-    from recbole_llm.suite import fmt_change, fmt_ci
-
     source, rows = tables[column["source"]]
     if row not in rows:
         return "not run"
@@ -365,7 +371,9 @@ def build_tables(spec, root, plot_dir, draw):
         if source.get("archived"):
             archived.append(source)
             continue
-        rows = rows_of(source, source_records(source, root))
+        records = source_records(source, root)
+        source = dict(source, left_out=[r for r in records if r.get("stale")])
+        rows = rows_of(source, records)
         if not rows:
             raise ConfigError(f"results source '{source['id']}': no finished run of {source.get('rows') or 'any row'} in its records")
         tables[source["id"]] = (source, rows)

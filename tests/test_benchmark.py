@@ -20,7 +20,7 @@ def csv_rows(out):
 
 
 def test_benchmark_files_resume_and_failure(tiny_data, tmp_path, monkeypatch, capsys):
-    from recbole_llm import suite as engine
+    from recbole_llm.bench import execute as engine
 
     out = tmp_path / "bench"
     args = [
@@ -65,7 +65,7 @@ def test_benchmark_files_resume_and_failure(tiny_data, tmp_path, monkeypatch, ca
     # another --key=value (or eval mode, epochs) is another run: its records run again, not reused under the new header
     changed = [a for a in args if not a.startswith("--models")] + ["--models=SASRec", "--hidden_size=8"]
     assert benchmark.main(changed) == 0
-    assert sorted(c[2] for c in calls) == [1, 2] and "tiny SASRec seed 1: its record ran with other keys" in capsys.readouterr().out
+    assert sorted(c[2] for c in calls) == [1, 2] and "tiny SASRec seed 1: it ran with other keys" in capsys.readouterr().out
     assert json.load(open(run_file(out, "SASRec", 1)))["config"]["hidden_size"] == 8
     # ... and the same command again skips them
     calls.clear()
@@ -130,8 +130,9 @@ def llmemb_args(features):
 
 
 def result_files(out):
-    """Relative paths of what the benchmark writes for the table (checkpoints and worker logs aside)."""
-    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] not in ("saved", "logs"))
+    """Relative paths of what the benchmark writes for the table (checkpoints, worker logs and the store's lock aside)."""
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                  if p.is_file() and p.relative_to(out).parts[0] not in ("saved", "logs", ".suite.lock"))
 
 
 def test_mean_ci_hand_example():
@@ -153,7 +154,7 @@ def test_mean_ci_hand_example():
 def test_two_workers_same_files_as_one_and_resume(tiny_data, tmp_path, monkeypatch, capsys):
     import torch
 
-    from recbole_llm import suite as engine
+    from recbole_llm.bench import execute as engine
     from recbole_llm import workers
 
     monkeypatch.setattr(workers, "available_cores", lambda: 2)  # 2 workers x 1 thread, like the serial run below
@@ -210,16 +211,16 @@ def test_two_workers_same_files_as_one_and_resume(tiny_data, tmp_path, monkeypat
 
 def test_failing_worker_is_recorded_and_others_go_on(tiny_data, tmp_path, monkeypatch):
     """GRU4Rec raises inside its worker process, BPR's worker dies without a result; SASRec still finishes."""
-    from recbole_llm import suite as engine
+    from recbole_llm.bench import execute as engine
 
     out = tmp_path / "bench"
     raising = (
         "import sys\n"
-        "from recbole_llm import quick_start, suite\n"
+        "from recbole_llm import quick_start\nfrom recbole_llm.bench import execute\n"
         "def boom(*args, **kwargs):\n"
         "    raise RuntimeError('boom inside the worker')\n"
         "quick_start.run_recbole_llm = boom\n"
-        "sys.exit(suite.worker_main(sys.argv[1]))\n"
+        "sys.exit(execute.worker_main(sys.argv[1]))\n"
     )
     original = engine.worker_command
 
@@ -267,7 +268,7 @@ def test_shared_teacher_built_once_before_the_workers(tiny_data, tmp_path, capsy
     assert len({c["llm_feature"] for c in configs}) == 1 and all(c["feature_dir"] == str(features) for c in configs)
 
 
-# ---- suites (recbole_llm/suite.py) -------------------------------------------------------------------------------
+# ---- suites (recbole_llm/bench/) -----------------------------------------------------------------------------------
 def record(seed, ndcg, row="SASRec", dataset="d", status="ok"):
     from recbole_llm.suite import DEFAULT_METRICS
 
@@ -277,7 +278,8 @@ def record(seed, ndcg, row="SASRec", dataset="d", status="ok"):
 
 
 def test_suite_tables_with_paired_intervals():
-    from recbole_llm.suite import DEFAULT_METRICS, build_tables, relative_change
+    from recbole_llm.bench.report import build_tables, relative_change
+    from recbole_llm.bench.spec import DEFAULT_METRICS
 
     records = [record(s, 0.1) for s in (1, 2, 3)] + [record(s, v, "LLMEmbSASRec") for s, v in zip((1, 2, 3), (0.11, 0.12, 0.13))]
     table = build_tables(records, [("SASRec", "LLMEmbSASRec")], ["full", "uni100"], DEFAULT_METRICS, "header")
@@ -302,12 +304,13 @@ def write_suite(path, **extra):
 
 
 def test_suite_resumes_and_retries_failed_runs(tmp_path, monkeypatch, capsys):
-    from recbole_llm import suite as engine
+    from recbole_llm.bench import execute as engine
+    from recbole_llm.suite import load_suite
 
     calls = fake_engine(monkeypatch)
     path = write_suite(tmp_path / "s.yaml")
     assert benchmark.main([f"--suite={path}"]) == 0 and len(calls) == 4
-    loaded = engine.load_suite(path)
+    loaded = load_suite(path)
     os.remove(engine.run_path(loaded, "d", "SASRec", 2))  # lose one finished run
     engine.write_record(engine.run_path(loaded, "d", "LLMEmbSASRec", 1), record(1, 0.1, "LLMEmbSASRec", status="failed"))
     calls.clear()
@@ -341,7 +344,9 @@ def test_bad_suite_file_is_one_line(tmp_path, capsys, extra, message):
 
 def test_legacy_results_merge_once_and_ablations_are_rows(tmp_path):
     from recbole_llm.errors import ConfigError
-    from recbole_llm.suite import DEFAULT_METRICS, build_tables, legacy_records
+    from recbole_llm.bench.report import build_tables
+    from recbole_llm.bench.spec import DEFAULT_METRICS
+    from recbole_llm.bench.store import legacy_records
 
     def run(seed, value, **extra):
         metrics = {m: value for m in DEFAULT_METRICS}
@@ -405,7 +410,7 @@ def test_cold_protocol_gets_a_teacher_per_seed(tiny_data, tmp_path, capsys):
 
 def fake_engine(monkeypatch):
     """The suite engine with runs that write a record instead of training; returns the (row, seed) list of calls."""
-    from recbole_llm import suite as engine
+    from recbole_llm.bench import execute as engine
 
     calls = []
 

@@ -144,7 +144,7 @@ def test_a_suite_store_is_read_through_the_suite(tmp_path):
 def test_a_benchmark_folder_of_either_layout_gives_the_same_records(tmp_path):
     """A ``runs:`` source reads the engine's store (runs/<dataset>/<Model>/<seed>.json) and the former flat layout."""
     from recbole_llm.results import benchmark_records
-    from recbole_llm.suite import write_record
+    from recbole_llm.bench.store import write_record
 
     write_records(str(tmp_path))
     old = benchmark_records("toy", str(tmp_path / "cold"))

@@ -48,16 +48,17 @@ WORKER = textwrap.dedent('''
     if row != "A":
         open(os.path.join(os.environ["PIDS"], str(os.getpid())), "w").close()
         time.sleep(300)
-    from recbole_llm import suite as engine
+    from recbole_llm.bench import execute as engine
+    from recbole_llm.bench.spec import DEFAULT_METRICS
     engine.write_record(engine.run_path(suite, dataset, row, seed), {
         "dataset": dataset, "row": row, "model": "SASRec", "seed": seed, "status": "ok", "run_id": job["run_id"],
-        "spec": engine.run_spec(suite, dataset, row, seed), "modes": {"full": {m: 0.1 for m in engine.DEFAULT_METRICS}},
+        "spec": engine.run_spec(suite, dataset, row, seed), "modes": {"full": {m: 0.1 for m in DEFAULT_METRICS}},
         "sec_per_epoch": 1.0, "epochs": 3, "params": 10})
 ''')
 
 DRIVER = textwrap.dedent('''
     import sys
-    from recbole_llm import suite as engine
+    from recbole_llm.bench import execute as engine
     from recbole_llm import benchmark
     engine.prepare_runs = lambda suite, pending: [(*run, {}) for run in pending]
     engine.worker_command = lambda job_file: [sys.executable, "-c", WORKER, job_file]
