@@ -40,23 +40,11 @@ ONLY_S3REC = ("user_rows",)
 
 
 def base_config(args, checkpoint_dir):
-    return {
-        "data_path": os.path.abspath(args.data_path),
-        "checkpoint_dir": checkpoint_dir,
-        "epochs": args.epochs,
-        "stopping_step": 1000,
-        "train_batch_size": 2048,
-        "eval_batch_size": 4096,
-        "MAX_ITEM_LIST_LENGTH": 50,
-        "loss_type": "CE",
-        "seed": args.seed,
-        "show_progress": False,
-        "state": "WARNING",
-        "metrics": ["NDCG", "Hit"],
-        "topk": [10],
-        "valid_metric": "NDCG@10",
-        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
-    }
+    """train_speed.py's run settings without its SASRec shape, negatives and columns (each baseline keeps its own)."""
+    from train_speed import base_config as sasrec_config  # benchmarks/ is the script's folder, so on sys.path
+
+    own = ("hidden_size", "inner_size", "n_layers", "n_heads", "train_neg_sample_args", "load_col")
+    return {k: v for k, v in sasrec_config(args, checkpoint_dir).items() if k not in own}
 
 
 class FirstBatches:
