@@ -2,8 +2,8 @@
 2026-12-03 in docs/benchmarks/parity/learn_untrained/outputs.txt). The official checkout is imported, never copied.
 
     python benchmarks/learn_untrained.py ours --seed=42 [--ties=optimistic] [--variant=A|AB]
-    python benchmarks/learn_untrained.py copy --seed=42 --official=/tmp/official/learn
-    python benchmarks/learn_untrained.py official --seeds=42,43,44 --official=/tmp/official/learn \
+    PYTHONPATH=/tmp/official/learn/src python benchmarks/learn_untrained.py copy --seed=42
+    PYTHONPATH=/tmp/official/learn/src python benchmarks/learn_untrained.py official --seeds=42,43,44 \
         --export=/tmp/recbole_llm_parity/learn_scientific
 
 - ``ours``: our LEARN with the parity keys (``--keys``: a parity record, default docs/benchmarks/parity/
@@ -31,8 +31,10 @@ def official_module(path, seed):
     from transformers import BertConfig
 
     BertConfig.from_pretrained = classmethod(lambda cls, *a, **k: cls())
-    sys.path.insert(0, os.path.join(path, "src"))
-    from model.LEARN import PreferenceAlignmentModule
+    try:
+        from model.LEARN import PreferenceAlignmentModule
+    except ImportError:
+        raise SystemExit(f"the official LEARN code is not importable: run with PYTHONPATH={os.path.join(path, 'src')}") from None
 
     torch.manual_seed(seed)
     return PreferenceAlignmentModule(WIDTH, WIDTH, num_layers=4).eval()
@@ -175,7 +177,7 @@ def main(argv=None):
     parser.add_argument("--variant", default="", choices=["", "A", "B", "AB"])
     parser.add_argument("--keys", default=RECORD)
     parser.add_argument("--data_path", default=os.path.join("..", "shared", "datasets"))
-    parser.add_argument("--official", default=os.path.join("/tmp", "official", "learn"))
+    parser.add_argument("--official", default=os.path.join("/tmp", "official", "learn"), help="named in the error when not importable")
     parser.add_argument("--export", default=os.path.join("/tmp", "recbole_llm_parity", "learn_scientific"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
