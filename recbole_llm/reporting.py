@@ -31,22 +31,38 @@ def mean_ci(values):
 
 
 def grouped_bars(rows, groups, title, path):
-    """Two bars per model (mean over seeds, std as error bar) for the (metric, label) pairs in ``groups``."""
+    """Two bars per model (mean over seeds, std as error bar) for the (metric, label) pairs in ``groups``, saved at
+    ``path``. A model without a group's mean (``None``: the group was not reported, e.g. no cold targets) gets no bar
+    there but an "n/a" mark: a missing group is never drawn as a bar of 0."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
-    x = np.arange(len(rows))
-    for offset, (metric, label) in zip((-0.2, 0.2), groups):
-        means = [r[f"{metric}_mean"] or 0 for r in rows]
-        stds = [r[f"{metric}_std"] or 0 for r in rows]
-        ax.bar(x + offset, means, 0.4, yerr=stds, label=label, capsize=3)
-    ax.set_xticks(x)
-    ax.set_xticklabels([r["model"] for r in rows], rotation=30, ha="right")
-    ax.set_ylabel("NDCG@10")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
+    fig = grouped_bars_figure(rows, groups, title)
     atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
+
+
+def grouped_bars_figure(rows, groups, title):
+    """The figure of :func:`grouped_bars` (not saved)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
+    handles = []
+    for i, (offset, (metric, label)) in enumerate(zip((-0.2, 0.2), groups)):
+        colour = f"C{i}"
+        handles.append(Patch(color=colour, label=label))
+        drawn = [(x, r[f"{metric}_mean"], r.get(f"{metric}_std") or 0) for x, r in enumerate(rows) if r.get(f"{metric}_mean") is not None]
+        if drawn:
+            xs, means, stds = zip(*drawn)
+            ax.bar([x + offset for x in xs], means, 0.4, yerr=stds, color=colour, capsize=3)
+        for x, r in enumerate(rows):
+            if r.get(f"{metric}_mean") is None:
+                ax.text(x + offset, 0, "n/a", ha="center", va="bottom", rotation=90, fontsize=8, color=colour)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r["model"] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title(title)
+    ax.legend(handles=handles)
+    fig.tight_layout()
+    return fig

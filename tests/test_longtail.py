@@ -14,6 +14,7 @@ from recbole_llm.evaluator.longtail import (
     TARGET_KEY,
     USER_KEY,
     USER_LEN_KEY,
+    head_mask,
     short_mask,
     tail_mask,
 )
@@ -101,6 +102,26 @@ def test_cold_warm_by_target_item():
     assert GROUPED_METRICS["recall_cold"](make_config()).calculate_metric(struct)["recall_cold@3"] == 1.0
 
 
+def test_cold_items_leave_the_tail_quota_and_both_popularity_groups():
+    """Under the cold-start protocol the tail quota is a share of the warm items; cold items are neither head nor tail."""
+    pop = torch.tensor([0, 9, 8, 7, 6, 5, 4, 3, 2, 0, 0])  # items 9 and 10: cold (popularity 0 in training)
+    cold = torch.zeros(11, dtype=torch.bool)
+    cold[[9, 10]] = True
+    config = make_config(tail_threshold=None, tail_ratio=0.5)
+    # counted among all 10 items, the two cold items take 2 of the 5 places: 3 of the 8 warm items are tail
+    assert tail_mask(pop, config).nonzero().view(-1).tolist() == [6, 7, 8, 9, 10]
+    # over the 8 warm items: 4 tail (item 5 moves from head to tail), the cold items in neither group
+    assert tail_mask(pop, config, cold).nonzero().view(-1).tolist() == [5, 6, 7, 8]
+    assert head_mask(pop, config, cold).nonzero().view(-1).tolist() == [1, 2, 3, 4]
+    assert tail_mask(pop, make_config(tail_threshold=5), cold).nonzero().view(-1).tolist() == [6, 7, 8]  # a threshold too
+    # the rows: item 2 cold (row 3's target): row 3 leaves head (head is row 0 only), tail keeps rows 1 and 2
+    struct = make_struct()
+    struct.set(COLD_KEY, torch.tensor([False, False, True, False, False, False]))
+    assert GROUPED_METRICS["hit_head"](make_config()).calculate_metric(struct) == {"hit_head@1": 1.0, "hit_head@3": 1.0}
+    assert GROUPED_METRICS["hit_tail"](make_config()).calculate_metric(struct) == {"hit_tail@1": 0.0, "hit_tail@3": 0.5}
+    assert compute("hit_head") == {"hit_head@1": 0.5, "hit_head@3": 1.0}  # protocol off: row 3 is head
+
+
 def test_cold_warm_not_reported_without_the_protocol_or_without_cold_targets():
     assert compute("ndcg_cold") == {} and compute("hit_warm") == {}  # protocol off: no cold set in the struct
     struct = make_struct()
@@ -164,3 +185,26 @@ def test_training_statistics_counts_distinct_users(tiny_data, tmp_path):
     for user, length in expected_len.items():
         assert int(user_len[user2id[user]]) == length
     assert int(item_pop[0]) == 0 and int(user_len[0]) == 0  # the padding id counts nothing
+
+
+def test_a_missing_group_is_drawn_as_n_a_not_as_a_zero_bar(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from recbole_llm.reporting import grouped_bars, grouped_bars_figure
+
+    rows = [{"model": "A", "ndcg_warm@10_mean": 0.06, "ndcg_warm@10_std": 0.01, "ndcg_cold@10_mean": 0.03, "ndcg_cold@10_std": None},
+            {"model": "B", "ndcg_warm@10_mean": 0.05, "ndcg_warm@10_std": 0.0, "ndcg_cold@10_mean": None, "ndcg_cold@10_std": None}]
+    groups = [("ndcg_warm@10", "warm"), ("ndcg_cold@10", "cold")]
+    fig = grouped_bars_figure(rows, groups, "t")
+    ax = fig.axes[0]
+    bars = sorted((round(p.get_x() + p.get_width() / 2, 2), round(p.get_height(), 4)) for p in ax.patches)
+    assert bars == [(-0.2, 0.06), (0.2, 0.03), (0.8, 0.05)]  # no bar for B's cold group, of 0 or any height
+    assert [(t.get_text(), round(t.get_position()[0], 2)) for t in ax.texts] == [("n/a", 1.2)]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["warm", "cold"]
+    plt.close(fig)
+    rows[0]["ndcg_cold@10_mean"] = None  # a group no model has: still in the legend, n/a everywhere
+    assert grouped_bars(rows, groups, "t", str(tmp_path / "bars.png")) == str(tmp_path / "bars.png")
+    assert (tmp_path / "bars.png").stat().st_size > 0

@@ -10,9 +10,9 @@ With the protocol on, every interaction with a cold item is removed from the tra
 targets) and from every input history, validation and test included; the leave-one-out validation and test
 *targets* are kept, so the users whose target is cold form the ``cold`` group of the grouped metrics
 (``ndcg_cold@10``, ...). Cold items stay in the item table and are candidates at evaluation (full ranking
-ranks every item; uni100 samples negatives from all items). Full-softmax training losses (CE) do not score
-them either (:func:`exclude_cold_items_from_loss`): a model meets a cold item first at evaluation, as a new
-item that arrives after training.
+ranks every item; uni100 samples negatives from all items). No training loss uses them as negatives either
+(:func:`exclude_cold_items_from_loss`: full-softmax CE masked by item id, samplers without them, the one-negative
+losses refused): a model meets a cold item first at evaluation, as a new item that arrives after training.
 
 The history of every row is exact: the non-cold items before its target, the last ``MAX_ITEM_LIST_LENGTH``
 of them (a cold validation target is dropped from its user's test history, which is then the validation
@@ -209,32 +209,59 @@ def cold_items_of(dataset):
 
 
 class ColdMaskedCrossEntropyLoss(nn.CrossEntropyLoss):
-    """CrossEntropyLoss whose logits over the item table never score cold items (training never sees them)."""
+    """CrossEntropyLoss whose logits over the item table never score cold items (training never sees them).
+
+    Column i of the class dimension is item i. Logits wider than the item table are fine (the extra columns, a mask
+    token, are never cold); narrower ones are refused: which column is which item would be a guess, so the mask is
+    never silently skipped. A model that scores only part of the catalogue pads the missing columns first (LEARN's
+    catalogue loss pads the padding item's column).
+    """
 
     def __init__(self, cold_items, base):
-        super().__init__(weight=base.weight, ignore_index=base.ignore_index, reduction=base.reduction,
-                         label_smoothing=base.label_smoothing)
+        if base.label_smoothing:
+            raise ColdItemError(
+                f"config key 'cold_item_ratio' masks cold items out of the CE loss, but its label_smoothing "
+                f"{base.label_smoothing} would spread target mass onto them: use label_smoothing 0"
+            )
+        super().__init__(weight=base.weight, ignore_index=base.ignore_index, reduction=base.reduction)
         self.register_buffer("cold_items", cold_items.clone(), persistent=False)  # moves with the model
 
     def forward(self, input, target):
-        n = self.cold_items.numel()
-        if input.dim() >= 2 and input.size(-1) >= n:
-            mask = self.cold_items
-            if input.size(-1) > n:  # extra columns (a mask token) are never cold
-                mask = torch.nn.functional.pad(mask, (0, input.size(-1) - n))
-            input = input.masked_fill(mask, torch.finfo(input.dtype).min)
-        return super().forward(input, target)
+        class_dim = 1 if input.dim() >= 2 else 0  # CrossEntropyLoss's: (N, C, ...) or an unbatched (C,)
+        width, n = input.size(class_dim), self.cold_items.numel()
+        if width < n:
+            raise ColdItemError(
+                f"config key 'cold_item_ratio': a CE loss got logits over {width} columns, fewer than the {n} items, so "
+                "its cold columns are unknown; score every item (column i = item i) or set cold_item_ratio: 0"
+            )
+        mask = self.cold_items
+        if width > n:  # extra columns (a mask token) are never cold
+            mask = torch.nn.functional.pad(mask, (0, width - n))
+        shape = [1] * input.dim()
+        shape[class_dim] = width
+        return super().forward(input.masked_fill(mask.view(shape), torch.finfo(input.dtype).min), target)
+
+
+ONE_NEGATIVE_LOSSES = ("BPR", "BCE")
 
 
 def exclude_cold_items_from_loss(model, dataset):
     """Keep the cold items of ``dataset`` out of ``model``'s training loss; no-op when the protocol is off.
 
-    A model's ``negative_sampler`` (sampled softmax, LEARN's random negatives) never draws them, and a full-softmax
-    ``loss_fct`` (CE) never scores them. Other sampled losses (BPR, BCE) may still draw a cold item (logged).
+    A model's ``negative_sampler`` (sampled softmax, LEARN's random negatives, S3Rec's pre-training negatives) never
+    draws them, and a full-softmax ``loss_fct`` (CE: SASRec, GRU4Rec, BERT4Rec, FDSA, S3Rec, UniSRec, the LLM models
+    built on them, LEARN's catalogue loss) never scores them. The one-negative losses (``loss_type`` BPR, BCE) draw
+    their negatives from the whole catalogue (RecBole's sampler in prefix mode): refused.
     """
     cold = cold_items_of(dataset)
     if cold is None or not bool(cold.any()):
         return False
+    loss_type = getattr(model, "loss_type", None)
+    if loss_type in ONE_NEGATIVE_LOSSES:
+        raise ColdItemError(
+            f"config key 'loss_type' is {loss_type}, whose sampled negatives may be cold items, but cold_item_ratio > 0 "
+            "keeps them out of training: use loss_type CE or SSM"
+        )
     handled = False
     sampler = getattr(model, "negative_sampler", None)
     if sampler is not None:
@@ -248,6 +275,7 @@ def exclude_cold_items_from_loss(model, dataset):
     if handled:
         return True
     getLogger().warning(
-        f"cold items: {type(model).__name__} has no full-softmax CE loss_fct; sampled training negatives may be cold items"
+        f"cold items: {type(model).__name__} has no full-softmax CE loss_fct and no negative_sampler; its training "
+        "negatives may be cold items"
     )
     return False

@@ -11,7 +11,9 @@ is a head or a tail item, or whose *user history* is short or long:
 Cold / warm: the target item is (is not) one of the cold-start items that training never saw
 (``cold_item_ratio`` > 0, recbole_llm/data/cold.py); the cold and warm metrics also report
 ``targets_cold`` / ``targets_warm``, the number of rows in the group. With the protocol off they are not
-reported (no cold items: the groups are not defined).
+reported (no cold items: the groups are not defined). With it on, head and tail split the warm items only: a cold
+item is neither, and the tail quota (``tail_ratio``) is a share of the warm items (:func:`tail_mask`), so the
+head / tail rows are the warm rows.
 
 A group without rows is not reported (its metrics are absent from the result, with a warning), never 0.0.
 
@@ -22,7 +24,7 @@ of a user = number of distinct items in the user's training interactions.
 Config keys:
     tail_threshold (int|None): items with popularity < tail_threshold are tail (LLMEmb: beauty 4, yelp 13).
     tail_ratio (float): used when tail_threshold is None: the least popular ``tail_ratio`` share of
-        items (ties broken by item id) are tail. Default 0.8.
+        items (ties broken by item id) are tail. Default 0.8. Under the cold-start protocol: of the warm items.
     short_history_threshold (int|None): users with history length < threshold are short
         (LLMEmb: beauty 9, yelp 12). None: the median history length of the training users.
 """
@@ -76,24 +78,39 @@ def training_statistics(dataset):
     return item_pop, user_len
 
 
-def tail_mask(item_pop, config):
-    """Boolean (n_items,) mask of tail items (index 0, the padding id, is never tail)."""
+def tail_mask(item_pop, config, cold=None):
+    """Boolean (n_items,) mask of tail items (index 0, the padding id, is never tail).
+
+    ``cold`` (the cold-start protocol's (n_items,) mask, None when it is off): cold items are a group of their own,
+    neither tail nor head, and ``tail_ratio`` is a share of the other items. (Counted with them, the cold items, all
+    of popularity 0, would take that many places of the quota and move as many warm tail items to head.)
+    """
     item_pop = torch.as_tensor(item_pop)
+    ranked = torch.ones(len(item_pop), dtype=torch.bool)
+    ranked[0] = False
+    if cold is not None:
+        ranked &= ~torch.as_tensor(cold, dtype=torch.bool)
     threshold = config["tail_threshold"]
     if threshold is not None:
-        mask = item_pop < float(threshold)
-    else:
-        ratio = config["tail_ratio"]
-        ratio = 0.8 if ratio is None else float(ratio)
-        if not 0.0 <= ratio <= 1.0:
-            raise ConfigError(f"config key 'tail_ratio' must be in [0, 1], got {ratio}")
-        pop = item_pop[1:].numpy()
-        order = np.lexsort((np.arange(len(pop)), pop))  # by popularity, then id
-        n_tail = int(round(ratio * len(pop)))
-        mask = torch.zeros(len(item_pop), dtype=torch.bool)
-        mask[torch.as_tensor(order[:n_tail]) + 1] = True
-    mask[0] = False
+        return (item_pop < float(threshold)) & ranked
+    ratio = config["tail_ratio"]
+    ratio = 0.8 if ratio is None else float(ratio)
+    if not 0.0 <= ratio <= 1.0:
+        raise ConfigError(f"config key 'tail_ratio' must be in [0, 1], got {ratio}")
+    ids = torch.nonzero(ranked).view(-1).numpy()
+    order = np.lexsort((ids, item_pop.numpy()[ids]))  # by popularity, then id
+    mask = torch.zeros(len(item_pop), dtype=torch.bool)
+    mask[torch.as_tensor(ids[order[: int(round(ratio * len(ids)))]])] = True
     return mask
+
+
+def head_mask(item_pop, config, cold=None):
+    """Boolean (n_items,) mask of head items: the items that are not tail, neither the padding id nor cold."""
+    head = ~tail_mask(item_pop, config, cold)
+    head[0] = False
+    if cold is not None:
+        head &= ~torch.as_tensor(cold, dtype=torch.bool)
+    return head
 
 
 def short_mask(user_len, config):
@@ -126,16 +143,15 @@ class _GroupedTopkMetric(TopkMetric):
                 "long-tail metrics need the training statistics: the trainer collects them in fit(); "
                 "when evaluating without fit, call trainer.eval_collector.data_collect(train_data) first"
             )
+        cold = torch.as_tensor(dataobject.get(COLD_KEY)).bool() if COLD_KEY in dataobject else None
+        targets = dataobject.get(TARGET_KEY).long()
         if self.group in ("cold", "warm"):
-            if COLD_KEY not in dataobject:
+            if cold is None:
                 return None
-            cold = torch.as_tensor(dataobject.get(COLD_KEY)).bool()
-            rows = cold[dataobject.get(TARGET_KEY).long()]
-            return rows if self.group == "cold" else ~rows
+            return cold[targets] if self.group == "cold" else ~cold[targets]
         if self.group in ("head", "tail"):
-            tail = tail_mask(dataobject.get(ITEM_POP_KEY), self.config)
-            rows = tail[dataobject.get(TARGET_KEY).long()]
-            return rows if self.group == "tail" else ~rows
+            group = tail_mask if self.group == "tail" else head_mask
+            return group(dataobject.get(ITEM_POP_KEY), self.config, cold)[targets]
         short = short_mask(dataobject.get(USER_LEN_KEY), self.config)
         rows = short[dataobject.get(USER_KEY).long()]
         return rows if self.group == "short" else ~rows

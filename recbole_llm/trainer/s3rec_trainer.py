@@ -4,7 +4,8 @@ RecBole runs S3Rec's two stages as two runs (``train_stage: pretrain``, then ``f
 ``pre_model_path``). With ``s3rec_finetune_after_pretrain: True`` (the plugin default) this trainer
 pre-trains for ``pretrain_epochs``, writes the weights to a tensors-only file (RecBole's fine-tune stage
 loads it with ``torch.load``, which torch>=2.6 restricts to tensors), builds the fine-tune model from it
-and trains that with early stopping as usual. Evaluation uses the fine-tuned model.
+(its loss without the cold-start items, as the pre-training model's) and trains that with early stopping as usual.
+Evaluation uses the fine-tuned model.
 
 Pre-training rows: with the plugin's S3Rec and ``pretrain_rows: user`` (its default) every pre-training epoch
 runs over one row per user (``recbole_llm.data.utils.all_positions_dataset`` of the training split: the
@@ -20,6 +21,7 @@ import torch
 from recbole.data.utils import get_dataloader
 from recbole.trainer import S3RecTrainer as RecBoleS3RecTrainer
 
+from recbole_llm.data.cold import exclude_cold_items_from_loss
 from recbole_llm.data.utils import all_positions_dataset
 
 
@@ -60,6 +62,7 @@ class S3RecTrainer(RecBoleS3RecTrainer):
         self.config["train_stage"] = "finetune"
         self.config["pre_model_path"] = weights
         self.model = type(self.model)(self.config, train_data.dataset).to(self.device)
+        exclude_cold_items_from_loss(self.model, train_data._dataset)  # as quick_start did for the pre-training model
         self.optimizer = self._build_optimizer()
         self.start_epoch, self.cur_step = 0, 0
         self.best_valid_score = -float("inf") if self.valid_metric_bigger else float("inf")

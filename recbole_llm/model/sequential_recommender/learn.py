@@ -16,7 +16,8 @@ r"""LEARN: frozen-LLM content embeddings, a causal PAL user tower, an item tower
   ``learn_loss: next_item`` takes one state (the last) and one target (the next item) for comparison.
   ``learn_loss: catalogue`` is the public code's finetune loss: per user and step one target position drawn
   uniformly from 1..n-1 of its training sequence, the state just before it, a softmax over every item of the
-  catalogue embedded by the inference item tower (s = cosine / ``learn_tau``; history items stay negatives).
+  catalogue embedded by the inference item tower (s = cosine / ``learn_tau``; history items stay negatives; under
+  the cold-start protocol the cold items are no negatives: its CE is ``loss_fct``, masked by item id).
   ``learn_random_negatives: M`` adds M items drawn uniformly from the catalogue per batch as negatives shared by
   every user (PinnerFormer mixes in-batch and random negatives; the LEARN paper names only in-batch ones).
 - Evaluation: RecBole's evaluator, scores = cosine(user, item) with the item table computed once per
@@ -143,9 +144,14 @@ def dense_all_action_loss(user_states, user_mask, target_embs, target_items, tar
     return (loss * valid).sum() / valid.sum().clamp(min=1)
 
 
-def catalogue_loss(users, table, targets, tau):
-    """Cross-entropy of L2-normalised ``users`` (B, D) over every item: ``table`` (N - 1, D) holds items 1..N-1."""
-    return F.cross_entropy(users @ table.t() / tau, targets - 1)
+def catalogue_loss(users, table, targets, tau, loss_fct=F.cross_entropy):
+    """Cross-entropy of L2-normalised ``users`` (B, D) over every item: ``table`` (N - 1, D) holds items 1..N-1.
+
+    The logits get the padding item's column 0 at the dtype's minimum (no probability, no gradient), so column i is
+    item i and ``loss_fct`` sees the whole item table: the cold-start protocol's CE masks the cold columns by id.
+    """
+    logits = users @ table.t() / tau
+    return loss_fct(F.pad(logits, (1, 0), value=torch.finfo(logits.dtype).min), targets)
 
 
 def redraw_layers(encoder):
@@ -188,8 +194,10 @@ class LEARN(FrozenTablesMixin, SequentialRecommender):
         self.random_negatives = int(config["learn_random_negatives"] or 0)
         if self.random_negatives < 0:
             raise ConfigError(f"config key 'learn_random_negatives' must be >= 0, got {self.random_negatives}")
-        # its random negatives (the others are the batch's training targets); the cold-start protocol excludes cold items
+        # its random negatives (the others are the batch's training targets) and the catalogue loss's CE: the cold-start
+        # protocol takes the cold items out of both (recbole_llm.data.cold.exclude_cold_items_from_loss)
         self.negative_sampler = NegativeSampler(self.n_items)
+        self.loss_fct = nn.CrossEntropyLoss()
 
         self.in_proj = nn.Linear(features.size(1), self.d_model)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.d_model) if self.use_position else None
@@ -322,7 +330,8 @@ class LEARN(FrozenTablesMixin, SequentialRecommender):
         states = self.user_states(hist, hist_len)
         user = torch.gather(states, 1, pos.unsqueeze(-1).expand(-1, -1, states.size(-1)))
         if self.learn_loss == "catalogue":
-            return catalogue_loss(user[:, 0], self.single_item_embeddings(torch.arange(1, self.n_items, device=hist.device)), tgt_items[:, 0], self.tau)
+            table = self.single_item_embeddings(torch.arange(1, self.n_items, device=hist.device))
+            return catalogue_loss(user[:, 0], table, tgt_items[:, 0], self.tau, self.loss_fct)
         items = self.target_embeddings(tgt_items, tgt_index, full_targets)
         extra_items = extra_embs = None
         if self.random_negatives:  # uniform over the catalogue, embedded by the inference item tower

@@ -45,6 +45,7 @@ from recbole.model.sequential_recommender.s3rec import S3Rec as RecBoleS3Rec
 
 from recbole_llm.errors import ConfigError
 from recbole_llm.model.layers import bucketed_encode, length_groups
+from recbole_llm.model.losses import NegativeSampler
 from recbole_llm.model.train_modes import require_target_list, target_list_field
 
 PRETRAIN_ROWS = ("user", "prefix")
@@ -69,6 +70,8 @@ class S3Rec(RecBoleS3Rec):
         attributes = self.item_feat[self.FEATURE_FIELD]
         attributes = torch.cat([attributes, torch.zeros_like(attributes[:1])])
         self.register_buffer("item_attribute_ids", attributes, persistent=False)
+        # pre-training negatives: uniform over the real items 1..n_items-2 (n_items-1 is the mask token)
+        self.negative_sampler = NegativeSampler(self.n_items - 1)
 
     # ---- encoder ------------------------------------------------------------------------------------
     def forward(self, item_seq, bidirectional=True):
@@ -127,16 +130,15 @@ class S3Rec(RecBoleS3Rec):
         return whole, (item_seq_len + 1).clamp(max=max_len)
 
     def sample_negatives(self, rows, sequences):
-        """One item per entry of ``rows`` (N,), uniform over the real items not in ``sequences[rows]``."""
-        # real items are 1..n_items-2; n_items-1 is the mask token
-        negatives = torch.randint(1, self.n_items - 1, rows.shape, device=rows.device)
+        """One item per entry of ``rows`` (N,), uniform over the real items not in ``sequences[rows]`` (drawn by
+        ``negative_sampler``: the cold-start protocol takes its cold items out of it)."""
+        negatives = torch.zeros_like(rows)
         todo = torch.arange(len(rows), device=rows.device)
         for _ in range(MAX_NEGATIVE_ROUNDS):
-            clash = (negatives[todo].unsqueeze(1) == sequences[rows[todo]]).any(dim=1)
-            todo = todo[clash]
             if len(todo) == 0:
                 return negatives
-            negatives[todo] = torch.randint(1, self.n_items - 1, todo.shape, device=rows.device)
+            negatives[todo] = self.negative_sampler.sample(len(todo), rows.device)[0]
+            todo = todo[(negatives[todo].unsqueeze(1) == sequences[rows[todo]]).any(dim=1)]
         raise RuntimeError("S3Rec: no negative item outside a pre-training sequence (a sequence holds every item?)")
 
     def pad_left(self, seq, lengths):
