@@ -57,6 +57,24 @@ def parse_args(argv=None):
     return args
 
 
+def parse_seeds(text):
+    """``--seeds=42,43,44`` -> [42, 43, 44]; a word, an empty list or a seed given twice (one run counted as two seeds,
+    with an interval of zero width) is a ConfigError naming the option."""
+    from recbole_llm.errors import ConfigError
+
+    parts = [s.strip() for s in str(text).split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in parts]
+    except ValueError:
+        raise ConfigError(f"--seeds must be integers joined by commas (e.g. --seeds=42,43,44), got {text!r}") from None
+    if not seeds:
+        raise ConfigError("--seeds is empty: give at least one seed, e.g. --seeds=42")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"--seeds gives {', '.join(map(str, repeated))} more than once: each seed is one run, give each once")
+    return seeds
+
+
 def suite_from_args(args):
     """The suite of a ``--dataset --models`` command (recbole_llm.suite.make_suite), its command line as the header."""
     from recbole_llm.config import parse_overrides
@@ -65,7 +83,7 @@ def suite_from_args(args):
     config = parse_overrides(args.extra)
     if args.epochs:
         config["epochs"] = args.epochs
-    raw = {"datasets": [args.dataset], "data_path": args.data_path, "seeds": [int(s) for s in args.seeds.split(",")],
+    raw = {"datasets": [args.dataset], "data_path": args.data_path, "seeds": parse_seeds(args.seeds),
            "eval_modes": [args.eval_mode], "config": config, "models": [m for m in args.models.split(",") if m],
            "metrics": SHOWN, "workers": args.workers, "rerun_failed": args.rerun_failed,
            "config_files": args.config_files.split() if args.config_files else [],

@@ -284,11 +284,12 @@ def load_checkpoint(path, map_location="cpu"):
 
 def load_own_checkpoint(path, own_files, map_location="cpu"):
     """Load a checkpoint only if ``path`` is one of ``own_files`` (files the running trainer wrote);
-    anything else goes through torch's safe default loader and fails loudly if it needs pickles."""
+    anything else goes through torch's safe loader (``weights_only=True``, explicit: torch < 2.6 and
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` would unpickle otherwise) and fails loudly if it needs pickles."""
     real = os.path.realpath(os.fspath(path))
     if real in {os.path.realpath(f) for f in own_files}:
         return load_checkpoint(path, map_location=map_location)
-    return torch.load(path, map_location=map_location)
+    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 # RecBole 1.2.1's aliases (np.float = np.float_, ...), each taken from a name that numpy 1.x and 2.x both have

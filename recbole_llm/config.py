@@ -47,7 +47,8 @@ RECBOLE_ML100K = os.path.join(
 
 
 def _has_atomic_files(folder, dataset):
-    return bool(glob.glob(os.path.join(folder, f"{dataset}*.inter")))
+    # escaped: a dataset or folder name with glob characters ("a[1]", "*") is a name, not a pattern
+    return bool(glob.glob(os.path.join(glob.escape(folder), f"{glob.escape(dataset)}*.inter")))
 
 
 def known_datasets(data_path):
@@ -316,7 +317,39 @@ def validate_config(config):
     _validate_interval(config, "train_user_inter_num_interval")
     _validate_metrics(config)
     _validate_device(config, external)
+    _validate_saved_files(config)
     check_item_attributes(config)
+
+
+# RecBole's caches of pickled objects: loading one unpickles it, which can run code; the plugin builds both from the
+# atomic files every run (recbole_llm/data/utils.py split_loaders, recbole_llm/utils.py create_dataset)
+_PICKLE_CACHE_KEYS = {
+    "save_dataloaders": "RecBole's saved dataloaders",
+    "dataloaders_save_path": "RecBole's saved dataloaders",
+    "save_dataset": "RecBole's saved dataset",
+    "dataset_save_path": "RecBole's saved dataset",
+}
+
+
+def _validate_saved_files(config):
+    """The pickle-cache keys refused, and a ``checkpoint_dir`` that is (or lies under) a file refused before training."""
+    for key, what in _PICKLE_CACHE_KEYS.items():
+        if config[key]:
+            raise _config_error(
+                f"config key '{key}' is {config[key]!r}: {what} are pickles, which can run code when loaded, and the "
+                "plugin builds the split from the atomic files every run: drop the key"
+            )
+    folder = config["checkpoint_dir"]
+    if not folder:
+        return
+    probe = os.path.abspath(str(folder))
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise _config_error(
+            f"config key 'checkpoint_dir' is '{folder}', but '{probe}' is a file, not a folder: pass a folder "
+            "(every run writes its checkpoint into it)"
+        )
 
 
 def _validate_choices(config):

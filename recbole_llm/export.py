@@ -63,6 +63,7 @@ def export_embeddings(model_file, out_dir, batch_size=1024):
     from recbole_llm.llm.features import save_features
     from recbole_llm.quick_start import load_model_file
 
+    check_destinations(model_file, out_dir=out_dir)
     config, model, train, _, test = load_model_file(model_file, {"state": "WARNING"})
     dataset = train.dataset
     model.eval()
@@ -87,6 +88,7 @@ def export_weights(model_file, out_file):
     from recbole_llm.fileio import atomic_torch_save, plain
     from recbole_llm.quick_start import load_model_file
 
+    check_destinations(model_file, weights=out_file)
     config, model, train, _, _ = load_model_file(model_file, {"state": "WARNING"})
     dataset = train.dataset
     weights = {
@@ -101,6 +103,37 @@ def export_weights(model_file, out_file):
     return len(weights["state_dict"])
 
 
+def _existing_parent(path):
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    return probe
+
+
+def check_destinations(model_file, out_dir=None, weights=None):
+    """Refuse, before the checkpoint is loaded, what the export could only find out when writing: ``--out`` onto a
+    file, ``--weights`` onto a folder or onto ``--model_file`` itself (it would replace your checkpoint), a
+    destination under a file, and a ``--model_file`` that is not there."""
+    if not os.path.isfile(model_file):
+        raise CheckpointError(f"--model_file '{model_file}' is not a file: pass the .pth a run wrote (see 'Saving current' in its log)")
+    if out_dir:
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+            raise CheckpointError(f"--out '{out_dir}' is a file: --out names a folder (users.npy, items.npy go into it); pass a folder")
+        parent = _existing_parent(out_dir)
+        if not os.path.isdir(parent):
+            raise CheckpointError(f"--out '{out_dir}' lies under '{parent}', a file: pass a folder path")
+    if weights:
+        if os.path.isdir(weights):
+            raise CheckpointError(f"--weights '{weights}' is a folder: --weights names the file to write (e.g. {os.path.join(weights, 'weights.pth')})")
+        parent = _existing_parent(os.path.dirname(os.path.abspath(weights)))
+        if not os.path.isdir(parent):
+            raise CheckpointError(f"--weights '{weights}' lies under '{parent}', a file: pass a path in a folder")
+        if os.path.exists(weights) and os.path.samefile(weights, model_file):
+            raise CheckpointError(
+                f"--weights '{weights}' is --model_file itself: writing it would replace your checkpoint; pass another file name"
+            )
+
+
 @cli_entry
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,6 +143,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.out and not args.weights:
         raise CheckpointError("export needs --out=DIR (embeddings) or --weights=FILE (plain weights), or both")
+    check_destinations(args.model_file, args.out, args.weights)
     try:
         if args.weights:
             n_tensors = export_weights(args.model_file, args.weights)

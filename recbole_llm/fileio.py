@@ -121,7 +121,9 @@ def build_lock(path, what=None):
     Two runs started together (parallel benchmark queues, two shells) that both miss a cached artifact
     would otherwise both build it; with the lock the second one waits, then finds the artifact and reuses
     it (callers re-check their cache after acquiring). POSIX ``flock``; where it is unavailable the lock is
-    a no-op. The lock file is left in place (empty): removing it would race with a waiting process.
+    a no-op. The holder removes the lock file before it lets go, whether the build finished or failed (no empty
+    ``.lock`` is left behind); a waiter that then gets the lock of the removed file sees that the name no longer
+    points at it and locks the file under the name again, so two holders never overlap.
     """
     try:
         import fcntl
@@ -130,16 +132,31 @@ def build_lock(path, what=None):
         return
     lock_path = path + ".lock"
     os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
-    with open(lock_path, "a") as handle:
+    waited = False
+    while True:
+        handle = open(lock_path, "a")
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another process that is building {what or path} (lock {lock_path})", flush=True)
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    print(f"waiting for another process that is building {what or path} (lock {lock_path})", flush=True)
+                    waited = True
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                same = os.path.samestat(os.fstat(handle.fileno()), os.stat(lock_path))
+            except FileNotFoundError:
+                same = False
+            if not same:  # the previous holder removed it while this process waited: lock the current file
+                continue
+            try:
+                yield
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(lock_path)  # while still held: a waiter on this file retries on a fresh one
+            return
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            handle.close()  # releases the flock
 
 
 def build_once(path, is_current, build, what=None):

@@ -373,3 +373,123 @@ def test_ddp_under_detail_debug_runs_at_info_with_one_line(tiny_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("TORCH_DISTRIBUTED_DEBUG=DETAIL crashes torch's DDP on a gloo (CPU) group") == 1
     assert "test result" in proc.stdout
+
+
+# ---- issue 38: names that are not patterns, destinations checked before any work, broken model folders ----------
+def test_a_dataset_name_with_glob_characters_is_a_name(tmp_path, capsys):
+    from conftest import write_tiny_dataset
+
+    data = write_tiny_dataset(str(tmp_path / "data"), name="a[1]")
+    run = load_cli("run_recbole_llm")
+    base = [f"--data_path={data}", "--model=SASRec", "--epochs=1", f"--checkpoint_dir={tmp_path / 'saved'}", "--state=WARNING",
+            "--hidden_size=16", "--inner_size=32", "--n_layers=1", "--n_heads=1", "--MAX_ITEM_LIST_LENGTH=10"]
+    assert run.main(base + ["--dataset=a[1]"]) == 0  # was: "Unknown dataset 'a[1]'" (the glob read [1] as a class)
+    capsys.readouterr()
+    assert run.main(base + ["--dataset=*"]) == 2  # was: '*' matched a[1]/, then a traceback from RecBole's download
+    err = capsys.readouterr().err
+    assert err.startswith("error: Unknown dataset '*'") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_a_checkpoint_dir_that_is_a_file_is_refused_before_training(cli, tmp_path, under):
+    (tmp_path / "afile").write_text("")
+    folder = tmp_path / "afile" / "sub" if under else tmp_path / "afile"
+    code, err = cli("--model=SASRec", f"--checkpoint_dir={folder}")
+    assert code == 2 and "config key 'checkpoint_dir'" in err and f"'{tmp_path / 'afile'}' is a file" in err and err.count("\n") == 1
+
+
+def test_export_destinations_are_checked_before_the_checkpoint_is_loaded(tmp_path, capsys):
+    """A file that is no checkpoint at all: each case is refused before export reads it (else 'not a readable torch
+    checkpoint'); --weights onto --model_file leaves the user's file as it was."""
+    export = importlib.import_module("recbole_llm.export")
+    model_file = tmp_path / "SASRec.pth"
+    model_file.write_bytes(b"my checkpoint")
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    os.symlink(model_file, tmp_path / "link.pth")
+    cases = [
+        ([f"--out={tmp_path / 'afile'}"], "--out '" + str(tmp_path / "afile") + "' is a file"),
+        ([f"--out={tmp_path / 'afile' / 'x'}"], "lies under '" + str(tmp_path / "afile") + "', a file"),
+        ([f"--weights={tmp_path / 'adir'}"], "--weights '" + str(tmp_path / "adir") + "' is a folder"),
+        ([f"--weights={model_file}"], "is --model_file itself: writing it would replace your checkpoint"),
+        ([f"--weights={tmp_path / 'link.pth'}"], "is --model_file itself"),
+        ([f"--weights={tmp_path / 'w.pth'}", f"--out={tmp_path / 'afile'}"], "is a file"),  # both checked first
+    ]
+    for args, fragment in cases:
+        assert export.main([f"--model_file={model_file}", *args]) == 2
+        err = capsys.readouterr().err
+        assert fragment in err and err.count("\n") == 1, (args, err)
+    assert model_file.read_bytes() == b"my checkpoint" and not (tmp_path / "w.pth").exists()
+    assert export.main([f"--model_file={tmp_path / 'missing.pth'}", f"--weights={tmp_path / 'w.pth'}"]) == 2
+    assert "--model_file '" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seeds, fragment", [("abc", "--seeds must be integers"), ("42,42", "--seeds gives 42 more than once"),
+                                             (",", "--seeds is empty")])
+def test_benchmark_seeds_that_cannot_work(tiny_data, tmp_path, capsys, seeds, fragment):
+    from recbole_llm import benchmark
+
+    code = benchmark.main(["--dataset=tiny", f"--data_path={tiny_data}", "--models=SASRec", f"--out={tmp_path / 'b'}", f"--seeds={seeds}"])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and err.count("\n") == 1
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("part, breakage", [
+    ("its weights", lambda folder: open(os.path.join(folder, "model.safetensors"), "wb").write(b"not safetensors")),
+    ("its tokenizer", lambda folder: open(os.path.join(folder, "tokenizer.json"), "w").write("{not json")),
+    ("its config.json", lambda folder: open(os.path.join(folder, "config.json"), "w").write("{not json")),
+])
+def test_a_model_folder_with_broken_files_is_one_line(tiny_llama_dir, tmp_path, part, breakage):
+    import shutil
+
+    from recbole_llm.errors import UserError
+    from recbole_llm.llm.embed import load_llm
+
+    folder = str(tmp_path / "llm")
+    shutil.copytree(tiny_llama_dir, folder)
+    load_llm(folder)  # the intact copy loads
+    breakage(folder)
+    with pytest.raises(UserError) as err:
+        load_llm(folder)
+    message = str(err.value)
+    assert f"llm_path '{folder}': {part} cannot be loaded" in message and "\n" not in message
+
+
+def test_build_locks_leave_no_file_behind(tmp_path):
+    """A finished or failed build removes its .lock (a failed one used to leave an empty file); the lock still
+    serialises (tests/test_features.py)."""
+    from recbole_llm.fileio import build_once
+
+    target = str(tmp_path / "artifact.npy")
+    with pytest.raises(RuntimeError):
+        build_once(target, lambda: False, lambda: (_ for _ in ()).throw(RuntimeError("build failed")))
+    assert os.listdir(tmp_path) == []
+    assert build_once(target, lambda: os.path.exists(target), lambda: open(target, "w").close())
+    assert os.listdir(tmp_path) == ["artifact.npy"]
+
+
+def test_build_lock_removal_keeps_holders_apart(tmp_path):
+    """The holder removes the lock file before letting go: a waiter on the removed file takes the new one, so no two
+    holders ever overlap."""
+    import threading
+    import time
+
+    from recbole_llm.fileio import build_lock
+
+    target, inside, overlaps = str(tmp_path / "artifact.npy"), [], []
+
+    def build():
+        for _ in range(5):
+            with build_lock(target):
+                inside.append(1)
+                overlaps.append(len(inside))
+                time.sleep(0.005)
+                inside.pop()
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(overlaps) == 20 and max(overlaps) == 1 and not os.path.exists(target + ".lock")

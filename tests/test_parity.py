@@ -215,22 +215,71 @@ def test_scratch_copy_refuses_a_folder_inside_the_checkout(tmp_path):
     assert os.path.isfile(os.path.join(official.scratch_copy(str(tmp_path / "co"), str(tmp_path / "s"), "llmesr"), "main.py"))
 
 
+def test_each_run_gets_a_fresh_private_scratch_folder(tmp_path):
+    """The scratch copy was a predictable folder in the shared temp folder, reused without being cleared: whatever
+    someone planted there ran. Each run now makes its own (owner only, an unguessable name)."""
+    (tmp_path / "co").mkdir()
+    (tmp_path / "co" / "main.py").write_text("")
+    first = official.scratch_copy(str(tmp_path / "co"), str(tmp_path / "s"), "llmesr", "llmesr_tiny")
+    (tmp_path / "s" / "planted").mkdir()
+    second = official.scratch_copy(str(tmp_path / "co"), str(tmp_path / "s"), "llmesr", "llmesr_tiny")
+    assert first != second and sorted(os.listdir(second)) == ["main.py"]
+    assert os.stat(second).st_mode & 0o777 == 0o700 and os.path.basename(second).startswith("recbole_llm_parity_llmesr_tiny-")
+    official.remove_scratch(second)
+    assert not os.path.exists(second)
+
+
 def test_the_official_child_imports_this_package_from_any_folder(tmp_path, monkeypatch):
-    """The child runs `python -m recbole_llm.parity.shim` in the scratch copy: an uninstalled checkout must be on its path."""
+    """The child runs the shim by its path (the folder it runs in is not on its import path), with this package's root
+    first on PYTHONPATH (an uninstalled checkout too, and ahead of anything in their folder), then their source."""
     import subprocess
 
     seen = {}
-    monkeypatch.delenv("PYTHONPATH", raising=False)
-    monkeypatch.setattr(subprocess, "call", lambda cmd, cwd, stdout, stderr, env: seen.update(env=env, cwd=cwd) or 0)
+    monkeypatch.setenv("PYTHONPATH", "/mine")
+    monkeypatch.setattr(subprocess, "call", lambda cmd, cwd, stdout, stderr, env: seen.update(cmd=cmd, env=env, cwd=cwd) or 0)
     (tmp_path / "scratch").mkdir()
-    assert official.run_official("llmemb", str(tmp_path / "scratch"), [], str(tmp_path / "log" / "o.log"), str(tmp_path / "t.json")) == 0
-    path = seen["env"]["PYTHONPATH"].split(os.pathsep)
+    assert official.run_official("learn", str(tmp_path / "scratch"), ["--a", "1"], str(tmp_path / "log" / "o.log"), str(tmp_path / "t.json")) == 0
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(official.__file__)))
-    assert package_root in path and os.path.isfile(os.path.join(package_root, "recbole_llm", "parity", "shim.py"))
-    assert seen["env"]["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path / "scratch")  # their trainers/ first
+    path = seen["env"]["PYTHONPATH"].split(os.pathsep)
+    assert path == [package_root, str(tmp_path / "scratch" / "src"), "/mine"] and seen["env"]["PYTHONSAFEPATH"] == "1"
+    assert seen["cmd"][1] == os.path.join(package_root, "recbole_llm", "parity", "shim.py") and seen["cmd"][2:] == ["--a", "1"]
+    assert seen["cwd"] == str(tmp_path / "scratch") and "-m" not in seen["cmd"]
 
 
-@pytest.mark.parametrize("bad", [["--epochs=0"], ["--patience=0"], ["--max_len=0"], ["--seeds="], ["--seeds=a"], ["--sides=theirs"]])
+def test_a_package_planted_in_the_checkout_or_scratch_is_not_imported(tmp_path):
+    """A real child: a recbole_llm/ package in the official copy (the folder the child runs in) would have been
+    imported first with `python -m` from there; the child imports ours, and their main.py still finds trainers/."""
+    checkout = tmp_path / "co"
+    (checkout / "trainers").mkdir(parents=True)
+    (checkout / "trainers" / "__init__.py").write_text("")
+    (checkout / "trainers" / "sequence_trainer.py").write_text("class SeqTrainer:\n    def _train_one_epoch(self):\n        pass\n")
+    (checkout / "main.py").write_text(
+        "import recbole_llm, trainers.sequence_trainer, sys\n"
+        "open('ran.txt', 'w').write(recbole_llm.__file__ + '\\n' + ' '.join(sys.argv[1:]))\n"
+    )
+    marker = tmp_path / "marker"
+    (checkout / "recbole_llm" / "parity").mkdir(parents=True)
+    for init in ("recbole_llm/__init__.py", "recbole_llm/parity/__init__.py"):
+        (checkout / init).write_text(f"open({str(marker)!r}, 'a').write('planted ran\\n')\n")
+    (checkout / "recbole_llm" / "parity" / "shim.py").write_text(f"open({str(marker)!r}, 'a').write('planted ran\\n')\n")
+    scratch = official.scratch_copy(str(checkout), str(tmp_path / "s"), "llmesr")
+    code = official.run_official("llmesr", scratch, ["--seed", "42"], str(tmp_path / "log" / "o.log"), str(tmp_path / "t.json"))
+    log = open(tmp_path / "log" / "o.log").read()
+    assert code == 0, log
+    assert not marker.exists()
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(official.__file__)))
+    imported, argv = open(os.path.join(scratch, "ran.txt")).read().split("\n")
+    assert os.path.dirname(os.path.realpath(imported)) == os.path.realpath(ours) and argv == "--seed 42"
+    # the negative control: the former child, `python -m recbole_llm.parity.shim` run in the copy, imports the plant
+    import subprocess
+    import sys
+
+    subprocess.call([sys.executable, "-m", "recbole_llm.parity.shim"], cwd=scratch, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert marker.read_text().startswith("planted ran")
+
+
+@pytest.mark.parametrize("bad", [["--epochs=0"], ["--patience=0"], ["--max_len=0"], ["--seeds="], ["--seeds=a"], ["--sides=theirs"],
+                                 ["--seeds=42,43,42"]])
 def test_harness_options_out_of_range_exit_2(bad, capsys):
     from recbole_llm.parity.runner import parse_args
 
@@ -336,3 +385,95 @@ def test_a_stopped_official_rerun_leaves_the_finished_log(tmp_path, monkeypatch)
         runner.run_official_seed(args, spec, str(tmp_path / "s"), "D", 1, None, "full")
     assert open(logs / "official_1.log").read() == "the finished run\n"
     assert json.load(open(logs / "official_1.times.json"))["epoch_seconds"] == [3.0]
+
+
+# ---- the spec of both sides, exit codes, checks before any work --------------------------------------------------
+def learn_argv(tiny, tmp_path, *extra):
+    """Our LEARN side on the tiny dataset, small towers (records under tmp_path/parity)."""
+    return ["--method=learn", "--dataset=tiny", f"--data_path={tiny}", "--seeds=1", "--epochs=1", f"--out={tmp_path / 'parity'}",
+            f"--feature_dir={tmp_path / 'features'}", "--llm_feature=rand", "--d_model=16", "--n_layers=1", "--n_heads=1",
+            "--inner_size=32", "--embedding_dim=16", *extra]
+
+
+def write_rand_features(tmp_path, seed=0):
+    from test_llmemb import write_features
+
+    write_features(str(tmp_path / "features"), dim=12, seed=seed)
+
+
+def test_the_official_spec_holds_the_inputs_and_not_the_scratch_folder(tmp_path, monkeypatch):
+    """Changed keys, data or exported tables rerun the official side; another scratch folder does not."""
+    from recbole_llm.parity import runner
+
+    args = runner.parse_args(["--method=learn", "--official=x", "--dataset=d", f"--out={tmp_path}", "--seeds=1", "--epochs=1"])
+    spec, calls = runner.load_methods()["learn"], []
+
+    def finished(method, scratch, flags, log_path, times_path):
+        calls.append(scratch)
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        open(log_path, "w").write("ok\n")
+        json.dump({"epoch_seconds": [1.0], "evals": [{"NDCG@10": 0.5, "Recall@10": 0.75}]}, open(times_path, "w"))
+        return 0
+
+    monkeypatch.setattr(official, "run_official", finished)
+    inputs = {"keys": {"feature_dir": "f"}, "data_path": None, "dataset_files": {"d.inter": [10, "abc"]}, "exported": "1234"}
+    runner.run_official_seed(args, spec, "/tmp/scratch-a", "D", 1, None, "full", inputs)
+    runner.run_official_seed(args, spec, "/tmp/scratch-b", "D", 1, None, "full", inputs)
+    assert calls == ["/tmp/scratch-a"]  # the same inputs in another scratch folder: done before
+    for changed in ({**inputs, "exported": "5678"}, {**inputs, "keys": {"feature_dir": "g"}},
+                    {**inputs, "dataset_files": {"d.inter": [10, "abd"]}}, {**inputs, "data_path": "/elsewhere"}):
+        runner.run_official_seed(args, spec, "/tmp/scratch-c", "D", 1, None, "full", changed)
+    assert len(calls) == 5
+
+
+def test_the_checkout_is_checked_before_anything_is_built(tiny_data, tmp_path, monkeypatch, capsys):
+    from recbole_llm.parity import runner, source
+
+    monkeypatch.setattr(source, "gather", lambda *a, **k: pytest.fail("features and teacher built before --official was checked"))
+    with pytest.raises(SystemExit) as exit_info:
+        runner.main(learn_argv(tiny_data, tmp_path, f"--official={tmp_path / 'nothing'}"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "has no src/training/main_amazon.py" in err and err.count("\n") == 1
+
+
+def test_a_failed_side_exits_1_and_the_scratch_copy_is_removed(tiny_data, tmp_path, monkeypatch, capsys):
+    from recbole_llm.parity import runner
+
+    write_rand_features(tmp_path)
+    checkout = tmp_path / "LEARN"
+    (checkout / "src" / "training").mkdir(parents=True)
+    (checkout / "src" / "training" / "main_amazon.py").write_text("")
+    scratches = []
+    monkeypatch.setattr(runner, "export", lambda args, spec, shared, data, scratch: scratches.append(scratch) or "Tiny")
+
+    def fails(method, scratch, flags, log, times):
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        open(log, "w").write("boom\n")
+        return 1
+
+    monkeypatch.setattr(official, "run_official", fails)
+    with pytest.raises(SystemExit) as exit_info:
+        runner.main(learn_argv(tiny_data, tmp_path, f"--official={checkout}", f"--scratch={tmp_path / 's'}"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "1 parity run(s) failed: official seed 1 (exit code 1" in err and err.count("\n") == 1
+    assert len(scratches) == 1 and not os.path.exists(scratches[0]) and os.listdir(tmp_path / "s") == []
+    record = json.load(open(tmp_path / "parity" / "runs" / "tiny" / "ours" / "1.json"))
+    assert record["status"] == "ok"  # our side ran: only the failed one is named
+
+
+def test_our_side_reruns_when_an_exported_table_changes(tiny_data, tmp_path, capsys):
+    from recbole_llm.parity import runner
+
+    write_rand_features(tmp_path)
+    argv = learn_argv(tiny_data, tmp_path, "--official=unused", "--sides=ours")
+    record_path = tmp_path / "parity" / "runs" / "tiny" / "ours" / "1.json"
+    assert runner.main(argv) == 0
+    first = json.load(open(record_path))
+    assert runner.main(argv) == 0
+    assert "ours seed 1: done before, skipping" in capsys.readouterr().out
+    assert json.load(open(record_path))["run_id"] == first["run_id"] and json.load(open(record_path))["wall_seconds"] == first["wall_seconds"]
+    write_rand_features(tmp_path, seed=1)  # the same name, other vectors: the keys are unchanged, the table is not
+    assert runner.main(argv) == 0
+    again = json.load(open(record_path))
+    assert "done before" not in capsys.readouterr().out
+    assert again["parity_inputs"] != first["parity_inputs"] and again["status"] == "ok"

@@ -9,13 +9,18 @@ in one pass (the original SASRec and the official LLMEmb code). Validation and t
 ``train_user_inter_num_interval`` (RecBole's interval syntax, e.g. ``"[5,40]"``) keeps the training rows of the
 users whose training sequence has that many items (the public LEARN finetune trains on [5,40]); validation and
 test keep every user, and long-tail popularity keeps counting every training interaction.
+
+The loaders are built from the dataset every time (:func:`split_loaders`): RecBole's ``data_preparation`` first
+unpickles ``<checkpoint_dir>/<dataset>-for-<model>-dataloader.pth`` (or ``dataloaders_save_path``) whenever that
+file exists, whatever ``save_dataloaders`` says, so a results folder someone hands over would run code on resume.
+The plugin never calls it; ``save_dataloaders`` and ``dataloaders_save_path`` are refused (recbole_llm.config).
 """
 
 import numpy as np
 import torch
-from recbole.data import data_preparation as recbole_data_preparation
 from recbole.data.interaction import Interaction
-from recbole.utils import FeatureSource, FeatureType
+from recbole.data.utils import create_samplers, get_dataloader
+from recbole.utils import FeatureSource, FeatureType, ModelType, set_color
 
 TARGET_LIST_SUFFIX = "_target_list"
 
@@ -70,14 +75,41 @@ def filter_training_users(train_dataset, interval):
     return new
 
 
+def split_loaders(config, dataset):
+    """RecBole's ``data_preparation`` without its dataloader cache: split ``dataset`` and build the train, valid and
+    test loaders (the same classes, samplers and order as RecBole's), never reading or writing a pickled file."""
+    from logging import getLogger
+
+    from recbole.sampler import KGSampler
+
+    built = dataset.build()
+    train_dataset, valid_dataset, test_dataset = built
+    train_sampler, valid_sampler, test_sampler = create_samplers(config, dataset, built)
+    if config["MODEL_TYPE"] != ModelType.KNOWLEDGE:
+        train_data = get_dataloader(config, "train")(config, train_dataset, train_sampler, shuffle=config["shuffle"])
+    else:
+        neg = config["train_neg_sample_args"]
+        kg_sampler = KGSampler(dataset, neg["distribution"], neg["alpha"])
+        train_data = get_dataloader(config, "train")(config, train_dataset, train_sampler, kg_sampler, shuffle=True)
+    valid_data = get_dataloader(config, "valid")(config, valid_dataset, valid_sampler, shuffle=False)
+    test_data = get_dataloader(config, "test")(config, test_dataset, test_sampler, shuffle=False)
+    logger = getLogger()
+    logger.info(set_color("[Training]: ", "pink") + set_color("train_batch_size", "cyan") + " = "
+                + set_color(f'[{config["train_batch_size"]}]', "yellow") + set_color(" train_neg_sample_args", "cyan")
+                + ": " + set_color(f'[{config["train_neg_sample_args"]}]', "yellow"))
+    logger.info(set_color("[Evaluation]: ", "pink") + set_color("eval_batch_size", "cyan") + " = "
+                + set_color(f'[{config["eval_batch_size"]}]', "yellow") + set_color(" eval_args", "cyan") + ": "
+                + set_color(f'[{config["eval_args"]}]', "yellow"))
+    return train_data, valid_data, test_data
+
+
 def data_preparation(config, dataset):
-    """RecBole's data_preparation; with ``train_mode: all_positions`` the train loader yields one row per user."""
-    train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
+    """The split's loaders (:func:`split_loaders`); with ``train_mode: all_positions`` the train loader yields one row
+    per user."""
+    train_data, valid_data, test_data = split_loaders(config, dataset)
     interval = config["train_user_inter_num_interval"]
     all_positions = config["train_mode"] == "all_positions"  # a model without the key trains RecBole's way (prefix)
     if all_positions or interval is not None:
-        from recbole.data.utils import get_dataloader
-
         train_dataset = train_data._dataset
         if interval is not None:
             train_dataset = filter_training_users(train_dataset, interval)

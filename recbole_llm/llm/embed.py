@@ -108,13 +108,30 @@ def load_llm(llm_path=None, device="cpu", dtype=None):
 
     path = resolve_llm_path(llm_path)
     dtype = dtype or default_dtype(device)
-    model_config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    # a folder whose config.json exists but whose config, tokenizer or weights are broken (truncated, another model's,
+    # custom code that trust_remote_code=False refuses) is one line naming it and the part, not a traceback
+    model_config = _from_folder(path, "its config.json", AutoConfig.from_pretrained, trust_remote_code=False)
+    tokenizer = _from_folder(path, "its tokenizer", AutoTokenizer.from_pretrained, trust_remote_code=False)
     set_pad_token(tokenizer)
-    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype)
+    model = _from_folder(path, "its weights", AutoModel.from_pretrained, dtype=dtype, trust_remote_code=False)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.is_decoder_llm = is_decoder(model_config)
     return model.to(device).eval(), tokenizer
+
+
+def _from_folder(path, part, loader, **kwargs):
+    """``loader(path, local_files_only=True, **kwargs)``; whatever a broken folder makes transformers raise becomes an
+    LLMPathError naming the folder, the part that failed and the first line of the reason."""
+    try:
+        return loader(path, local_files_only=True, **kwargs)
+    except (UserError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - OSError, ValueError, safetensors' and tokenizers' own errors, ...
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise LLMPathError(
+            f"llm_path '{path}': {part} cannot be loaded ({type(err).__name__}: {first}): replace the folder with a "
+            "complete Hugging Face model (config.json, weights, tokenizer files)"
+        ) from None
 
 
 def set_pad_token(tokenizer):
@@ -206,8 +223,8 @@ def embed_texts(
     for chunk_start in range(0, len(texts), chunk_size):
         chunk_rows = order[chunk_start : chunk_start + chunk_size]
         chunk_file = os.path.join(chunk_dir, f"{key}-{chunk_start}.npy") if chunk_dir else None
-        if chunk_file and os.path.isfile(chunk_file):
-            out[chunk_rows] = np.load(chunk_file)
+        if (done := _finished_chunk(chunk_file, (len(chunk_rows), hidden_size))) is not None:
+            out[chunk_rows] = done
             progress.update(len(chunk_rows))
             continue
         for start in range(0, len(chunk_rows), batch_size):
@@ -222,6 +239,18 @@ def embed_texts(
         bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
         raise FloatingPointError(f"the LLM produced NaN/inf embeddings for {len(bad)} texts (first: {bad[:5].tolist()})")
     return out
+
+
+def _finished_chunk(chunk_file, shape):
+    """The rows a finished chunk file holds (plain arrays only: ``allow_pickle=False``, so a chunk never runs code),
+    or None when there is none or it is broken or of another shape (then it is computed again and rewritten)."""
+    if not chunk_file or not os.path.isfile(chunk_file):
+        return None
+    try:
+        done = np.load(chunk_file, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return done if done.shape == shape else None
 
 
 def embed_token_batch(model, tokenizer, input_ids, pooling, device, normalize=False, autocast=False):

@@ -184,6 +184,13 @@ def load_teacher_table(path, dataset, dim):
     if path in (None, "auto"):
         raise TeacherError("teacher_checkpoint is not built yet: run through run_recbole_llm (prepare_artifacts) or pass a path")
     checkpoint = load_plain(path, "teacher checkpoint", TEACHER_FIX)
+    source = checkpoint.get("dataset")  # exported weights name the dataset they were trained on
+    if isinstance(source, str) and source != dataset.dataset_name:
+        raise TeacherError(
+            f"teacher checkpoint '{path}' was exported from a run on dataset '{source}', this run is on "
+            f"'{dataset.dataset_name}': its item rows learnt other data even where the item tokens agree; export a "
+            f"SASRec trained on '{dataset.dataset_name}', or use teacher_checkpoint: auto"
+        )
     if "item_embedding" in checkpoint:
         table = checkpoint["item_embedding"]
     else:

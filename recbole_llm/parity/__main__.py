@@ -1,3 +1,3 @@
 from recbole_llm.parity.runner import main
 
-main()
+raise SystemExit(main())

@@ -46,6 +46,21 @@ class ParityData:
     similar: np.ndarray = None  # (U, K) 0-based user rows
 
 
+def data_digest(data):
+    """sha1 prefix of everything the export writes from ``data`` (sequences, tokens, every table's dtype, shape and
+    bytes, the similar users): a run's spec carries it, so that changed data, features or teacher rerun it."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    digest.update(json.dumps([data.sequences, data.n_items, data.user_tokens, data.item_tokens]).encode("utf-8"))
+    arrays = sorted(data.tables.items()) + ([("similar", data.similar)] if data.similar is not None else [])
+    for name, table in arrays:
+        array = np.ascontiguousarray(table)
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def user_sequences_in_time_order(uids, iids, times):
     """{uid: [iid, ...]} in time order (stable: equal times keep file order), users in id order."""
     order = np.lexsort((np.asarray(times), np.asarray(uids)))

@@ -4,9 +4,13 @@
 ``--key=value``: a config key of our side (e.g. ``--feature_dir=...``); the export reads the same artifacts.
 
 Records are suite records (:mod:`recbole_llm.suite`): ``<out>/runs/<dataset>/{official,ours}/<seed>.json``, one per
-finished run, skipped on a rerun while their spec is unchanged; our runs go through the suite engine
-(``suite.execute_run``) with the artifact keys built once; ``<out>/results.md`` and ``results.json`` are written
-atomically by the suite's table code, with the pair official -> ours (paired per seed, 95% interval).
+finished run, skipped on a rerun while their spec is unchanged: the official side's flags, and on both sides the
+``--key=value`` keys, ``--data_path``, the content of the dataset's atomic files and of everything exported
+(:func:`parity_inputs`), so a changed input reruns. Our runs go through the suite engine (``suite.execute_run``) with
+the artifact keys built once; ``<out>/results.md`` and ``results.json`` are written atomically by the suite's table
+code, with the pair official -> ours (paired per seed, 95% interval). The official side runs in a fresh private copy
+of the checkout, removed at the end (:func:`recbole_llm.parity.official.scratch_copy`). Exit code 2 for bad input
+(checked before any artifact is built), 1 when a run of a side failed (named), else 0.
 """
 
 import argparse
@@ -15,7 +19,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 import yaml
@@ -48,8 +51,8 @@ def parse_args(argv):
     p.add_argument("--max_len", type=int, default=None, help="sequence cap of both sides (official: 200; LEARN 40)")
     p.add_argument("--sides", default="official,ours")
     p.add_argument("--out", default=None, help="default benchmarks/parity/<method>_<dataset>")
-    p.add_argument("--scratch", default=None, help="the copy of the official checkout with our inputs "
-                   "(default <tmp>/recbole_llm_parity/<method>_<dataset>; it holds a copy of the data: keep it out of repositories)")
+    p.add_argument("--scratch", default=None, help="the folder in which each run makes its private copy of the official "
+                   "checkout with our inputs (default: the system temp folder; the copy holds the data and is removed at the end)")
     args, extra = p.parse_known_args(argv)
     args.keys = {}
     for item in extra:  # --key=value: a config key of our side (and of the export: the same artifacts)
@@ -62,17 +65,20 @@ def parse_args(argv):
         if value is not None and value < 1:
             p.error(f"--{name} must be an integer >= 1, got {value}")
     try:
-        args.seeds = [int(s) for s in str(args.seeds).split(",") if s]
+        args.seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     except ValueError:
         p.error(f"--seeds must be integers joined by commas, e.g. 42,43,44, got {args.seeds!r}")
     if not args.seeds:
         p.error("--seeds is empty: give at least one seed, e.g. --seeds=42")
+    repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
+    if repeated:  # one run would count as two seeds, with an interval of zero width
+        p.error(f"--seeds gives {', '.join(map(str, repeated))} more than once: each seed is one run, give each once")
     args.sides = [s for s in args.sides.split(",") if s]
     unknown = [s for s in args.sides if s not in ("official", "ours")]
     if unknown or not args.sides:
         p.error(f"--sides must be official, ours or official,ours, got {','.join(args.sides) or 'nothing'}")
     args.out = os.path.abspath(args.out or os.path.join("benchmarks", "parity", f"{args.method}_{args.dataset}"))
-    args.scratch = os.path.abspath(args.scratch or os.path.join(tempfile.gettempdir(), "recbole_llm_parity", f"{args.method}_{args.dataset}"))
+    args.scratch = os.path.abspath(args.scratch) if args.scratch else None
     return args
 
 
@@ -126,21 +132,46 @@ def spec_hash(payload):
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def done(path, spec):
+def parity_inputs(args, config, data):
+    """What both sides read besides the official flags and our keys' names: the ``--key=value`` keys, ``--data_path``,
+    the fingerprint of each atomic file of the dataset and the digest of everything exported (the split, the tables:
+    features, PCA, teacher, similar users). Hashed into the official spec and stored in our records."""
+    from recbole_llm.fileio import file_fingerprint
+    from recbole_llm.parity.export import data_digest
+
+    folder = config["data_path"]
+    names = sorted(n for n in os.listdir(folder) if n.startswith(f"{args.dataset}.")) if os.path.isdir(folder) else []
+    return {"keys": args.keys, "data_path": os.path.abspath(args.data_path) if args.data_path else None,
+            "dataset_files": {n: file_fingerprint(os.path.join(folder, n)) for n in names if os.path.isfile(os.path.join(folder, n))},
+            "exported": data_digest(data)}
+
+
+def done(path, spec, inputs=None):
+    """Whether ``path`` holds a finished record of this spec (and, for our side, of these inputs)."""
     if not os.path.isfile(path):
         return False
-    with open(path, encoding="utf-8") as f:
-        record = json.load(f)
-    return record.get("status") == "ok" and record.get("spec") == spec
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False  # unreadable: run again
+    if not isinstance(record, dict):
+        return False
+    return (record.get("status") == "ok" and record.get("spec") == spec
+            and (inputs is None or record.get("parity_inputs") == spec_hash(inputs)))
 
 
-def run_official_seed(args, spec, scratch, name, seed, thresholds, mode):
-    """One official run; its record (suite layout) written to runs/<dataset>/official/<seed>.json."""
+def run_official_seed(args, spec, scratch, name, seed, thresholds, mode, inputs=None):
+    """One official run; its record (suite layout) written to runs/<dataset>/official/<seed>.json. Its spec: the
+    method, the flags and the inputs (:func:`parity_inputs`), never the scratch folder (each run makes its own)."""
     flags = official_flags(args, spec, name, seed, thresholds)
     path = os.path.join(args.out, "runs", args.dataset, "official", f"{seed}.json")
     record = {"dataset": args.dataset, "row": "official", "model": spec.get("official_model", "LEARN"), "seed": seed,
-              "keys": {"flags": flags}, "spec": spec_hash([args.method, flags, os.path.basename(scratch)])}
+              "keys": {"flags": flags}, "spec": spec_hash([args.method, flags, inputs])}
+    if inputs is not None:
+        record["parity_inputs"] = spec_hash(inputs)
     if done(path, record["spec"]):
+        print(f"official seed {seed}: done before, skipping", flush=True)
         return
     log, times_path = os.path.join(args.out, "logs", f"official_{seed}.log"), os.path.join(args.out, "logs", f"official_{seed}.times.json")
     start = time.perf_counter()
@@ -172,11 +203,34 @@ def run_official_seed(args, spec, scratch, name, seed, thresholds, mode):
     print(f"official seed {seed}: {record['status']}", flush=True)
 
 
-def run_ours(suite, args, shared):
+def run_ours(suite, args, shared, inputs=None):
+    """Our runs through the suite engine; each record also carries the hash of the inputs (:func:`parity_inputs`)."""
     for seed in args.seeds:
         path = engine.run_path(suite, args.dataset, "ours", seed)
-        if not done(path, engine.run_spec(suite, args.dataset, "ours", seed)):
-            engine.execute_run(suite, args.dataset, "ours", seed, shared=shared, threads=1)
+        if done(path, engine.run_spec(suite, args.dataset, "ours", seed), inputs):
+            print(f"ours seed {seed}: done before, skipping", flush=True)
+            continue
+        record = engine.execute_run(suite, args.dataset, "ours", seed, shared=shared, threads=1)
+        if inputs is not None and isinstance(record, dict):
+            record["parity_inputs"] = spec_hash(inputs)
+            engine.write_record(path, record)
+
+
+def failed_runs(args, suite):
+    """'<side> seed <seed> (<error>)' of every run of the sides run now whose record is missing or not finished."""
+    failed = []
+    for side in args.sides:
+        for seed in args.seeds:
+            path = engine.run_path(suite, args.dataset, side, seed)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    record = json.load(f)
+            except (OSError, ValueError):
+                record = {"error": f"no readable record {path}"}
+            if not isinstance(record, dict) or record.get("status") != "ok":
+                error = str(record.get("error", "failed") if isinstance(record, dict) else "not a record")
+                failed.append(f"{side} seed {seed} ({error.splitlines()[0][:160] if error else 'failed'})")
+    return failed
 
 
 def report(args, suite, thresholds, shift=None):
@@ -201,8 +255,11 @@ def report(args, suite, thresholds, shift=None):
 
 
 def run(args):
+    """Both sides and the table; returns the runs that failed (:func:`failed_runs`)."""
     from recbole_llm.parity.source import gather
 
+    if "official" in args.sides:  # before any feature file or teacher is built
+        args.official = official.check_checkout(args.official, args.method)
     spec = load_methods()[args.method]
     probe = our_suite(args, spec, None)
     model, config = engine.run_config(probe, args.dataset, "ours", args.seeds[0])
@@ -211,15 +268,20 @@ def run(args):
     if thresholds:
         check_negatives(data.sequences, data.n_items)
     suite = our_suite(args, spec, thresholds)
+    inputs = parity_inputs(args, ours_config, data)
     if "official" in args.sides:
-        scratch = official.scratch_copy(args.official, args.scratch, args.method)
-        name = export(args, spec, shared, data, scratch)
-        for seed in args.seeds:
-            run_official_seed(args, spec, scratch, name, seed, thresholds, suite["eval_modes"][0])
+        scratch = official.scratch_copy(args.official, args.scratch, args.method, f"{args.method}_{args.dataset}")
+        try:
+            name = export(args, spec, shared, data, scratch)
+            for seed in args.seeds:
+                run_official_seed(args, spec, scratch, name, seed, thresholds, suite["eval_modes"][0], inputs)
+        finally:
+            official.remove_scratch(scratch)
     if "ours" in args.sides:
-        run_ours(suite, args, shared)
+        run_ours(suite, args, shared, inputs)
     shift = protocol.group_shift(data.sequences, data.n_items, thresholds[0]) if thresholds else None
     report(args, suite, thresholds, shift)
+    return failed_runs(args, suite)
 
 
 def given_thresholds(config, data):
@@ -231,9 +293,16 @@ def given_thresholds(config, data):
 
 
 def main(argv=None):
+    """Exit code 2: bad input (one line); 1: a run of a side failed (one line naming them); 0: every run finished."""
+    from recbole_llm.errors import print_error
+
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        run(args)
+        failed = run(args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+        print_error(err)
+        raise SystemExit(2) from None
+    if failed:
+        print(f"error: {len(failed)} parity run(s) failed: {'; '.join(failed)} (logs: {os.path.join(args.out, 'logs')})", file=sys.stderr)
+        raise SystemExit(1)
+    return 0

@@ -1,7 +1,9 @@
 """The process that runs an official script: ``python -m recbole_llm.parity.shim ARGS`` (ARGS: the script's own).
 
 It runs in the scratch copy of the checkout (the current folder: their scripts read ``./data`` and
-``./amazon_2018``; ``PYTHONPATH`` names their source folder), ``RECBOLE_LLM_PARITY_METHOD`` says which script and
+``./amazon_2018``), started as a script by its path (:func:`recbole_llm.parity.official.child_command`: the current
+folder is not on its import path; ``PYTHONPATH`` names this package's root, then their source folder);
+``RECBOLE_LLM_PARITY_METHOD`` says which script and
 ``RECBOLE_LLM_PARITY_TIMES`` where the epoch times go (so that ``sys.argv`` is the script's own), and patches, in
 this process only, what the official code needs to run here; none of their files is edited:
 
@@ -155,6 +157,11 @@ def main():
     method, times_path = os.environ.get(METHOD_ENV), os.environ.get(TIMES_ENV)
     if method not in ("llmesr", "llmemb", "learn") or not times_path:
         raise SystemExit(f"set {METHOD_ENV} (llmesr|llmemb|learn) and {TIMES_ENV}; run it in the scratch checkout")
+    root = os.environ.get("RECBOLE_LLM_PARITY_PACKAGE_ROOT")
+    import recbole_llm
+
+    if root and os.path.realpath(os.path.dirname(os.path.dirname(recbole_llm.__file__))) != os.path.realpath(root):
+        raise SystemExit(f"recbole_llm was imported from {recbole_llm.__file__}, not from {root}: not running the official code")
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # their checkpoints hold optimizer states
     (run_learn if method == "learn" else run_seqrec)(os.getcwd(), os.path.abspath(times_path))
 

@@ -8,7 +8,8 @@ cosine / ``temperature`` (0.07) with CE over all items.
 
 Transfer: ``pretrained_checkpoint: <plain weights of a UniSRec trained on another dataset>`` (written from your
 own checkpoint by ``python -m recbole_llm.export --model_file=... --weights=FILE``; read with ``weights_only=True``,
-a full RecBole checkpoint is refused) loads everything but the item-specific tables; ``freeze_encoder: True`` then fine-tunes only the adaptor (and ID embeddings), the
+a full RecBole checkpoint is refused, and so is another model's weights file, e.g. a SASRec's) loads everything but
+the item-specific tables; ``freeze_encoder: True`` then fine-tunes only the adaptor (and ID embeddings), the
 UniSRec fine-tuning recipe. Pretraining is a UniSRec run on the source dataset (seq-item loss only: the
 paper's extra seq-seq contrastive term is not implemented).
 """
@@ -83,17 +84,35 @@ class UniSRec(FrozenTablesMixin, SASRec):
         prepare_llm_features(config)
 
     def load_pretrained(self, path):
-        """Every weight of a plain UniSRec weights file but the item tables (read with ``weights_only=True``)."""
+        """Every weight of a plain UniSRec weights file but the item tables (read with ``weights_only=True``). A file
+        exported from another model (a SASRec's: the same encoder names, no adaptor) is refused, not half-loaded."""
         fix = "convert your own UniSRec checkpoint with python -m recbole_llm.export --model_file=YOUR.pth --weights=unisrec.pth"
-        state = load_plain(path, "pretrained checkpoint", fix).get("state_dict")
+        checkpoint = load_plain(path, "pretrained checkpoint", fix)
+        state = checkpoint.get("state_dict")
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ConfigError(f"pretrained checkpoint '{path}' has no state_dict of tensors: {fix}")
+        source = checkpoint.get("model")
+        if isinstance(source, str) and source != "UniSRec":
+            raise ConfigError(
+                f"pretrained checkpoint '{path}' holds the weights of a {source}, not a UniSRec: pretrained_checkpoint "
+                f"transfers a UniSRec's adaptor and encoder; {fix}"
+            )
         transferable = {k: v for k, v in state.items() if not k.startswith(("item_embedding", "plm_embedding"))}
-        missing, unexpected = self.load_state_dict(transferable, strict=False)
-        if unexpected:
-            raise ConfigError(f"pretrained checkpoint '{path}' has parameters this UniSRec lacks: {unexpected[:5]}")
         if not transferable:
             raise ConfigError(f"pretrained checkpoint '{path}' transfers no weight (no encoder or adaptor parameters): {fix}")
+        if not any(k.startswith("moe_adaptor.") for k in transferable):
+            raise ConfigError(f"pretrained checkpoint '{path}' has no moe_adaptor weights: it is not a UniSRec's; {fix}")
+        ours = self.state_dict()
+        unexpected = [k for k in transferable if k not in ours]
+        if unexpected:
+            raise ConfigError(f"pretrained checkpoint '{path}' has parameters this UniSRec lacks: {unexpected[:5]}")
+        wrong = [f"{k} {tuple(v.shape)} (here {tuple(ours[k].shape)})" for k, v in transferable.items() if v.shape != ours[k].shape]
+        if wrong:
+            raise ConfigError(
+                f"pretrained checkpoint '{path}' has other shapes than this UniSRec: {', '.join(wrong[:3])}: pretrain with the "
+                "same hidden_size, n_layers, n_exps and feature width"
+            )
+        self.load_state_dict(transferable, strict=False)
 
     def item_table(self):
         table = self.moe_adaptor(self.plm_embedding)
