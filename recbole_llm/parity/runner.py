@@ -6,7 +6,7 @@
 Records are suite records (:mod:`recbole_llm.suite`): ``<out>/runs/<dataset>/{official,ours}/<seed>.json``, one per
 finished run, skipped on a rerun while their spec is unchanged: the official side's flags, and on both sides the
 ``--key=value`` keys, ``--data_path``, the content of the dataset's atomic files and of everything exported
-(:func:`parity_inputs`), so a changed input reruns. Our runs go through the suite engine (``suite.execute_run``) with
+(:func:`parity_inputs`), so a changed input reruns. Our runs go through the suite engine (``bench.execute.execute_run``) with
 the artifact keys built once; ``<out>/results.md`` and ``results.json`` are written atomically by the suite's table
 code, with the pair official -> ours (paired per seed, 95% interval). The official side runs in a fresh private copy
 of the checkout, removed at the end (:func:`recbole_llm.parity.official.scratch_copy`). Exit code 2 for bad input
@@ -23,7 +23,10 @@ import time
 
 import yaml
 
-from recbole_llm import suite as engine
+from recbole_llm.bench import store
+from recbole_llm.bench.execute import execute_run
+from recbole_llm.bench.report import build_tables
+from recbole_llm.bench.spec import run_config, run_path, run_spec
 from recbole_llm.errors import UserError
 from recbole_llm.parity import official, protocol
 from recbole_llm.parity.export import ParityError, check_negatives, tail_thresholds, write_handled, write_learn
@@ -199,21 +202,21 @@ def run_official_seed(args, spec, scratch, name, seed, thresholds, mode, inputs=
     seconds = times["epoch_seconds"]
     record.update(sec_per_epoch=statistics.mean(seconds) if seconds else 0.0, epochs=len(seconds),
                   wall_seconds=time.perf_counter() - start)
-    engine.write_record(path, record)
+    store.write_record(path, record)
     print(f"official seed {seed}: {record['status']}", flush=True)
 
 
 def run_ours(suite, args, shared, inputs=None):
     """Our runs through the suite engine; each record also carries the hash of the inputs (:func:`parity_inputs`)."""
     for seed in args.seeds:
-        path = engine.run_path(suite, args.dataset, "ours", seed)
-        if done(path, engine.run_spec(suite, args.dataset, "ours", seed), inputs):
+        path = run_path(suite, args.dataset, "ours", seed)
+        if done(path, run_spec(suite, args.dataset, "ours", seed), inputs):
             print(f"ours seed {seed}: done before, skipping", flush=True)
             continue
-        record = engine.execute_run(suite, args.dataset, "ours", seed, shared=shared, threads=1)
+        record = execute_run(suite, args.dataset, "ours", seed, shared=shared, threads=1)
         if inputs is not None and isinstance(record, dict):
             record["parity_inputs"] = spec_hash(inputs)
-            engine.write_record(path, record)
+            store.write_record(path, record)
 
 
 def failed_runs(args, suite):
@@ -221,7 +224,7 @@ def failed_runs(args, suite):
     failed = []
     for side in args.sides:
         for seed in args.seeds:
-            path = engine.run_path(suite, args.dataset, side, seed)
+            path = run_path(suite, args.dataset, side, seed)
             try:
                 with open(path, encoding="utf-8") as f:
                     record = json.load(f)
@@ -234,7 +237,7 @@ def failed_runs(args, suite):
 
 
 def report(args, suite, thresholds, shift=None):
-    paths = [engine.run_path(suite, args.dataset, row, seed) for row in ("official", "ours") for seed in args.seeds]
+    paths = [run_path(suite, args.dataset, row, seed) for row in ("official", "ours") for seed in args.seeds]
     records = []
     for path in paths:
         if os.path.isfile(path):
@@ -246,7 +249,7 @@ def report(args, suite, thresholds, shift=None):
     if shift:
         header += (f" Test targets that are tail by training popularity (ours): {shift['tail_ours']} of {shift['rows']};"
                    f" by popularity with the test item (official): {shift['tail_official']}; rows in one group only: {shift['moved']}.")
-    table = engine.build_tables(records, suite["pairs"], suite["eval_modes"], suite["metrics"], header)
+    table = build_tables(records, suite["pairs"], suite["eval_modes"], suite["metrics"], header)
     from recbole_llm.fileio import atomic_write_text
 
     atomic_write_text(os.path.join(args.out, "results.md"), table + "\n")
@@ -262,7 +265,7 @@ def run(args):
         args.official = official.check_checkout(args.official, args.method)
     spec = load_methods()[args.method]
     probe = our_suite(args, spec, None)
-    model, config = engine.run_config(probe, args.dataset, "ours", args.seeds[0])
+    model, config = run_config(probe, args.dataset, "ours", args.seeds[0])
     ours_config, shared, data = gather(args.method, model, args.dataset, config)
     thresholds = None if args.method == "learn" else given_thresholds(ours_config, data)
     if thresholds:
