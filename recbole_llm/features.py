@@ -46,7 +46,7 @@ def parse_args(argv):
     parser.add_argument("--llm_path", default=None, help="local HF model directory, a .gguf file, 'minilm' (default) or 'smollm2'")
     parser.add_argument("--pooling", default=None, choices=["mean", "last", "cls"])
     parser.add_argument("--prompt", default=None, choices=["llmemb", "learn"])
-    parser.add_argument("--name", default=None, help="feature name (default: <llm>-<pooling>-<prompt>[-pca<N>])")
+    parser.add_argument("--name", default=None, help="feature name (default: <llm>-<pooling>-<prompt>[-pca<N>]-<key>, the key of its settings)")
     parser.add_argument("--pca_dim", type=int, default=None)
     parser.add_argument("--max_length", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=None)

@@ -86,6 +86,27 @@ def load_plain(path, what, fix):
     return obj
 
 
+def link_or_copy(source, path):
+    """``path`` made the same file as ``source``, atomically: a hard link (free, same folder tree), else a copy
+    (another file system, a read-only source folder). A later atomic write to either name replaces only that name."""
+    import shutil
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-link-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def atomic_savefig(fig, path, **kwargs):
     with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format=os.path.splitext(path)[1].lstrip(".") or "png", **kwargs)

@@ -29,6 +29,10 @@ def prepare_artifacts(config):
         from recbole_llm.model.teacher import ensure_teacher
 
         config["teacher_checkpoint"] = ensure_teacher(config, width, run=run_recbole_llm)
+    if config["artifact_keys"]:  # handed by the process that built them: the files must still be those
+        from recbole_llm.model.teacher import check_handed_teacher
+
+        check_handed_teacher(config)
 
 
 # the config keys prepare_artifacts resolves: what a run started elsewhere (a DDP process, a Tune trial, a benchmark
@@ -38,13 +42,24 @@ ARTIFACT_KEYS = ("llm_features", "llm_feature", "llm_feature_base", "teacher_che
 
 def shared_artifact_keys(config):
     """Build ``config``'s artifacts (:func:`prepare_artifacts`) and return the config keys that name them, with the
-    (absolute) feature folder they live in."""
+    (absolute) feature folder they live in and ``artifact_keys``: {file name: the key it records} of every feature
+    file in ``llm_features`` and of the teacher file (by its base name), which the run checks before it trains
+    (recbole_llm.artifacts.check_handed_key: a file rebuilt meanwhile with other settings is refused by name)."""
     prepare_artifacts(config)
     shared = {k: config[k] for k in ARTIFACT_KEYS if config[k] not in (None, "auto")}
+    keys = {}
     if shared.get("llm_features"):
-        from recbole_llm.llm.features import feature_dirs
+        from recbole_llm.llm.features import feature_dirs, recorded_key
 
         shared["feature_dir"] = feature_dirs(config)[0]  # absolute: runs may start in another working folder
+        keys.update({name: recorded_key(config, name) for name in shared["llm_features"]})
+    if shared.get("teacher_checkpoint") and os.path.isfile(str(shared["teacher_checkpoint"])):
+        from recbole_llm.model.teacher import recorded_teacher_key
+
+        keys[os.path.basename(str(shared["teacher_checkpoint"]))] = recorded_teacher_key(shared["teacher_checkpoint"])
+    keys = {name: key for name, key in keys.items() if key is not None}
+    if keys:
+        shared["artifact_keys"] = {**(config["artifact_keys"] or {}), **keys}
     return shared
 
 

@@ -73,7 +73,8 @@ def test_the_five_artifacts_share_the_key_format(tiny_data, tmp_path, tiny_llama
     config = Config(model="LLMEmbSASRec", dataset="tiny",
                     config_dict=tiny_config(tiny_data, tmp_path, feature_dir=str(tmp_path / "f"), llm_path=tiny_llama_dir))
     name = extract.ensure_features(config, pca_dim=4, show_progress=False)
-    full = name.replace("-pca4", "")
+    full = extract.ensure_features(config, pca_dim=0, show_progress=False)  # the PCA's source, reused
+    assert KEY.match(full.rsplit("-", 1)[1]) and name.startswith(full.rsplit("-", 1)[0] + "-pca4-")
     white = extract.ensure_whitened(config, full, "zca")
     request = extract.feature_settings(config)
     payload = dict(request, item_file=file_fingerprint(os.path.join(tiny_data, "tiny", "tiny.item")),
@@ -102,8 +103,10 @@ def test_scft_export_honours_feature_dtype(tiny_data, tmp_path, tiny_llama_dir, 
                 feature_dir=str(tmp_path / "f"))
     half = Config(model="SASRec", dataset="tiny", config_dict=tiny_config(tiny_data, tmp_path, feature_dtype="float16", pca_dim=4, **keys))
     name = ensure_scft_features(half, show_progress=False)
-    assert name.endswith("-scft-mean-llmemb-fp16-pca4"), name
-    for feature in (name, name.replace("-pca4", "")):
+    assert re.search(r"-scft-mean-llmemb-fp16-pca4-[0-9a-f]{16}$", name), name
+    full = [f[5:-4] for f in os.listdir(tmp_path / "f") if re.fullmatch(r"tiny\..*-scft-mean-llmemb-fp16-[0-9a-f]{16}\.npy", f)]
+    assert len(full) == 1, os.listdir(tmp_path / "f")
+    for feature in (name, full[0]):
         base = find_feature_file(half, feature)
         assert np.load(base + ".npy", mmap_mode="r").dtype == np.float16 and load_meta(base)["dtype"] == "float16"
     assert "SCFT: wrote" in capsys.readouterr().out
@@ -112,7 +115,7 @@ def test_scft_export_honours_feature_dtype(tiny_data, tmp_path, tiny_llama_dir, 
     single = Config(model="SASRec", dataset="tiny", config_dict=tiny_config(tiny_data, tmp_path, **keys))
     other = ensure_scft_features(single, show_progress=False)
     out = capsys.readouterr().out
-    assert other == name.replace("-fp16-pca4", "") and "resumed from step 2" in out and "SCFT: wrote" in out
+    assert re.search(r"-scft-mean-llmemb-[0-9a-f]{16}$", other) and "resumed from step 2" in out and "SCFT: wrote" in out
     _, matrix, meta = load_features(find_feature_file(single, other))
     assert matrix.dtype == np.float32 and meta["dtype"] == "float32"
 

@@ -2,6 +2,7 @@
 pooling (tiny random LLaMA and GPT-2), LoRA targets per architecture, and one real SmolLM2 run when installed."""
 
 import os
+import re
 import shutil
 
 import numpy as np
@@ -176,7 +177,7 @@ def test_real_smollm2_scft_two_steps(tmp_path):
         data, tmp_path, feature_dir=str(tmp_path / "features"), llm_path="smollm2", scft_steps=2, scft_batch_size=4,
         scft_eval_items=8, llm_batch_size=8))
     name = ensure_scft_features(config, show_progress=False)
-    assert name == "smollm2-scft-mean-llmemb"
+    assert re.fullmatch(r"smollm2-scft-mean-llmemb-[0-9a-f]{16}", name), name
     tokens, matrix, meta = load_features(os.path.join(tmp_path / "features", f"tiny.{name}"), mmap=False, float32=True)
     assert matrix.shape == (20, 576) and np.isfinite(matrix).all()
     assert meta["scft_report"]["steps"] == 2 and "q_proj" in meta["scft_report"]["lora_targets"]

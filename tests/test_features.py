@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -177,9 +178,10 @@ def test_ensure_features_builds_reuses_and_attaches(tiny_data, tmp_path, tiny_ll
     finally:
         extract.embed_texts = original
     assert "reusing up-to-date features" in capsys.readouterr().out
-    # a changed prompt invalidates the cache
+    # a changed prompt invalidates the cache: another key, another file (the first stays for its own setting)
     changed = config_for(tiny_data, tmp_path, llm_path=tiny_llama_dir, llm_pooling="last", prompt_instruction="Other:")
-    assert ensure_features(changed, show_progress=False) == name
+    other = ensure_features(changed, show_progress=False)
+    assert other != name and other.rsplit("-", 1)[0] == name.rsplit("-", 1)[0]
     assert "wrote 30 x 32" in capsys.readouterr().out
     # PCA companion, attached through the dataset
     pca_name = ensure_features(changed, pca_dim=8, show_progress=False)
@@ -305,7 +307,7 @@ def test_features_cli_builds_what_the_models_run_reads(tiny_data, tmp_path, caps
     args = ["--dataset=tiny", f"--data_path={tiny_data}", f"--feature_dir={tmp_path / 'f'}"]
     assert main(args + ["--model=LEARN", "--llm_pooling=cls"]) == 0
     name = capsys.readouterr().out.strip().splitlines()[-1].split()[2]
-    assert name == "minilm-cls-learn-l2"
+    assert re.fullmatch(r"minilm-cls-learn-l2-[0-9a-f]{16}", name), name
     config = Config(model="LEARN", dataset="tiny", config_dict={"data_path": tiny_data, "feature_dir": str(tmp_path / "f"),
                                                                 "llm_pooling": "cls", "state": "WARNING"})
     assert prepare_llm_features(config) == name and "reusing up-to-date features" in capsys.readouterr().out
@@ -342,7 +344,7 @@ def test_feature_dtype_halves_the_attached_table_and_the_adapter_computes_in_flo
     overrides = tiny_config(tiny_data, tmp_path, feature_dir=str(tmp_path / "f"), feature_dtype="bfloat16", align_alpha=0.0)
     config = Config(model="LLMEmbSASRec", dataset="tiny", config_dict=overrides)
     get_model("LLMEmbSASRec").prepare_artifacts(config)
-    assert config["llm_feature"].endswith("-bf16") and "wrote 30 x 384" in capsys.readouterr().out
+    assert re.search(r"-bf16-[0-9a-f]{16}$", config["llm_feature"]) and "wrote 30 x 384" in capsys.readouterr().out
     dataset = create_dataset(config)
     assert dataset.llm_features[config["llm_feature"]].dtype == torch.bfloat16
     assert dataset.llm_feature(config["llm_feature"]).dtype == torch.float32

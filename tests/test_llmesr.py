@@ -1,6 +1,7 @@
 """LLM-ESR dual-view models, the similar-user artifact, and feature whitening."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -46,23 +47,23 @@ def test_whitened_feature_file_is_cached_and_keyed_on_its_source(tiny_data, tmp_
     write_features(folder)
     config = Config(model="LLMEmbSASRec", dataset="tiny", config_dict=llm_config(tiny_data, tmp_path))
     name = ensure_whitened(config, "rand", "zca")
-    assert name == "rand-whitezca"
+    assert re.fullmatch(r"rand-whitezca-[0-9a-f]{16}", name), name
     base = find_feature_file(config, name)
     _, matrix, meta = load_features(base)
     assert meta["whitening"] == "zca" and meta["whitening_of"] == "rand"
     mtime = os.path.getmtime(base + ".npy")
     assert ensure_whitened(config, "rand", "zca") == name and os.path.getmtime(base + ".npy") == mtime  # reused
-    # new source content -> new source key -> rebuilt
+    # new source content -> new source key -> built under its own name
     tokens = [f"i{i}" for i in range(30)]
     save_features(feature_base(folder, "tiny", "rand"), tokens, np.ones((30, 12), np.float32) + np.eye(30, 12), {"cache_key": "other"})
-    ensure_whitened(config, "rand", "zca")
-    assert not np.allclose(load_features(base)[1], matrix)
+    other = ensure_whitened(config, "rand", "zca")
+    assert other != name and not np.allclose(load_features(find_feature_file(config, other))[1], matrix)
 
 
 def test_models_read_the_whitened_table(tiny_data, tmp_path):
     write_features(str(tmp_path / "features"), dim=16)
     config, dataset, _, model = build("LLMESRSASRec", esr_config(tiny_data, tmp_path, feature_whitening="pca"))
-    assert config["llm_feature"] == "rand-whitepca" and config["llm_feature_base"] == "rand"
+    assert config["llm_feature"].startswith("rand-whitepca-") and config["llm_feature_base"] == "rand"
     table = model.item_embedding.llm_embedding.features[1:].double()
     cov = (table - table.mean(0)).T @ (table - table.mean(0)) / len(table)
     torch.testing.assert_close(cov, torch.eye(16, dtype=torch.float64), atol=2e-3, rtol=0)
@@ -295,12 +296,13 @@ def test_whitening_is_not_applied_twice_when_artifacts_are_prepared_again(tiny_d
 
     write_features(str(tmp_path / "features"), dim=16)
     config = Config(model="LLMESRSASRec", dataset="tiny", config_dict=esr_config(tiny_data, tmp_path, feature_whitening="zca"))
-    assert prepare_llm_features(config) == "rand-whitezca"
+    zca = prepare_llm_features(config)
+    assert zca.startswith("rand-whitezca-")
     shared = {k: config[k] for k in ARTIFACT_KEYS if config[k] is not None}
     trial = Config(model="LLMESRSASRec", dataset="tiny", config_dict=esr_config(tiny_data, tmp_path, feature_whitening="pca", **shared))
-    assert prepare_llm_features(trial) == "rand-whitepca" and trial["llm_feature_base"] == "rand"
+    assert prepare_llm_features(trial).startswith("rand-whitepca-") and trial["llm_feature_base"] == "rand"
     again = Config(model="LLMESRSASRec", dataset="tiny", config_dict=esr_config(tiny_data, tmp_path, feature_whitening="zca", **shared))
-    assert prepare_llm_features(again) == "rand-whitezca"
+    assert prepare_llm_features(again) == zca
 
 
 @pytest.mark.parametrize("train_mode", ["prefix", "all_positions"])

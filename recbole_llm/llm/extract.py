@@ -5,7 +5,8 @@ Model loading, pooling and batched embedding live in :mod:`recbole_llm.llm.embed
 - :func:`ensure_features`: builds (or reuses, when its cache key still matches) the feature file of a
   dataset, optionally with a PCA-reduced companion (:func:`ensure_pca_companion`); :func:`ensure_whitened` the
   whitened companion. All three are :class:`recbole_llm.artifacts.Artifact` s (feature files:
-  :class:`recbole_llm.llm.features.FeatureFileArtifact`), keyed, validated and built the one way.
+  :class:`recbole_llm.llm.features.FeatureFileArtifact`), keyed, validated and built the one way, each named by
+  its key: ``minilm-mean-llmemb-<key>``, ``minilm-mean-llmemb-pca64-<key>``, ``<prefix>-whitezca-<key>``.
 """
 
 import logging
@@ -15,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from recbole_llm.artifacts import name_prefix
 from recbole_llm.errors import ConfigError
 from recbole_llm.fileio import file_fingerprint
 from recbole_llm.llm import features as feature_io
@@ -66,14 +68,21 @@ def check_whitening(mode):
     return mode
 
 
+def companion_suffix(transform):
+    """``-pca<d>`` or ``-white<mode>``: what a companion's name adds to its source's."""
+    return f"-pca{transform['pca_dim']}" if "pca_dim" in transform else f"-white{transform['whitening']}"
+
+
 class Companion(feature_io.FeatureFileArtifact):
     """A feature file computed from another one, ``source``: its PCA reduction (``{"pca_dim": d}``) or its whitening
-    (``{"whitening": mode, "eps": eps}``). Settings: the transform, the source's name and key (a file built here: its
-    cache key; a file of your own: its content hash), the stored dtype (``feature_dtype``)."""
+    (``{"whitening": mode, "eps": eps}``). Settings: the transform, the source's key (a file built here: its cache key;
+    a file of your own: its content hash) with its name's prefix (the name less its key: the key it had before keys
+    joined the names), the stored dtype (``feature_dtype``). Named ``<source prefix><suffix>-<key>`` unless ``name``."""
 
-    def __init__(self, source, name, transform):
-        super().__init__(name)
-        self.source, self.transform = source, dict(transform)
+    def __init__(self, source, transform, name=None):
+        transform = dict(transform)
+        super().__init__(name=name, prefix=None if name else name_prefix(source) + companion_suffix(transform))
+        self.source, self.transform = source, transform
 
     def settings(self, config):
         base = feature_io.find_feature_file(config, self.source)
@@ -81,7 +90,7 @@ class Companion(feature_io.FeatureFileArtifact):
             raise feature_io.FeatureFileError(f"feature file '{config['dataset']}.{self.source}' not found: build it first")
         source_key = feature_io.feature_key(base, feature_io.load_meta(base))
         dtype = feature_io.check_dtype(setting(config, "feature_dtype"))
-        return dict(self.transform, source=[self.source, source_key], dtype=dtype)
+        return dict(self.transform, source=[name_prefix(self.source), source_key], dtype=dtype)
 
     def build(self, config, settings, key, path):
         tokens, matrix, meta = feature_io.load_features(feature_io.find_feature_file(config, self.source), mmap=False, float32=True)
@@ -101,20 +110,18 @@ class Companion(feature_io.FeatureFileArtifact):
 
 
 def ensure_whitened(config, name, mode, eps=1e-5):
-    """Name of the ``mode``-whitened companion of feature file ``name`` (``<name>-white<mode>``), built when missing
-    or stale (:class:`Companion`: keyed on the source file's key, the mode, ``eps`` and ``feature_dtype``)."""
+    """Name of the ``mode``-whitened companion of feature file ``name`` (``<name's prefix>-white<mode>-<key>``), built
+    when missing or stale (:class:`Companion`: keyed on the source file's key, the mode, ``eps`` and ``feature_dtype``)."""
     if mode in (None, "none"):
         return name
-    white_name = f"{name}-white{check_whitening(mode)}"
-    Companion(name, white_name, {"whitening": mode, "eps": float(eps)}).ensure(config)
-    return white_name
+    return Companion(name, {"whitening": check_whitening(mode), "eps": float(eps)}).ensure_name(config)
 
 
-def ensure_pca_companion(config, base_name, pca_dim, pca_name, force=False):
-    """Name of the PCA-reduced companion ``pca_name`` of feature file ``base_name``, built when missing or stale: the
-    one PCA path of extracted and SCFT-tuned features (:class:`Companion`: keyed on the source's key and the width)."""
-    Companion(base_name, pca_name, {"pca_dim": int(pca_dim)}).ensure(config, force=force)
-    return pca_name
+def ensure_pca_companion(config, base_name, pca_dim, name=None, force=False):
+    """Name of the PCA-reduced companion of feature file ``base_name`` (``<prefix>-pca<d>-<key>``, or ``name``), built
+    when missing or stale: the one PCA path of extracted and SCFT-tuned features (:class:`Companion`: keyed on the
+    source's key and the width)."""
+    return Companion(base_name, {"pca_dim": int(pca_dim)}, name=name).ensure_name(config, force=force)
 
 
 def feature_settings(config, llm_path=None, pooling=None, prompt_style=None, normalize=None):
@@ -137,6 +144,9 @@ def feature_settings(config, llm_path=None, pooling=None, prompt_style=None, nor
 
 
 def default_feature_name(settings, pca_dim=None):
+    """The readable prefix of a built feature file's name, ``<llm>-<pooling>-<prompt>[-l2][-fp16][-pca<d>]``: the file
+    is named ``<prefix>-<key>`` (:class:`recbole_llm.llm.features.FeatureFileArtifact`; the prefix alone was its name
+    before 2026-12, found once more as its former copy)."""
     name = f"{llm_short_name(settings['llm_path'])}-{settings['pooling']}-{settings['prompt_style']}"
     if settings["normalize"]:
         name += "-l2"
@@ -145,10 +155,15 @@ def default_feature_name(settings, pca_dim=None):
 
 
 class ExtractedFeatures(feature_io.FeatureFileArtifact):
-    """The feature file the LLM embeds from the dataset's item text; ``request``: :func:`feature_settings`."""
+    """The feature file the LLM embeds from the dataset's item text; ``request``: :func:`feature_settings`. Named
+    ``<default_feature_name>-<key>`` unless ``name``."""
 
-    def __init__(self, request, name, show_progress=True):
-        super().__init__(name)
+    # how and where it is computed, not what: the same vectors (up to float rounding) on any device, batch or Ray pool
+    unkeyed = feature_io.FeatureFileArtifact.unkeyed + (
+        "device", "llm_batch_size", "llm_ray", "llm_ray_workers", "llm_ray_gpus_per_worker", "llm_ray_address", "llm_ray_block_size")
+
+    def __init__(self, request, name=None, show_progress=True):
+        super().__init__(name=name, prefix=None if name else default_feature_name(request))
         self.request, self.show_progress = request, show_progress
 
     def settings(self, config):
@@ -156,7 +171,7 @@ class ExtractedFeatures(feature_io.FeatureFileArtifact):
         return dict(self.request, item_file=file_fingerprint(item_path), llm_path=resolve_llm_path(self.request["llm_path"]))
 
     def build(self, config, settings, key, path):
-        _build_features(config, settings, key, path, self.name, self.show_progress)
+        _build_features(config, settings, key, path, self.name_for(key), self.show_progress)
 
 
 def ensure_features(config, name=None, llm_path=None, pooling=None, prompt_style=None, pca_dim=None, normalize=None, show_progress=True,
@@ -170,13 +185,11 @@ def ensure_features(config, name=None, llm_path=None, pooling=None, prompt_style
     """
     request = feature_settings(config, llm_path, pooling, prompt_style, normalize)
     pca_dim = pca_dim if pca_dim is not None else setting(config, "pca_dim")
-    base_name = default_feature_name(request) if (name is None or pca_dim) else name
-    if name is not None and pca_dim:
-        base_name = name + "-full"
-    ExtractedFeatures(request, base_name, show_progress).ensure(config, force=force)
+    own = name + "-full" if (name is not None and pca_dim) else name  # a name of your own: the PCA file's
+    base_name = ExtractedFeatures(request, own, show_progress).ensure_name(config, force=force)
     if not pca_dim:
         return base_name
-    return ensure_pca_companion(config, base_name, int(pca_dim), name or default_feature_name(request, pca_dim), force)
+    return ensure_pca_companion(config, base_name, int(pca_dim), name, force)
 
 
 def _embed_with_ray(config, settings, texts, chunk_dir, show_progress):

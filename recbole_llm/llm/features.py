@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from recbole_llm.artifacts import Artifact, BrokenArtifact
+from recbole_llm.artifacts import Artifact, BrokenArtifact, check_handed_key, handed_key, keyed_name
 from recbole_llm.errors import UserError
 from recbole_llm.fileio import atomic_open, atomic_write_text, build_once, file_fingerprint
 from recbole_llm.paths import PROJECT_ROOT
@@ -318,20 +318,45 @@ def mapped_features(base, tokens, matrix, meta, id2token, cache_dir, expected_di
 class FeatureFileArtifact(Artifact):
     """A feature file ``<dataset>.<name>`` as an :class:`recbole_llm.artifacts.Artifact`: written to the first feature
     folder, found in any of them, sound when :func:`check_feature_file` passes; its key is the metadata's
-    ``cache_key``. Subclasses (extraction, SCFT, PCA and whitening companions) set ``name`` and define ``settings``
-    and ``build``."""
+    ``cache_key``. A built file is named by its key, ``<prefix>-<key>`` (:func:`recbole_llm.artifacts.keyed_name`;
+    :meth:`name_for`), so two settings never share a file; the name ``<prefix>`` the files had before is its former
+    copy (taken over when it records the same key). A ``name`` of your own is used as it is. Subclasses (extraction,
+    SCFT, PCA and whitening companions) define ``settings`` and ``build``."""
 
     what = "features"
     reuse_line = "reusing up-to-date features {path}.npy (cache key {key})"
+    unkeyed = ("data_path", "feature_dir")  # where the files are: the .item file is keyed by its content
 
-    def __init__(self, name):
-        self.name = name
+    def __init__(self, name=None, prefix=None):
+        if (name is None) == (prefix is None):
+            raise TypeError("FeatureFileArtifact takes a name of your own or a prefix (the name is then <prefix>-<key>)")
+        self.name, self.prefix = name, prefix
+
+    def name_for(self, key):
+        """The file's name for ``key``: ``<prefix>-<key>``, or the name of your own."""
+        return self.name if self.name is not None else keyed_name(self.prefix, key)
+
+    def feature_name(self, config):
+        """The name of the file the current settings of ``config`` build or reuse (nothing is built)."""
+        return self.name_for(self.key(self.settings(config)))
+
+    def ensure_name(self, config, force=False):
+        """:meth:`ensure`, returning the feature name."""
+        return self.name_for(self.ensure(config, force=force).key)
 
     def path(self, config, settings, key):
-        return feature_base(feature_dirs(config)[0], config["dataset"], self.name)
+        return feature_base(feature_dirs(config)[0], config["dataset"], self.name_for(key))
 
     def find(self, config, settings, key):
-        return find_feature_file(config, self.name)
+        return find_feature_file(config, self.name_for(key))
+
+    def former(self, config, settings, key):
+        if self.name is not None:
+            return []
+        return [(find_feature_file(config, self.prefix), key)]  # the name it had before the key joined it (2026-12)
+
+    def files(self, path):
+        return [path + SUFFIX_MATRIX, path + SUFFIX_META]  # the .json last: a file whose .json exists is complete
 
     def validate(self, path):
         try:
@@ -340,3 +365,19 @@ class FeatureFileArtifact(Artifact):
         except FeatureFileError as err:
             raise BrokenArtifact(str(err)) from None
         return meta.get("cache_key")
+
+
+def recorded_key(config, name):
+    """The key feature file ``name`` of ``config``'s dataset records (:func:`feature_key`), or None when there is none."""
+    base = find_feature_file(config, name)
+    return None if base is None else feature_key(base, load_meta(base))
+
+
+def check_handed_features(config, names):
+    """Each feature file of ``names`` that ``config`` was handed a key for (``artifact_keys``) records that key;
+    else one :class:`recbole_llm.artifacts.HandedKeyError` naming the file."""
+    for name in names:
+        if handed_key(config, name) is not None:
+            base = find_feature_file(config, name)
+            where = f"{base}{SUFFIX_META}" if base else f"{config['dataset']}.{name}"
+            check_handed_key(config, name, recorded_key(config, name), where, "feature file")

@@ -6,6 +6,10 @@ does it once: the copy is written to a temp folder and renamed into ``<cache>/gg
 build lock (two runs that miss it together convert once), and every later run loads that folder as any local model
 directory. The key is the file's content (size and SHA-1), not its path or modification time: the same file copied
 elsewhere reuses the copy, a changed file converts again. ``<cache>`` is ``recbole_llm.paths.user_cache_dir()``.
+
+The copy is a :class:`recbole_llm.artifacts.Artifact` (:class:`ConvertedGGUF`): the folder's name holds its key (the
+content's SHA-1 prefix, the 16 hex digits of every key) and is reused only when its ``gguf-source.json`` records that
+content; a leftover without one, or with another, is converted again with a line saying so.
 """
 
 import json
@@ -15,8 +19,9 @@ import shutil
 import tempfile
 import time
 
+from recbole_llm.artifacts import Artifact, BrokenArtifact
 from recbole_llm.errors import UserError
-from recbole_llm.fileio import atomic_write_text, build_once, file_fingerprint
+from recbole_llm.fileio import atomic_write_text, file_fingerprint
 from recbole_llm.paths import user_cache_dir
 
 SOURCE_FILE = "gguf-source.json"
@@ -30,11 +35,46 @@ def is_gguf(path):
     return str(path).lower().endswith(".gguf")
 
 
+class ConvertedGGUF(Artifact):
+    """The Hugging Face copy of one GGUF file: ``<cache>/gguf/<stem>-<key>/``, its settings the file's content and its
+    key that content's SHA-1 prefix (the name conversions always had, so the copies made before are reused)."""
+
+    what = "the GGUF conversion"
+    reuse_line = None  # logged only: every model load resolves it
+
+    def __init__(self, gguf_path, cache_root=None):
+        self.gguf_path, self.cache_root = gguf_path, cache_root
+
+    def settings(self, config):
+        return {"gguf": file_fingerprint(self.gguf_path)}
+
+    def key(self, settings):
+        return settings["gguf"][1]
+
+    def path(self, config, settings, key):
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.splitext(os.path.basename(self.gguf_path))[0])
+        return os.path.join(self.cache_root or user_cache_dir("gguf"), f"{stem}-{key}")
+
+    def validate(self, path):
+        try:
+            with open(os.path.join(path, SOURCE_FILE), encoding="utf-8") as handle:
+                source = json.load(handle)
+            recorded = source["fingerprint"][1]
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            raise BrokenArtifact(f"it has no readable {SOURCE_FILE}") from None
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise BrokenArtifact("it has no config.json")
+        return recorded
+
+    def build(self, config, settings, key, path):
+        convert_gguf(self.gguf_path, path)
+
+
 def converted_dir(gguf_path, cache_root=None):
     """Where the Hugging Face copy of ``gguf_path`` lives (built or not)."""
-    size, digest = file_fingerprint(gguf_path)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.splitext(os.path.basename(gguf_path))[0])
-    return os.path.join(cache_root or user_cache_dir("gguf"), f"{stem}-{digest}")
+    artifact = ConvertedGGUF(gguf_path, cache_root)
+    settings = artifact.settings({})
+    return artifact.path({}, settings, artifact.key(settings))
 
 
 def is_converted(folder):
@@ -47,9 +87,7 @@ def hf_dir_of_gguf(gguf_path, cache_root=None):
     gguf_path = os.path.abspath(os.path.expanduser(str(gguf_path)))
     if not os.path.isfile(gguf_path):
         raise GGUFError(f"llm_path '{gguf_path}' is not a file: point llm_path at an existing .gguf file")
-    target = converted_dir(gguf_path, cache_root)
-    build_once(target, lambda: is_converted(target), lambda: convert_gguf(gguf_path, target), f"the model converted from {gguf_path}")
-    return target
+    return ConvertedGGUF(gguf_path, cache_root).ensure({}).path
 
 
 def _read_gguf(gguf_path):

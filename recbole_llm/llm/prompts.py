@@ -188,12 +188,22 @@ def dataset_prompts(config, style):
 
 
 def prompt_hash(config, style):
-    """:func:`template_hash` of ``config``'s prompt keys in ``style`` (part of every feature file's cache key)."""
+    """:func:`template_hash` of ``config``'s prompt keys in ``style`` (part of every feature file's cache key): every
+    key :func:`prompt_config` reads."""
     cfg = prompt_config(config)
-    return template_hash(style, cfg["instruction"], cfg["max_value_len"], cfg["text_fields"], cfg["field_names"])
+    return template_hash(style, cfg["instruction"], cfg["max_value_len"], cfg["text_fields"], cfg["field_names"], cfg["list_fields"],
+                         cfg["item_field"])
 
 
-def template_hash(style, instruction, max_value_len, text_fields, field_names=None):
-    """A short hash of everything that shapes the prompt text (feature-file cache key)."""
-    key = repr((style, instruction, max_value_len, list(text_fields or []), sorted((field_names or {}).items())))
+def template_hash(style, instruction, max_value_len, text_fields, field_names=None, list_fields=None, item_field="item_id"):
+    """A short hash of everything that shapes the prompt text (feature-file cache key). The list fields and the item
+    field join it when they are not the defaults, so that a file built with the defaults keeps the key it had."""
+    parts = (style, instruction, max_value_len, list(text_fields or []), sorted((field_names or {}).items()))
+    lists = sorted(set(DEFAULT_LIST_FIELDS if list_fields is None else list_fields))
+    extra = {}
+    if lists != sorted(DEFAULT_LIST_FIELDS):
+        extra["list_fields"] = lists
+    if (item_field or "item_id") != "item_id":
+        extra["item_field"] = item_field
+    key = repr(parts + (extra,) if extra else parts)
     return hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]

@@ -285,6 +285,9 @@ def load_scft_state(state_path, run, device):
 
 
 def scft_feature_name(settings, prompt_style="llmemb", dtype="float32"):
+    """The readable prefix of an SCFT feature file's name, ``<llm>-scft-<pooling>-<prompt>[-fp16][-pca<d>]``: the file is
+    named ``<prefix>-<key>``, its key holding every training setting (:class:`SCFTFeatures`); the prefix alone was its
+    name before 2026-12 (found once more as its former copy)."""
     name = f"{llm_short_name(settings.llm_path)}-scft-{settings.pooling}-{prompt_style}{feature_io.dtype_suffix(dtype)}"
     return name + (f"-pca{settings.pca_dim}" if settings.pca_dim else "")
 
@@ -301,9 +304,13 @@ class SCFTFeatures(feature_io.FeatureFileArtifact):
 
     what = "SCFT features"
     reuse_line = "SCFT: reusing up-to-date features {path}.npy (cache key {key})"
+    # where it runs and what it reports, not what it writes: checkpoints, the view-retrieval check's size, the PCA
+    # width (its own companion file), the export's batch
+    unkeyed = feature_io.FeatureFileArtifact.unkeyed + ("device", "llm_batch_size", "scft_checkpoint_every", "scft_eval_items", "pca_dim")
 
-    def __init__(self, training, name, resume=True, show_progress=True):
-        super().__init__(name)
+    def __init__(self, training, name=None, resume=True, show_progress=True, dtype="float32"):
+        prefix = None if name else scft_feature_name(SCFTSettings(**{**training.as_dict(), "pca_dim": 0}), dtype=dtype)
+        super().__init__(name=name, prefix=prefix)
         self.training, self.resume, self.show_progress = training, resume, show_progress
 
     def settings(self, config):
@@ -322,11 +329,10 @@ def ensure_scft_features(config, settings=None, resume=True, show_progress=True)
     exports if needed, then its PCA companion when ``settings.pca_dim``."""
     settings = settings or settings_from_config(config)
     dtype = feature_io.check_dtype(setting(config, "feature_dtype"))
-    full_name = scft_feature_name(SCFTSettings(**{**settings.as_dict(), "pca_dim": 0}), dtype=dtype)
-    SCFTFeatures(settings, full_name, resume, show_progress).ensure(config)
+    full_name = SCFTFeatures(settings, resume=resume, show_progress=show_progress, dtype=dtype).ensure_name(config)
     if not settings.pca_dim:
         return full_name
-    return ensure_pca_companion(config, full_name, settings.pca_dim, scft_feature_name(settings, dtype=dtype))
+    return ensure_pca_companion(config, full_name, settings.pca_dim)
 
 
 def _train_and_export(config, training, settings, key, path, resume, show_progress):

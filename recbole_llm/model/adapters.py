@@ -232,6 +232,8 @@ def prepare_llm_features(config, pca_dim=None, force=False):
     ``pca_dim`` (default: the config's) PCA-reduces the features first, SCFT ones included; ``feature_whitening``
     (none | pca | zca) then whitens them (:func:`recbole_llm.llm.extract.ensure_whitened`). With whitening on,
     ``llm_feature_base`` names the un-whitened file (attached too: LLMESR initialises its ID table from its PCA).
+    With ``artifact_keys`` (handed by recbole_llm.quick_start.shared_artifact_keys) every named file must record its
+    handed key: a file rebuilt since with other settings is one error naming it, never trained on.
     """
     from recbole_llm.llm.extract import WHITENINGS, ensure_whitened
 
@@ -269,4 +271,8 @@ def prepare_llm_features(config, pca_dim=None, force=False):
     config["llm_features"] = names
     config["llm_feature"] = name
     config["llm_feature_base"] = base
+    if config["artifact_keys"]:  # handed by the process that built them (a suite, a search, DDP): still those files?
+        from recbole_llm.llm.features import check_handed_features
+
+        check_handed_features(config, names)
     return name

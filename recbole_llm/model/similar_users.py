@@ -8,7 +8,8 @@ whole sequence (test item included); here no LLM runs and only training interact
 ``llmesr_similar_users: auto`` computes them once and caches
 ``<feature dir>/<dataset>.simusers-<key>.pth`` = {"user_tokens": [...], "neighbors": LongTensor (U, K) of rows of
 user_tokens, "k": K, "cache_key": ...}, a :class:`recbole_llm.artifacts.Artifact` (:class:`SimilarUsers`): the key
-hashes the dataset files, the split settings, the feature file's key and K, so changed data rebuild it, and a file
+hashes the dataset files, the keys that shape the training sequences (``recbole_llm.model.teacher.SEQUENCE_KEYS``,
+the cold-start items), the feature file's key and K, so changed data rebuild it, and a file
 that does not open as one is rebuilt. ``llmesr_similar_users: <path>`` takes a file in that format. Rows are matched to
 the dataset by user token; a file that lacks users of the dataset is rejected with an error naming it.
 """
@@ -24,13 +25,9 @@ from recbole_llm.errors import DataFileError, UnsafeFileError, UserError
 from recbole_llm.fileio import atomic_torch_save, load_plain
 from recbole_llm.llm import features as feature_io
 from recbole_llm.data.cold import cold_settings_key
-from recbole_llm.model.teacher import dataset_stamp
+from recbole_llm.model.teacher import SEQUENCE_KEYS, dataset_stamp
 
-SPLIT_KEYS = (
-    "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "load_col", "unload_col", "unused_col", "rm_dup_inter",
-    "val_interval", "filter_inter_by_user_or_item", "user_inter_num_interval", "item_inter_num_interval",
-    "MAX_ITEM_LIST_LENGTH", "eval_args", "benchmark_filename",
-)
+SPLIT_KEYS = SEQUENCE_KEYS  # the users' training sequences are what it is computed from
 
 
 class SimilarUsersError(UserError, ValueError):
@@ -73,19 +70,20 @@ class SimilarUsers(Artifact):
 
     what = "the similar users"
     reuse_line = None  # logged only: every model build (each DDP process) reads it
+    unkeyed = ("data_path", "feature_dir")  # the dataset's files are keyed by their content
 
     def __init__(self, feature_name, k, dataset=None, features=None, seqs=None, lens=None):
         self.feature_name, self.k = feature_name, int(k)
         self.dataset, self.features, self.seqs, self.lens = dataset, features, seqs, lens
 
     def settings(self, config):
-        base = feature_io.find_feature_file(config, self.feature_name)
-        feature_key = feature_io.feature_key(base, feature_io.load_meta(base)) if base else None
+        # the feature file by its key (its content), not its name
+        feature_key = feature_io.recorded_key(config, self.feature_name)
         settings = {
             "dataset": config["dataset"],
             "files": dataset_stamp(config),
             "split": {key: config[key] for key in SPLIT_KEYS if config[key] is not None},
-            "feature": [self.feature_name, feature_key],
+            "feature": feature_key,
             "k": self.k,
         }
         if cold_settings_key(config):

@@ -2,7 +2,9 @@
 
 ``teacher_checkpoint: auto`` trains it once (:func:`ensure_teacher`) and caches
 ``<feature dir>/<dataset>.teacher-<key>.pth`` holding the item table and the item tokens; the key hashes
-the dataset files and every setting that shapes the teacher, so a changed split or size retrains it.
+the dataset files and every setting that shapes the teacher (the student's training sequences: ``SEQUENCE_KEYS``,
+its checkpoint choice, its own ``teacher_*`` keys), so a changed split, filter or size retrains it, and nothing else:
+the student's metrics, cut-offs and long-tail groups do not (the teacher run evaluates only its ``valid_metric``).
 ``teacher_checkpoint: <path>`` takes that file or a plain weights file of a SASRec-like model
 (``python -m recbole_llm.export --model_file=YOUR.pth --weights=OUT.pth`` writes one from your own checkpoint);
 rows are always matched to this dataset by item token, and the width must equal the student's.
@@ -18,15 +20,29 @@ from logging import getLogger
 
 import torch
 
-from recbole_llm.artifacts import Artifact, BrokenArtifact
+from recbole_llm.artifacts import Artifact, BrokenArtifact, artifact_key, check_handed_key, handed_key
 from recbole_llm.compat import load_checkpoint
 from recbole_llm.data.cold import cold_items_of, cold_settings_key
 from recbole_llm.errors import DataFileError, UnsafeFileError, UserError
 from recbole_llm.fileio import atomic_torch_save, file_fingerprint, load_plain, plain
 from recbole_llm.llm.features import feature_dirs
 
-# dataset-shaping keys the teacher inherits from the student's config
-INHERITED_KEYS = (
+# the keys that shape the training sequences (which files and columns are read and how, the filters, the split, the
+# training users kept): the teacher inherits them from the student, and they are in its key and the similar users'
+# (recbole_llm/model/similar_users.py); the cold-start items join both through cold_settings_key
+SEQUENCE_KEYS = (
+    "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "load_col", "unload_col", "unused_col", "rm_dup_inter",
+    "val_interval", "filter_inter_by_user_or_item", "user_inter_num_interval", "item_inter_num_interval",
+    "MAX_ITEM_LIST_LENGTH", "eval_args", "benchmark_filename", "duplicate_interactions", "train_user_inter_num_interval",
+    "encoding", "field_separator", "seq_separator",
+)
+# what the teacher inherits from the student's config and is in its key: the sequences, determinism, which epoch's
+# checkpoint it keeps (valid_metric; the metric keys that one needs follow from it: validation_keys)
+INHERITED_KEYS = SEQUENCE_KEYS + ("reproducibility", "valid_metric")
+# inherited by the teacher run but not in its key: where it runs and its evaluation batch change no weight
+RUN_KEYS = ("device", "use_gpu", "gpu_id", "eval_batch_size")
+# the keys a teacher of format 3 (before 2026-12) inherited: its file is found once more (Teacher.former)
+FORMAT_3_KEYS = (
     "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "load_col", "unload_col", "unused_col", "rm_dup_inter",
     "val_interval", "filter_inter_by_user_or_item", "user_inter_num_interval", "item_inter_num_interval",
     "MAX_ITEM_LIST_LENGTH", "eval_args", "reproducibility", "benchmark_filename", "device", "use_gpu",
@@ -39,9 +55,29 @@ class TeacherError(UserError, ValueError):
     """A teacher checkpoint that does not fit the dataset or the model."""
 
 
+def validation_keys(config):
+    """The metric keys of the teacher run: only what its checkpoint choice needs, ``valid_metric`` (``NDCG@10`` ->
+    ``metrics: [NDCG], topk: [10]``), with the long-tail group keys when it is a head/tail or short/long metric."""
+    name, _, cut = str(config["valid_metric"]).partition("@")
+    keys = {"metrics": [name]}
+    if cut:
+        keys["topk"] = [int(cut)]
+    group = name.lower().rsplit("_", 1)[-1] if "_" in name else ""
+    needed = {"head": ("tail_threshold", "tail_ratio"), "tail": ("tail_threshold", "tail_ratio"),
+              "short": ("short_history_threshold",), "long": ("short_history_threshold",)}.get(group, ())
+    keys.update({key: config[key] for key in needed if config[key] is not None})
+    return keys
+
+
 def teacher_config(config, dim):
     """Config dict of the teacher run (a plugin SASRec of width ``dim``)."""
-    teacher = {key: config[key] for key in INHERITED_KEYS if config[key] is not None}
+    inherited = {key: config[key] for key in INHERITED_KEYS + RUN_KEYS if config[key] is not None}
+    return _teacher_run(config, dim, {**inherited, **validation_keys(config)})
+
+
+def _teacher_run(config, dim, teacher):
+    """``teacher`` (the inherited keys) with the teacher's own keys and the student's cold-start items."""
+    teacher = dict(teacher)
     teacher.update(
         {
             "data_path": os.path.dirname(os.path.abspath(config["data_path"])),
@@ -84,16 +120,33 @@ class Teacher(Artifact):
 
     what = "the teacher"
     reuse_line = "teacher: reusing cached {path}"
+    unkeyed = RUN_KEYS + ("data_path", "feature_dir")  # the dataset's files are keyed by their content (dataset_stamp)
 
     def __init__(self, dim, run=None):
         self.dim, self.run = int(dim), run
 
     def settings(self, config):
         teacher = teacher_config(config, self.dim)
+        for key in RUN_KEYS + ("data_path",):
+            teacher.pop(key, None)
+        # format 4: the student's sequence keys in, metric-only keys out (format 3: plain contents and its own key)
+        return {"teacher": teacher, "dataset": config["dataset"], "files": dataset_stamp(config), "format": 4}
+
+    def former(self, config, settings, key):
+        """The format-3 cache of these settings: it was trained on every user with duplicates dropped (it did not
+        inherit train_user_inter_num_interval or duplicate_interactions), so it serves only a student with those."""
+        if config["train_user_inter_num_interval"] is not None or (config["duplicate_interactions"] or "drop") != "drop":
+            return []
+        teacher = _teacher_run(config, self.dim, {k: config[k] for k in FORMAT_3_KEYS if config[k] is not None})
         teacher.pop("device", None)
         teacher.pop("gpu_id", None)
-        # format 3: plain contents (weights_only) and the file's own key; older caches are not reused
-        return {"teacher": teacher, "dataset": config["dataset"], "files": dataset_stamp(config), "format": 3}
+        old = artifact_key({"teacher": teacher, "dataset": config["dataset"], "files": dataset_stamp(config), "format": 3})
+        return [(self.path(config, settings, old), old)]
+
+    def adopt(self, config, old, path, key):
+        """The former file rewritten under ``path`` recording ``key`` (its table unchanged)."""
+        checkpoint = load_plain(old, "teacher checkpoint", TEACHER_FIX)
+        atomic_torch_save(plain(dict(checkpoint, cache_key=key, former_cache=os.path.basename(old))), path)
 
     def path(self, config, settings, key):
         return os.path.join(feature_dirs(config)[0], f"{config['dataset']}.teacher-{key}.pth")
@@ -119,6 +172,27 @@ def teacher_path(config, dim):
     artifact = Teacher(dim)
     settings = artifact.settings(config)
     return artifact.path(config, settings, artifact.key(settings))
+
+
+def check_handed_teacher(config):
+    """A ``teacher_checkpoint`` this run was handed a key for (``artifact_keys``, by its file name) records that key;
+    else one :class:`recbole_llm.artifacts.HandedKeyError` naming the file."""
+    path = config["teacher_checkpoint"]
+    if path in (None, "auto") or handed_key(config, os.path.basename(str(path))) is None:
+        return
+    try:
+        recorded = Teacher(0).validate(path)
+    except BrokenArtifact:
+        recorded = None
+    check_handed_key(config, os.path.basename(str(path)), recorded, path, "teacher checkpoint")
+
+
+def recorded_teacher_key(path):
+    """The cache key a teacher file records (None: a file of your own without one, or not a sound teacher file)."""
+    try:
+        return Teacher(0).validate(path)
+    except (BrokenArtifact, DataFileError):
+        return None
 
 
 def ensure_teacher(config, dim, run):
