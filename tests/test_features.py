@@ -116,6 +116,7 @@ def test_align_by_token_not_row_order(tmp_path):
         ("dims", "expects 8"),
         ("corrupt_json", "is corrupt"),
         ("shape", "out of sync"),
+        ("replaced", "not the one its metadata was written with"),
     ],
 )
 def test_feature_file_errors(tiny_data, tmp_path, breakage, message):
@@ -130,10 +131,13 @@ def test_feature_file_errors(tiny_data, tmp_path, breakage, message):
     elif breakage == "duplicate":
         meta["tokens"][1] = meta["tokens"][0]
         json.dump(meta, open(base + ".json", "w"))
-    elif breakage == "nan":
+    elif breakage == "nan":  # a file of one's own (no matrix fingerprint in its metadata) with a NaN
         bad = matrix.copy()
         bad[5, 1] = np.nan
         np.save(base + ".npy", bad)
+        json.dump({k: v for k, v in meta.items() if k != "matrix"}, open(base + ".json", "w"))
+    elif breakage == "replaced":  # same shape, other rows: the .npy of another build beside this .json
+        np.save(base + ".npy", matrix[::-1].copy())
     elif breakage == "corrupt_json":
         open(base + ".json", "w").write("{not json")
     elif breakage == "shape":

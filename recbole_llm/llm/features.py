@@ -131,10 +131,12 @@ def save_features(base, tokens, matrix, meta=None, dtype="float32"):
 
 
 def write_meta(base, tokens, dims, dtype, meta=None):
-    """Write ``<base>.json`` (last: a file whose .json exists is complete); returns the metadata written."""
+    """Write ``<base>.json`` (last: a file whose .json exists is complete) with the fingerprint of the ``<base>.npy``
+    just written (``matrix``: the pair is one unit, :func:`load_features` checks it); returns the metadata written."""
     meta = dict(meta or {})
     meta.update(
         {
+            "matrix": file_fingerprint(base + SUFFIX_MATRIX),
             "tokens": [str(t) for t in tokens],
             "rows": len(tokens),
             "dims": int(dims),
@@ -215,6 +217,11 @@ def load_features(base, mmap=True, float32=False):
     if "dims" in meta and int(meta["dims"]) != matrix.shape[1]:
         raise FeatureFileError(
             f"feature matrix '{path}' has {matrix.shape[1]} dims but its metadata says {meta['dims']}: {REBUILD}"
+        )
+    if meta.get("matrix") and file_fingerprint(path) != list(meta["matrix"]):  # hashed once per process and file version
+        raise FeatureFileError(
+            f"feature matrix '{path}' is not the one its metadata was written with (another build replaced one of the "
+            f"pair, or it was stopped between the two): {REBUILD}"
         )
     if float32:
         matrix = to_tensor(matrix, meta.get("dtype", "float32"), "float32").numpy()
