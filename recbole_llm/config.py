@@ -340,16 +340,28 @@ def _validate_saved_files(config):
                 "plugin builds the split from the atomic files every run: drop the key"
             )
     folder = config["checkpoint_dir"]
-    if not folder:
-        return
-    probe = os.path.abspath(str(folder))
-    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
-        probe = os.path.dirname(probe)
+    if folder:
+        probe = _existing_part(folder)
+        if not os.path.isdir(probe):
+            raise _config_error(
+                f"config key 'checkpoint_dir' is '{folder}', but '{probe}' is a file, not a folder: pass a folder "
+                "(every run writes its checkpoint into it)"
+            )
+    log_dir = os.path.join("log", config["model"])  # RecBole's init_logger writes ./log/<model>/ (a fixed root)
+    probe = _existing_part(log_dir)
     if not os.path.isdir(probe):
         raise _config_error(
-            f"config key 'checkpoint_dir' is '{folder}', but '{probe}' is a file, not a folder: pass a folder "
-            "(every run writes its checkpoint into it)"
+            f"RecBole writes its run log into './{log_dir}/', but '{os.path.relpath(probe)}' is a file here: run from "
+            "another folder, or rename that file"
         )
+
+
+def _existing_part(path):
+    """The longest leading part of ``path`` (absolute) that exists."""
+    probe = os.path.abspath(str(path))
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    return probe
 
 
 def _validate_choices(config):

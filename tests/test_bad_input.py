@@ -493,3 +493,13 @@ def test_build_lock_removal_keeps_holders_apart(tmp_path):
     for thread in threads:
         thread.join()
     assert len(overlaps) == 20 and max(overlaps) == 1 and not os.path.exists(target + ".lock")
+
+
+def test_a_file_where_recbole_writes_its_log_is_refused_before_training(cli, tmp_path, monkeypatch):
+    """RecBole's init_logger writes ./log/<model>/: a file named 'log' in the working folder was a NotADirectoryError
+    after the artifacts were built."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "log").write_text("my own notes")
+    code, err = cli("--model=SASRec")
+    assert code == 2 and "'./log/SASRec/', but 'log' is a file here" in err and err.count("\n") == 1
+    assert (tmp_path / "log").read_text() == "my own notes"
