@@ -295,7 +295,12 @@ def validate_config(config):
     for key in ("epochs", "train_batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH", "hidden_size", "embedding_size",
                 "inner_size", "n_layers", "n_heads", "stopping_step", "eval_step", "ssm_negatives", "eval_item_chunk", "nproc",
                 "llm_ray_workers", "llm_batch_size"):
-        if key in external or key in ("epochs", "MAX_ITEM_LIST_LENGTH"):
+        if key == "epochs" and config["epochs"] == 0 and not (config["pretrain_datasets"] or config["pretrained_checkpoint"]):
+            raise _config_error("config key 'epochs' must be an integer >= 1, got 0 (epochs: 0 evaluates a model without "
+                                "training it, zero-shot: only with pretrain_datasets or pretrained_checkpoint)")
+        if key == "epochs":
+            positive_int(key, minimum=0)
+        elif key in external or key == "MAX_ITEM_LIST_LENGTH":
             positive_int(key)
     learning_rate = config["learning_rate"]
     if learning_rate is not None and (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or learning_rate <= 0):

@@ -29,15 +29,23 @@ def prepare_artifacts(config):
         from recbole_llm.model.teacher import ensure_teacher
 
         config["teacher_checkpoint"] = ensure_teacher(config, width, run=run_recbole_llm)
+    if config["pretrain_datasets"] or config["pretrained_checkpoint"]:  # transfer from other datasets
+        from recbole_llm.model.pretrained import check_pretrainable, ensure_pretrained
+
+        check_pretrainable(config, model_class)
+        if config["pretrain_datasets"]:  # pre-training first: a nested run of this entry point on their corpus
+            config["pretrained_checkpoint"] = ensure_pretrained(config, model_class, run=run_recbole_llm)
     if config["artifact_keys"]:  # handed by the process that built them: the files must still be those
+        from recbole_llm.model.pretrained import check_handed_pretrained
         from recbole_llm.model.teacher import check_handed_teacher
 
         check_handed_teacher(config)
+        check_handed_pretrained(config)
 
 
 # the config keys prepare_artifacts resolves: what a run started elsewhere (a DDP process, a Tune trial, a benchmark
 # worker) needs to find the artifacts built before it instead of checking or building them again
-ARTIFACT_KEYS = ("llm_features", "llm_feature", "llm_feature_base", "teacher_checkpoint")
+ARTIFACT_KEYS = ("llm_features", "llm_feature", "llm_feature_base", "teacher_checkpoint", "pretrained_checkpoint")
 
 
 def shared_artifact_keys(config):
@@ -57,6 +65,10 @@ def shared_artifact_keys(config):
         from recbole_llm.model.teacher import recorded_teacher_key
 
         keys[os.path.basename(str(shared["teacher_checkpoint"]))] = recorded_teacher_key(shared["teacher_checkpoint"])
+    if config["pretrain_datasets"] and shared.get("pretrained_checkpoint"):
+        from recbole_llm.model.pretrained import recorded_pretrained_key
+
+        keys[os.path.basename(str(shared["pretrained_checkpoint"]))] = recorded_pretrained_key(shared["pretrained_checkpoint"])
     keys = {name: key for name, key in keys.items() if key is not None}
     if keys:
         shared["artifact_keys"] = {**(config["artifact_keys"] or {}), **keys}
@@ -97,6 +109,9 @@ def run_recbole_llm(
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=callback_fn
     )
+    if config["epochs"] == 0 and valid_data:  # zero-shot: the model as built (e.g. pre-trained elsewhere), never trained here
+        best_valid_result = trainer.evaluate(valid_data, load_best_model=False, show_progress=config["show_progress"])
+        best_valid_score = best_valid_result[config["valid_metric"].lower()]
     eval_start = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     eval_seconds = time.perf_counter() - eval_start

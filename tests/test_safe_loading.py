@@ -250,7 +250,7 @@ def test_unisrec_refuses_another_models_weights_and_loads_its_own(tiny_data, tmp
     encoder_only = {k: v for k, v in state.items() if not k.startswith("moe_adaptor.")}
     cases = {
         "sasrec.pth": ({"state_dict": encoder_only, "model": "SASRec"}, "holds the weights of a SASRec, not a UniSRec"),
-        "no_adaptor.pth": ({"state_dict": encoder_only}, "has no moe_adaptor weights"),
+        "no_adaptor.pth": ({"state_dict": encoder_only}, r"lacks weights of this UniSRec: \[.moe_adaptor"),
         "wide.pth": ({"state_dict": {**state, "moe_adaptor.w_gate": torch.zeros(99, 8)}, "model": "UniSRec"}, "other shapes"),
     }
     for name, (content, message) in cases.items():

@@ -38,8 +38,10 @@ from recbole_llm.model.adapters import prepare_llm_features
 from recbole_llm.model.frozen import FrozenTablesMixin
 from recbole_llm.model.layers import bucketed_encode
 from recbole_llm.model.losses import NegativeSampler
+from recbole_llm.model.pretrained import Pretrainable, feature_space, transfer_weights
 
 TARGET_LIST_SUFFIX = "_target_list"
+LOSSES = ("dense", "next_item", "catalogue", "pretrain")
 
 
 def recency_weights(n, alpha=10.0, beta=10000.0):
@@ -163,8 +165,16 @@ def redraw_layers(encoder):
             module.reset_parameters()
 
 
-class LEARN(FrozenTablesMixin, SequentialRecommender):
+class LEARN(Pretrainable, FrozenTablesMixin, SequentialRecommender):
     input_type = InputType.POINTWISE
+    # what a pre-training run on other datasets takes from this one (recbole_llm/model/pretrained.py): the towers' shape
+    # and the sampling of the dense loss; the content table is this dataset's own
+    PRETRAIN_INHERITED = (
+        "d_model", "n_layers", "n_heads", "inner_size", "hidden_dropout_prob", "attn_dropout_prob", "hidden_act",
+        "layer_norm_eps", "embedding_dim", "position_embedding", "item_tower", "length_bucketing", "learn_tau",
+        "sampler", "sample_alpha", "sample_beta", "target_ratio", "target_len", "n_history_samples", "n_target_samples",
+    )
+    ITEM_SPECIFIC = ("content",)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -186,8 +196,8 @@ class LEARN(FrozenTablesMixin, SequentialRecommender):
         self.target_ratio = float(config["target_ratio"])
         self.target_len = config["target_len"]
         self.learn_loss = config["learn_loss"] or "dense"
-        if self.learn_loss not in ("dense", "next_item", "catalogue"):
-            raise ConfigError(f"config key 'learn_loss' must be dense, next_item or catalogue, got '{self.learn_loss}'")
+        if self.learn_loss not in LOSSES:
+            raise ConfigError(f"config key 'learn_loss' must be {', '.join(LOSSES[:-1])} or {LOSSES[-1]}, got '{self.learn_loss}'")
         if self.learn_loss == "catalogue" and config["learn_random_negatives"]:
             raise ConfigError("config key 'learn_random_negatives' has no effect with learn_loss: catalogue (every item is a negative): set it to 0")
         self.length_bucketing = config["length_bucketing"] is not False
@@ -224,10 +234,22 @@ class LEARN(FrozenTablesMixin, SequentialRecommender):
         self.TARGET_SEQ = self.ITEM_ID + TARGET_LIST_SUFFIX
         self._item_cache = None
         self._generator = torch.Generator().manual_seed(int(config["seed"] or 0))
+        if config["pretrained_checkpoint"]:  # every tower weight from a run on other datasets; the content table is ours
+            transfer_weights(self, config["pretrained_checkpoint"], feature_space(config))
 
     @classmethod
     def prepare_artifacts(cls, config):
         prepare_llm_features(config)
+
+    @classmethod
+    def pretrain_overrides(cls, config):
+        """The pre-training run's loss (``pretrain_loss``; the in-batch losses take no random negatives)."""
+        from recbole_llm.schema import setting
+
+        loss = setting(config, "pretrain_loss")
+        if loss not in LOSSES:
+            raise ConfigError(f"config key 'pretrain_loss' must be {', '.join(LOSSES[:-1])} or {LOSSES[-1]}, got '{loss}'")
+        return {"learn_loss": loss, "learn_random_negatives": 0 if loss in ("catalogue", "pretrain") else config["learn_random_negatives"]}
 
     # ---- towers ------------------------------------------------------------------------------------------
     def pal_states(self, item_seq):
@@ -297,6 +319,10 @@ class LEARN(FrozenTablesMixin, SequentialRecommender):
         if self.learn_loss == "catalogue":  # the public finetune: target position uniform in 1..n-1, per step
             draw = torch.rand(batch, generator=self._generator, dtype=torch.float64).to(device)
             cut = torch.minimum(1 + (draw * (length - 1)).long(), length - 1)
+        elif self.learn_loss == "pretrain":  # the public pre-training: target position uniform in n//2..n-1 (>= 1)
+            draw = torch.rand(batch, generator=self._generator, dtype=torch.float64).to(device)
+            low = torch.clamp(length // 2, min=1)
+            cut = torch.minimum(low + (draw * (length - low)).long(), length - 1)
         else:
             cut = self.split_points(length)
         cols = torch.arange(full.size(1), device=device).unsqueeze(0)
@@ -307,7 +333,7 @@ class LEARN(FrozenTablesMixin, SequentialRecommender):
         t_cols = torch.arange(max_t, device=device).unsqueeze(0)
         target_seq = full.gather(1, (cut.unsqueeze(1) + t_cols).clamp(max=full.size(1) - 1))
         target_seq = target_seq.masked_fill(t_cols >= n_target.unsqueeze(1), 0)  # each row's targets, left-aligned
-        if self.learn_loss in ("next_item", "catalogue"):
+        if self.learn_loss in ("next_item", "catalogue", "pretrain"):
             pos_tensor, pos_mask = (cut - 1).unsqueeze(1), torch.ones(batch, 1, dtype=torch.bool, device=device)
             tgt_index, tgt_mask = torch.zeros(batch, 1, dtype=torch.long, device=device), torch.ones(batch, 1, dtype=torch.bool, device=device)
         else:

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_llm.errors import ConfigError
-from recbole_llm.fileio import load_plain
 from recbole_llm.model.adapters import prepare_llm_features
 from recbole_llm.model.frozen import FrozenTablesMixin
+from recbole_llm.model.pretrained import Pretrainable, feature_space, transfer_weights
 from recbole_llm.model.sequential_recommender.sasrec import SASRec
 
 
@@ -60,7 +60,11 @@ class MoEAdaptor(nn.Module):
         return (self.gates(x).unsqueeze(-1) * expert_out).sum(dim=-2)
 
 
-class UniSRec(FrozenTablesMixin, SASRec):
+class UniSRec(Pretrainable, FrozenTablesMixin, SASRec):
+    PRETRAIN_INHERITED = ("hidden_size", "inner_size", "n_layers", "n_heads", "hidden_dropout_prob", "attn_dropout_prob",
+                          "hidden_act", "layer_norm_eps", "n_exps", "adaptor_dropout_prob", "temperature", "initializer_range")
+    ITEM_SPECIFIC = ("item_embedding", "plm_embedding")
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.train_stage = config["train_stage"] or "inductive_ft"
@@ -72,8 +76,8 @@ class UniSRec(FrozenTablesMixin, SASRec):
         self.moe_adaptor = MoEAdaptor(int(config["n_exps"] or 8), features.size(1), self.hidden_size, float(config["adaptor_dropout_prob"] or 0.0))
         if self.train_stage == "inductive_ft":
             del self.item_embedding  # text only
-        if config["pretrained_checkpoint"]:
-            self.load_pretrained(config["pretrained_checkpoint"])
+        if config["pretrained_checkpoint"]:  # the adaptor and the encoder; the item tables are this dataset's
+            transfer_weights(self, config["pretrained_checkpoint"], feature_space(config))
         if config["freeze_encoder"]:
             for module in (self.trm_encoder, self.position_embedding, self.LayerNorm):
                 for param in module.parameters():
@@ -82,37 +86,6 @@ class UniSRec(FrozenTablesMixin, SASRec):
     @classmethod
     def prepare_artifacts(cls, config):
         prepare_llm_features(config)
-
-    def load_pretrained(self, path):
-        """Every weight of a plain UniSRec weights file but the item tables (read with ``weights_only=True``). A file
-        exported from another model (a SASRec's: the same encoder names, no adaptor) is refused, not half-loaded."""
-        fix = "convert your own UniSRec checkpoint with python -m recbole_llm.export --model_file=YOUR.pth --weights=unisrec.pth"
-        checkpoint = load_plain(path, "pretrained checkpoint", fix)
-        state = checkpoint.get("state_dict")
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ConfigError(f"pretrained checkpoint '{path}' has no state_dict of tensors: {fix}")
-        source = checkpoint.get("model")
-        if isinstance(source, str) and source != "UniSRec":
-            raise ConfigError(
-                f"pretrained checkpoint '{path}' holds the weights of a {source}, not a UniSRec: pretrained_checkpoint "
-                f"transfers a UniSRec's adaptor and encoder; {fix}"
-            )
-        transferable = {k: v for k, v in state.items() if not k.startswith(("item_embedding", "plm_embedding"))}
-        if not transferable:
-            raise ConfigError(f"pretrained checkpoint '{path}' transfers no weight (no encoder or adaptor parameters): {fix}")
-        if not any(k.startswith("moe_adaptor.") for k in transferable):
-            raise ConfigError(f"pretrained checkpoint '{path}' has no moe_adaptor weights: it is not a UniSRec's; {fix}")
-        ours = self.state_dict()
-        unexpected = [k for k in transferable if k not in ours]
-        if unexpected:
-            raise ConfigError(f"pretrained checkpoint '{path}' has parameters this UniSRec lacks: {unexpected[:5]}")
-        wrong = [f"{k} {tuple(v.shape)} (here {tuple(ours[k].shape)})" for k, v in transferable.items() if v.shape != ours[k].shape]
-        if wrong:
-            raise ConfigError(
-                f"pretrained checkpoint '{path}' has other shapes than this UniSRec: {', '.join(wrong[:3])}: pretrain with the "
-                "same hidden_size, n_layers, n_exps and feature width"
-            )
-        self.load_state_dict(transferable, strict=False)
 
     def item_table(self):
         table = self.moe_adaptor(self.plm_embedding)
