@@ -198,3 +198,18 @@ def test_foreign_and_mismatched_weights_files_are_refused(pretrained, tmp_path):
         assert "\n" not in str(err.value), name
     assert not os.path.exists(tmp_path / "ran")
     build_with(path)  # the sound file loads (control)
+
+
+def test_fine_tuning_rows_of_towers_a_and_b_share_one_pre_training(sources, tmp_path, pretrained):
+    keys, path = pretrained  # item_tower a (the default), pretrain_loss: pretrain (one target: a and b train the same)
+    from recbole_llm.data.corpus import ensure_corpus
+
+    def weights_path(**change):
+        config = Config(model="LEARN", dataset="tiny", config_dict={**keys, **change})
+        name, folder, _ = ensure_corpus(config, ["srcA", "movies"])
+        artifact = Pretrained(get_model("LEARN"), name, folder, name.rsplit("-", 1)[1])
+        return artifact.path(config, artifact.settings(config), artifact.key(artifact.settings(config)))
+
+    assert weights_path(item_tower="b", learn_loss="catalogue", n_target_samples=3) == path
+    assert weights_path(item_tower="c") != path
+    assert weights_path(item_tower="b", pretrain_loss="dense") != weights_path(item_tower="a", pretrain_loss="dense")

@@ -140,9 +140,14 @@ def run_inputs(suite, dataset, row, seed):
     """The content a run reads besides its keys: each config file's and each atomic dataset file's fingerprint.
     Every cached artifact's key is a function of these and the spec's keys (recbole_llm.artifacts), so a record whose
     inputs and spec both match was made from the same artifacts; the artifact keys themselves are in the record."""
+    from recbole_llm.data.corpus import source_names
+
     _, config = run_config(suite, dataset, row, seed)
+    files = dataset_files(dataset, config.get("data_path"))
+    for source in source_names(config.get("pretrain_datasets")):  # a pre-trained row reads its sources too
+        files.update(dataset_files(source, config.get("data_path")))
     return {"config_files": {path: file_fingerprint(path) for path in suite.get("config_files") or []},
-            "dataset_files": dataset_files(dataset, config.get("data_path"))}
+            "dataset_files": files}
 
 
 def changed_inputs(recorded, current):

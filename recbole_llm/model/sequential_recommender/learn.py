@@ -249,7 +249,14 @@ class LEARN(Pretrainable, FrozenTablesMixin, SequentialRecommender):
         loss = setting(config, "pretrain_loss")
         if loss not in LOSSES:
             raise ConfigError(f"config key 'pretrain_loss' must be {', '.join(LOSSES[:-1])} or {LOSSES[-1]}, got '{loss}'")
-        return {"learn_loss": loss, "learn_random_negatives": 0 if loss in ("catalogue", "pretrain") else config["learn_random_negatives"]}
+        keys = {"learn_loss": loss, "learn_random_negatives": 0 if loss in ("catalogue", "pretrain") else config["learn_random_negatives"]}
+        if loss != "dense":  # one target per user: towers a and b train the same (PAL on that item), and the weights
+            # serve both (one pre-training for the fine-tuning rows of either)
+            keys["item_tower"] = "b" if config["item_tower"] in ("a", "b") else config["item_tower"]
+        if loss in ("pretrain", "catalogue"):  # the sampling and split keys are not read (a random cut per step)
+            keys.update({k: None for k in ("sampler", "sample_alpha", "sample_beta", "target_ratio", "target_len",
+                                           "n_history_samples", "n_target_samples")})
+        return keys
 
     # ---- towers ------------------------------------------------------------------------------------------
     def pal_states(self, item_seq):
