@@ -30,10 +30,11 @@ def prepare_artifacts(config):
 
         config["teacher_checkpoint"] = ensure_teacher(config, width, run=run_recbole_llm)
     if config["pretrain_datasets"] or config["pretrained_checkpoint"]:  # transfer from other datasets
-        from recbole_llm.model.pretrained import check_pretrainable, ensure_pretrained
+        from recbole_llm.model.pretrained import check_pretrainable, ensure_pretrained, handed_pretrained
 
         check_pretrainable(config, model_class)
-        if config["pretrain_datasets"]:  # pre-training first: a nested run of this entry point on their corpus
+        if config["pretrain_datasets"] and not handed_pretrained(config):  # pre-training first: a nested run of
+            # this entry point on their corpus (a run handed the weights built for it checks their key below instead)
             config["pretrained_checkpoint"] = ensure_pretrained(config, model_class, run=run_recbole_llm)
     if config["artifact_keys"]:  # handed by the process that built them: the files must still be those
         from recbole_llm.model.pretrained import check_handed_pretrained

@@ -213,3 +213,30 @@ def test_fine_tuning_rows_of_towers_a_and_b_share_one_pre_training(sources, tmp_
     assert weights_path(item_tower="b", learn_loss="catalogue", n_target_samples=3) == path
     assert weights_path(item_tower="c") != path
     assert weights_path(item_tower="b", pretrain_loss="dense") != weights_path(item_tower="a", pretrain_loss="dense")
+
+
+def test_a_run_handed_its_pretrained_weights_uses_them_without_feature_dir(sources, tmp_path, capsys):
+    """The benchmark's path (prepare_runs: shared_artifact_keys here, the run with the keys it returns): the run is
+    handed the target's feature folder as feature_dir, which is not where the parent put the corpus; it must start
+    from the weights built for it, not pre-train again elsewhere or refuse both keys (a suite's pre-trained rows all
+    failed so before)."""
+    from recbole_llm.quick_start import shared_artifact_keys
+
+    keys = config_of(sources, tmp_path, pretrain_datasets=["srcA", "movies"], pretrain_epochs=1, pretrain_batch_size=16)
+    keys.pop("feature_dir")  # the default folders: the features beside the data, the corpus one level up
+    shared = shared_artifact_keys(Config(model="LEARN", dataset="tiny", config_dict=dict(keys)))
+    path = shared["pretrained_checkpoint"]
+    assert os.path.isfile(path) and os.path.basename(path) in shared["artifact_keys"]
+    assert os.path.dirname(shared["feature_dir"]) != shared["feature_dir"]  # the handed folder is the target's own
+    capsys.readouterr()
+    result = run_recbole_llm(model="LEARN", dataset="tiny", config_dict={**keys, **shared, "epochs": 0})
+    out = capsys.readouterr().out
+    assert "pre-training: LEARN on" not in out and result["epochs_run"] == 0
+    from recbole_llm.compat import load_checkpoint
+
+    state = load_checkpoint(result["model_file"])["state_dict"]
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    assert all(torch.equal(state[k], v) for k, v in saved.items())  # the handed weights, as they are
+    torch.save({**torch.load(path, weights_only=True), "cache_key": "0" * 16}, path)  # rebuilt with other settings since
+    with pytest.raises(UserError, match="records cache key"):
+        run_recbole_llm(model="LEARN", dataset="tiny", config_dict={**keys, **shared, "epochs": 0})

@@ -233,6 +233,16 @@ def recorded_pretrained_key(path):
         return None
 
 
+def handed_pretrained(config):
+    """True when ``config`` was handed its pre-trained weights with their key (``artifact_keys``, by the process that
+    built them): the run uses that file, checked by :func:`check_handed_pretrained`, and does not look for the corpus
+    again (a handed ``feature_dir`` is the target's own folder, not where the parent put the corpus)."""
+    from recbole_llm.artifacts import handed_key
+
+    path = config["pretrained_checkpoint"]
+    return bool(path) and handed_key(config, os.path.basename(str(path))) is not None
+
+
 def check_handed_pretrained(config):
     """A ``pretrained_checkpoint`` this run was handed a key for (``artifact_keys``) records that key; else one line."""
     from recbole_llm.artifacts import check_handed_key, handed_key
