@@ -240,3 +240,77 @@ def test_a_run_handed_its_pretrained_weights_uses_them_without_feature_dir(sourc
     torch.save({**torch.load(path, weights_only=True), "cache_key": "0" * 16}, path)  # rebuilt with other settings since
     with pytest.raises(UserError, match="records cache key"):
         run_recbole_llm(model="LEARN", dataset="tiny", config_dict={**keys, **shared, "epochs": 0})
+
+
+def test_unisrec_item_drop_keeps_order_first_item_and_padding():
+    from recbole_llm.model.sequential_recommender.unisrec import item_drop
+
+    torch.manual_seed(0)
+    seq = torch.tensor([[5, 6, 7, 8, 9, 0, 0], [3, 0, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6, 7]])
+    lengths = torch.tensor([5, 1, 7])
+    for _ in range(20):
+        aug, aug_len = item_drop(seq, lengths, 0.5)
+        for row in range(3):
+            kept = aug[row, : aug_len[row]].tolist()
+            assert kept[0] == seq[row, 0] and 1 <= len(kept) <= lengths[row]
+            assert kept == [i for i in seq[row, : lengths[row]].tolist() if i in kept]  # a subsequence, in order
+            assert not aug[row, aug_len[row]:].any()
+    assert torch.equal(item_drop(seq, lengths, 0.0)[0], seq)
+    assert (item_drop(seq, lengths, 0.9)[1] < lengths).any()  # it drops something
+
+
+def unisrec_keys(sources, tmp_path, **keys):
+    return tiny_config(sources, tmp_path, **{"feature_dir": str(tmp_path / "features"), "pretrain_datasets": ["srcA", "movies"],
+                                             "pretrain_epochs": 2, "pretrain_batch_size": 16, "n_exps": 2, **keys})
+
+
+def test_unisrec_pretrains_with_both_contrastive_terms_and_fine_tunes_either_stage(sources, tmp_path, capsys):
+    """UniSRec's multi-domain stage: train_stage: pretrain on the corpus (seq-item + seq-seq), plain weights that
+    transfer the adaptor and the encoder to an inductive and a transductive target (one pre-training for both), and
+    zero-shot scores the target's items from their text."""
+    keys = unisrec_keys(sources, tmp_path)
+    zero = run_recbole_llm(model="UniSRec", dataset="tiny", config_dict={**keys, "epochs": 0})
+    out = capsys.readouterr().out
+    assert "pre-training: UniSRec on corpus-" in out and zero["epochs_run"] == 0 and zero["test_result"]["ndcg@10"] > 0
+    config = Config(model="UniSRec", dataset="tiny", config_dict=keys)
+    prepare_artifacts(config)
+    path = config["pretrained_checkpoint"]
+    saved = torch.load(path, weights_only=True)
+    assert saved["model"] == "UniSRec" and saved["pretrain_config"]["train_stage"] == "pretrain"
+    assert saved["pretrain_config"]["seq_seq_lambda"] == 0.001
+    assert any(k.startswith("moe_adaptor.") for k in saved["state_dict"]) and "item_embedding.weight" not in saved["state_dict"]
+    for stage in ("inductive_ft", "transductive_ft"):
+        staged = Config(model="UniSRec", dataset="tiny", config_dict={**keys, "train_stage": stage})
+        prepare_artifacts(staged)
+        assert staged["pretrained_checkpoint"] == path, stage  # the target's stage is not in the pre-training's key
+        train = data_preparation(staged, create_dataset(staged))[0]
+        state = get_model("UniSRec")(staged, train.dataset).state_dict()
+        for name, value in saved["state_dict"].items():
+            torch.testing.assert_close(state[name], value, msg=name)
+    other = Config(model="UniSRec", dataset="tiny", config_dict={**keys, "seq_seq_lambda": 0.5})
+    prepare_artifacts(other)
+    assert other["pretrained_checkpoint"] != path  # the pre-training's own keys are in its key
+
+
+def test_unisrec_pretrain_loss_has_the_seq_seq_term(tiny_data, tmp_path):
+    from recbole_llm.model.sequential_recommender.unisrec import UniSRec
+    from tests.conftest import rand_features_config
+
+    def loss_of(**keys):
+        config = Config(model="UniSRec", dataset="tiny", config_dict=rand_features_config(tiny_data, tmp_path, train_stage="pretrain", **keys))
+        prepare_artifacts(config)
+        train = data_preparation(config, create_dataset(config))[0]
+        torch.manual_seed(0)
+        model = get_model("UniSRec")(config, train.dataset)
+        assert isinstance(model, UniSRec) and not hasattr(model, "item_embedding")  # text only
+        batch = next(iter(train))
+        torch.manual_seed(1)
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        assert torch.isfinite(loss) and model.moe_adaptor.experts[0].lin.weight.grad.abs().sum() > 0
+        return float(loss.detach())
+
+    base = loss_of(seq_seq_lambda=0.0)
+    assert loss_of(seq_seq_lambda=1.0) > base + 1e-3  # the seq-seq InfoNCE adds a positive term
+    with pytest.raises(UserError, match="item_drop_ratio"):
+        loss_of(item_drop_ratio=1.0)
