@@ -4,6 +4,8 @@
     python benchmarks/ann_speed.py --model_file=saved/LLMEmbSASRec-....pth --types=flat,hnsw,ivf --json=ann.json
     # the 1M-item synthetic catalogue of benchmarks/scale.py: random N(0, 1) item and query vectors
     python benchmarks/ann_speed.py --synthetic=1000000 --dims=64 --types=hnsw --json=ann-1m.json
+    # a checkpoint's item vectors grown to 1M items (each a trained item plus Gaussian noise), its users as queries
+    python benchmarks/ann_speed.py --model_file=saved/LLMESRSASRec-....pth --grow_to=1000000 --noise=0.3 --types=hnsw,ivf
 
 Each index type is built by the serving code (``build_index``), calibrated as ``recommend --index=faiss`` calibrates it
 (the smallest depth with recall@10 >= 0.97 on ``--calibration`` queries), then measured on the *other* queries: at the
@@ -50,6 +52,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_file")
     parser.add_argument("--synthetic", type=int, help="items of a random catalogue (instead of --model_file)")
+    parser.add_argument("--grow_to", type=int, help="with --model_file: grow its catalogue to this many items, each a "
+                        "trained item's vector plus N(0, (noise x its norm)^2 / dims) per coordinate")
+    parser.add_argument("--noise", type=float, default=0.3, help="relative noise of --grow_to's copies (default 0.3)")
     parser.add_argument("--dims", type=int, default=64)
     parser.add_argument("--queries", type=int, default=2000, help="synthetic: measured queries (plus --calibration)")
     parser.add_argument("--calibration", type=int, default=1000)
@@ -71,6 +76,12 @@ def main(argv=None):
     else:
         vectors, queries, meta = checkpoint_vectors(args.model_file)
         queries = queries[rng.permutation(len(queries))]
+        if args.grow_to and args.grow_to > len(vectors):
+            source = rng.integers(0, len(vectors), args.grow_to - len(vectors))
+            scale = args.noise * np.linalg.norm(vectors[source], axis=1, keepdims=True) / np.sqrt(vectors.shape[1])
+            grown = vectors[source] + rng.standard_normal((len(source), vectors.shape[1]), dtype=np.float32) * scale
+            vectors = np.ascontiguousarray(np.vstack([vectors, grown.astype(np.float32)]))
+            meta = dict(meta, grown_to=args.grow_to, noise=args.noise)
     calibration, measured = queries[: args.calibration], queries[args.calibration :]
     k = 10
     truth, exact_qps = timed_search(lambda q, k: exact_topk(vectors, q, k)[1], measured, k, args.batch)

@@ -15,7 +15,7 @@ and feature pipeline and mapped through the model's own item path (LLMEmb*'s ada
 adaptor, the cold_id generator of LLMESR* / LLM2X*), ranked beside the known items. ID-only models are refused.
 
 ``--index=faiss`` (pip install faiss-cpu) ranks the known items with an approximate index of the model's item vectors
-(flat, HNSW or IVF by catalogue size, ``--index_type``), calibrated to recall@10 >= 0.97 of exact search on the
+(flat or IVF by catalogue size, HNSW by name: ``--index_type``), calibrated to recall@10 >= 0.97 of exact search on the
 dataset's users, saved beside the checkpoint keyed by its content and reused.
 
 Output: ``--out=F.csv`` (user, rank, item, score, title, new) or ``--out=F.jsonl`` (one line per user), written
@@ -276,7 +276,7 @@ def parse_args(argv):
     parser.add_argument("--exclude_seen", action="store_true", help="leave out the items of each history")
     parser.add_argument("--new_items", help="a .item file of new items, added from their text (text models only)")
     parser.add_argument("--index", default="none", choices=["none", "faiss"], help="rank with a FAISS index (pip install faiss-cpu)")
-    parser.add_argument("--index_type", default="auto", help="auto (flat < 50k items, hnsw <= 5M, ivf above), flat, hnsw, ivf")
+    parser.add_argument("--index_type", default="auto", help="auto (flat below 50k items, ivf above), flat, ivf, hnsw")
     parser.add_argument("--index_dir", help="folder of the index (default: the checkpoint's)")
     parser.add_argument("--out", help="output file, .csv or .jsonl (written atomically); default: a table on stdout")
     parser.add_argument("--title_field", help=".item column shown as the title (default: title, movie_title, name, else the first text field)")

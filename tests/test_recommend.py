@@ -251,7 +251,8 @@ def test_index_is_reused_keyed_by_the_checkpoint_and_never_read_when_swapped(tmp
 def test_index_type_by_size():
     from recbole_llm.serve.index import choose_type
 
-    assert [choose_type(n) for n in (4344, 1_000_000, 10_000_000)] == ["flat", "hnsw", "ivf"]
+    assert [choose_type(n) for n in (4344, 49_999, 50_000, 1_000_000)] == ["flat", "flat", "ivf", "ivf"]
+    assert choose_type(1_000_000, "hnsw") == "hnsw"
 
 
 # ---- the command line -------------------------------------------------------------------------------------------------
