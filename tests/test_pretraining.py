@@ -314,3 +314,13 @@ def test_unisrec_pretrain_loss_has_the_seq_seq_term(tiny_data, tmp_path):
     assert loss_of(seq_seq_lambda=1.0) > base + 1e-3  # the seq-seq InfoNCE adds a positive term
     with pytest.raises(UserError, match="item_drop_ratio"):
         loss_of(item_drop_ratio=1.0)
+
+
+def test_sources_are_found_in_the_given_data_path_when_the_target_lives_elsewhere(sources, tmp_path):
+    """ml-100k resolves to the copy inside the recbole wheel; the sources are looked for in the --data_path the user
+    gave first (the documented ml-100k command failed with 'Unknown dataset' before)."""
+    config = Config(model="LEARN", dataset="ml-100k", config_dict=config_of(sources, tmp_path, pretrain_datasets=["srcA"]))
+    assert os.path.dirname(config["data_path"]) != os.path.abspath(sources)  # the wheel's copy
+    assert Corpus(["srcA"]).sources(config) == {"srcA": os.path.join(os.path.abspath(sources), "srcA")}
+    with pytest.raises(UserError, match="Unknown dataset 'nowhere'"):
+        Corpus(["nowhere"]).sources(config)

@@ -66,11 +66,33 @@ def source_names(value, key="pretrain_datasets"):
     return names
 
 
-def source_dirs(names, data_path):
-    """{name: folder holding <name>.inter} for every source (one line for one that does not exist)."""
-    from recbole_llm.config import resolve_dataset_dir
+def source_roots(config):
+    """The folders the sources are looked for in: the ``data_path`` the user gave (the target may live elsewhere:
+    ml-100k resolves to the copy inside the recbole wheel), then the one holding the target's folder."""
+    given = (getattr(config, "external_config_dict", None) or {}).get("data_path")
+    roots = [os.path.abspath(given)] if given else []
+    if config["data_path"]:
+        roots.append(os.path.dirname(os.path.abspath(config["data_path"])))
+    return list(dict.fromkeys(roots)) or [None]
 
-    return {name: resolve_dataset_dir(name, data_path) for name in names}
+
+def source_dirs(names, roots):
+    """{name: folder holding <name>.inter} for every source, the first root that has it (one line for one that
+    none has)."""
+    from recbole_llm.config import resolve_dataset_dir
+    from recbole_llm.errors import UserError
+
+    roots = [roots] if roots is None or isinstance(roots, str) else list(roots)
+    found = {}
+    for name in names:
+        for number, root in enumerate(roots):
+            try:
+                found[name] = resolve_dataset_dir(name, root)
+                break
+            except UserError:
+                if number == len(roots) - 1:
+                    raise
+    return found
 
 
 def _rows(path):
@@ -169,8 +191,7 @@ class Corpus(Artifact):
         self.names = list(names)
 
     def sources(self, config):
-        root = os.path.dirname(os.path.abspath(config["data_path"])) if config["data_path"] else None
-        return source_dirs(self.names, root)
+        return source_dirs(self.names, source_roots(config))
 
     def settings(self, config):
         stamps = []
