@@ -107,6 +107,7 @@ class Recommender:
         _, bias = scorer.item_factors()
         known = set(scorer.item_ids) | set(self.new_tokens)
         tokens, prompts, _ = read_new_items(path, scorer.config, known)
+        titles = read_titles(path, self._title_field, scorer.config["ITEM_ID_FIELD"] or "item_id")  # before the LLM runs
         features = new_item_features(scorer.config, prompts, tokens, show_progress=show_progress)
         vectors, new_bias = new_item_vectors(scorer.model, features, bias is not None)
         if self.new_vectors is not None:
@@ -114,7 +115,7 @@ class Recommender:
             new_bias = None if new_bias is None else torch.cat([self.new_bias, new_bias])
         self.new_vectors, self.new_bias = vectors, new_bias
         self.new_tokens = self.new_tokens + tokens
-        self.new_titles.update(read_titles(path, self._title_field, scorer.config["ITEM_ID_FIELD"] or "item_id"))
+        self.new_titles.update(titles)
         self.log(f"added {len(tokens)} new items from {path} ({type(scorer.model).__name__}'s item path)")
         return tokens
 
@@ -165,12 +166,25 @@ class Recommender:
     @torch.no_grad()
     def rank(self, queries, k=10, exclude_seen=False):
         """(scores (B, k), ids (B, k)) of one batch of :class:`~recbole_llm.serve.inputs.Query`; ids below
-        ``scorer.n_items`` are known items, the others new items (``id - n_items``); -inf scores pad short rows."""
+        ``scorer.n_items`` are known items, the others new items (``id - n_items``); -inf scores pad short rows (only
+        where fewer than k candidates are left). Equal scores go to the lower id. A row the index returns fewer
+        than k items for (IVF's lists run out after the history's items are left out) is ranked exactly."""
+        values, ids = self._rank(queries, k, exclude_seen, self.index is not None)
+        if self.index is not None:
+            seen = self._seen(queries).sum(1) if exclude_seen else torch.zeros(len(queries), dtype=torch.long)
+            wanted = torch.clamp(self.n_candidates - seen, max=k).clamp(min=0)
+            short = torch.nonzero(torch.isfinite(values).sum(1) < wanted).view(-1).tolist()
+            if short:
+                exact_values, exact_ids = self._rank([queries[r] for r in short], k, exclude_seen, False)
+                values[short], ids[short] = exact_values, exact_ids
+        return values, ids
+
+    def _rank(self, queries, k, exclude_seen, use_index):
         scorer = self.scorer
         seq, seq_len, user_ids = self._batch(queries)
         seen = self._seen(queries) if exclude_seen else None
-        users = scorer.user_factors(seq, seq_len) if (self.index is not None or self.new_tokens) else None
-        if self.index is None:
+        users = scorer.user_factors(seq, seq_len) if (use_index or self.new_tokens) else None
+        if not use_index:
             known = scorer.full_scores(seq, seq_len, user_ids)
             known[:, 0] = -torch.inf
             if seen is not None:
@@ -189,6 +203,9 @@ class Recommender:
                 invalid |= seen.gather(1, ids.clamp(min=0)).numpy()
             known[torch.from_numpy(invalid)] = -torch.inf
             ids = ids.clamp(min=0)
+            # ties by id, as the exact ranking (the index returns equal scores in its own order)
+            order = torch.from_numpy(np.lexsort((ids.numpy(), -known.numpy().astype(np.float64)), axis=1))
+            known, ids = known.gather(1, order), ids.gather(1, order)
         if self.new_tokens:
             new = users @ self.new_vectors.t()
             if self.new_bias is not None:
@@ -247,6 +264,10 @@ def build_queries(args, rec):
     queries = []
     if args.all_users:
         queries += [Query(scorer.user_tokens[u], user_id=u) for u in sorted(scorer.row_of_user)]
+        left = len(scorer.user_tokens) - 1 - len(scorer.row_of_user)
+        if left:
+            rec.log(f"--all_users: {left} user(s) of {scorer.config['dataset']} have no test row (every interaction "
+                    "filtered or held out) and are left out; give their items with --history")
     if args.users:
         queries += resolve_users(scorer, split_tokens(args.users), "--users")
     if args.users_file:
@@ -289,6 +310,12 @@ def parse_args(argv):
         raise ServeError(f"--batch_size={args.batch_size}: pass a positive number")
     if args.k < 1:
         raise ServeError(f"--k={args.k}: pass a whole number of at least 1")
+    if args.index != "faiss" and (args.index_type != "auto" or args.index_dir):
+        given = "--index_type" if args.index_type != "auto" else "--index_dir"
+        raise ServeError(f"{given} is an option of the FAISS index: add --index=faiss, or leave {given} out")
+    from recbole_llm.serve.index import choose_type
+
+    choose_type(0, args.index_type)  # one line for an unknown type, before the model loads
     return args
 
 

@@ -248,6 +248,62 @@ def test_index_is_reused_keyed_by_the_checkpoint_and_never_read_when_swapped(tmp
     assert json.load(open(third.path[:-6] + ".json"))["key"] in third.path
 
 
+def test_an_index_of_other_vectors_is_never_reused(tmp_path):
+    """The same checkpoint over a re-sorted dataset numbers its items otherwise: the vectors are in the index's key."""
+    from recbole_llm.serve.index import ensure_index, exact_topk
+
+    vectors = clustered(2000, 8, 0)
+    model_file = tmp_path / "model.pth"
+    model_file.write_bytes(b"checkpoint")
+    lines = []
+    ensure_index(vectors, str(model_file), requested="flat", log=lines.append)
+    shuffled = np.ascontiguousarray(vectors[::-1])
+    index = ensure_index(shuffled, str(model_file), requested="flat", log=lines.append)
+    assert lines[1].startswith("built"), lines  # not "reusing": the rows are other items now
+    np.testing.assert_array_equal(index.search(vectors[:20], 5)[1], exact_topk(shuffled, vectors[:20], 5)[1])
+
+
+def test_ties_at_the_kth_place_go_to_the_lower_id():
+    from recbole_llm.serve.scoring import topk_rows
+
+    scores = torch.zeros(3, 40)
+    scores[1, 30] = 2.0
+    scores[2, [7, 9]] = -1.0
+    for _ in range(3):
+        values, ids = topk_rows(scores, 3)
+        assert ids.tolist() == [[0, 1, 2], [30, 0, 1], [0, 1, 2]] and values[1, 0] == 2.0
+
+
+def test_a_row_the_index_leaves_short_is_ranked_exactly(shared):
+    """An IVF index whose probed lists run out returns fewer than k items (FAISS pads with -1); those rows come from
+    the exact ranking, not short."""
+    model_file, _ = train(shared, "SASRec")
+    rec = Recommender.from_checkpoint(model_file, log=lambda _: None)
+    history = ["i1", "i2", "i3"]
+    k = 8
+    exact = rec.recommend(history, k=k, exclude_seen=True)
+    rec.use_index("flat", str(shared["root"] / "index-short"))
+    search = rec.index.search
+
+    def short_search(queries, depth):  # what IVF gives when its probed lists hold only 4 items
+        scores, rows = search(queries, depth)
+        scores[:, 4:], rows[:, 4:] = -np.inf, -1
+        return scores, rows
+
+    rec.index.search = short_search
+    got = rec.recommend(history, k=k, exclude_seen=True)
+    assert [g["item"] for g in got] == [g["item"] for g in exact] and len(got) == k
+    rec.index.search = search
+
+
+def test_an_empty_history_is_one_line(shared):
+    from recbole_llm.serve import ServeError
+
+    rec = Recommender.from_checkpoint(train(shared, "SASRec")[0], log=lambda _: None)
+    with pytest.raises(ServeError, match="is empty"):
+        rec.recommend([], k=3)
+
+
 def test_index_type_by_size():
     from recbole_llm.serve.index import choose_type
 
@@ -311,12 +367,16 @@ BAD = [
     (["--users=u1", "--k=31"], "--k=31: pass a whole number from 1 to 30"),
     ([], "recommend for whom?"),
     (["--users=u1", "--index_type=annoy", "--index=faiss"], "--index_type 'annoy' is not one of"),
+    (["--users=u1", "--index_type=hnsw"], "--index_type is an option of the FAISS index: add --index=faiss"),
+    (["--users=u1", "--index_dir={tmp}"], "--index_dir is an option of the FAISS index"),
+    (["--history=i1", "--history=,"], "--history is empty"),
 ]
 
 
 @pytest.mark.parametrize("args, message", BAD)
 def test_bad_input_is_one_line(shared, tmp_path, capsys, args, message):
     model_file, _ = train(shared, "LLMEmbSASRec")
+    capsys.readouterr()  # what training printed (the first test to need the model trains it)
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     (tmp_path / "items.txt").write_text("x\n")
     (tmp_path / "known.item").write_text("item_id:token\ttitle:token\tbrand:token\tcategories:token_seq\ni3\ta\tb\tc\n")

@@ -34,7 +34,7 @@ CALIBRATION_TARGET = 0.97
 CALIBRATION_QUERIES = 1000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 64
-FORMAT = 1
+FORMAT = 2
 
 
 class AnnIndexError(ServeError):
@@ -164,12 +164,18 @@ def calibrate(item_index, queries, k=10, target=CALIBRATION_TARGET):
     return depth, recall
 
 
-def index_key(model_file, feature_keys, kind, dims, n):
+def index_key(model_file, feature_keys, kind, dims, n, vectors=None):
+    """The key of an index: the checkpoint's content, its feature files' keys, the settings, and the indexed vectors
+    themselves (a re-sorted or regenerated dataset renumbers the items of the same checkpoint)."""
+    import hashlib
+
     from recbole_llm.artifacts import artifact_key
     from recbole_llm.fileio import file_fingerprint
 
+    content = hashlib.sha1(np.ascontiguousarray(vectors, dtype=np.float32).tobytes()).hexdigest()[:16] if vectors is not None else None
     return artifact_key({"checkpoint": file_fingerprint(model_file), "features": dict(sorted((feature_keys or {}).items())),
-                         "type": kind, "dims": int(dims), "items": int(n), "target": CALIBRATION_TARGET, "format": FORMAT})
+                         "type": kind, "dims": int(dims), "items": int(n), "vectors": content, "hnsw_m": HNSW_M,
+                         "hnsw_ef_construction": HNSW_EF_CONSTRUCTION, "target": CALIBRATION_TARGET, "format": FORMAT})
 
 
 def index_paths(model_file, folder, kind, key):
@@ -209,7 +215,7 @@ def ensure_index(vectors, model_file, feature_keys=None, requested="auto", folde
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dims = vectors.shape
     kind = choose_type(n, requested)
-    key = index_key(model_file, feature_keys, kind, dims, n)
+    key = index_key(model_file, feature_keys, kind, dims, n, vectors)
     path, meta_path = index_paths(model_file, folder, kind, key)
     folder = os.path.dirname(path)
     if os.path.exists(folder) and not os.path.isdir(folder):
@@ -243,8 +249,9 @@ def ensure_index(vectors, model_file, feature_keys=None, requested="auto", folde
                           "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
             with atomic_open(meta_path, "w", encoding="utf-8") as handle:
                 json.dump(built.meta, handle, indent=1)
-    except PermissionError:
-        raise AnnIndexError(f"cannot write the index into '{folder}' (no permission): pass --index_dir=A_WRITABLE_FOLDER") from None
+    except OSError as err:  # no permission, a path under a file, a full disk
+        raise AnnIndexError(f"cannot write the index into '{folder}' ({err.strerror or type(err).__name__}): pass "
+                            "--index_dir=A_WRITABLE_FOLDER") from None
     remove_stale(model_file, folder, kind, keep=path)
     log(f"built the {kind} index of {n} items x {dims} dims in {seconds:.1f} s: {path}"
         + (f" (recall@10 {recall:.3f} against exact search at depth {depth}, {len(queries)} queries)" if depth else ""))

@@ -131,6 +131,9 @@ def resolve_histories(scorer, histories, source="--history", new_tokens=()):
             else:
                 unknown.append((name, token))
         queries.append(Query(name, items=ids))
+    empty = [name for name, items in histories if not items]
+    if empty:
+        raise ServeError(f"{source}: history '{empty[0]}' is empty: give the items of a history, oldest first, e.g. i1,i2,i3")
     dataset = scorer.config["dataset"]
     if new:
         raise ServeError(

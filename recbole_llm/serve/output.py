@@ -24,6 +24,8 @@ def _columns(path):
 def title_field(item_path, requested=None, text_fields=None):
     """The .item column that names an item: ``requested``, else title / movie_title / name, else the first text field."""
     if not os.path.isfile(item_path):
+        if requested:
+            raise ServeError(f"--title_field '{requested}': the dataset has no .item file ('{item_path}') to read titles from; leave it out")
         return None
     columns = _columns(item_path)
     if requested:
@@ -43,8 +45,14 @@ def read_titles(item_path, field, item_field="item_id"):
         return {}
     from recbole_llm.llm.prompts import read_item_text
 
+    if field not in _columns(item_path):  # a new-items file with the text columns but not the title's
+        return {}
     folder, name = os.path.dirname(os.path.abspath(item_path)), os.path.basename(item_path)[: -len(".item")]
-    text = read_item_text(folder, name, [field], {}, [], item_field)
+    try:
+        text = read_item_text(folder, name, [field], {}, [], item_field)
+    except (ValueError, KeyError) as err:
+        raise ServeError(f"'{item_path}': its {field} column cannot be read ({str(err).splitlines()[0]}): fix the file, or pass "
+                         "--title_field=ANOTHER_COLUMN") from None
     return {str(t): (attrs[0][1] if attrs else "") for t, attrs in text.attributes.items()}
 
 

@@ -177,12 +177,17 @@ class ModelScorer:
 
 
 def topk_rows(scores, k):
-    """(values, indices) of the ``k`` best columns per row, ties in column order (stable), best first."""
+    """(values, indices) of the ``k`` best columns per row, best first; equal scores go to the lower column, at the
+    K-th place too (``torch.topk`` picks among ties at the boundary freely: those rows are sorted stably)."""
     k = min(k, scores.size(1))
+    if not k:
+        return scores[:, :0], torch.zeros(scores.size(0), 0, dtype=torch.long)
     values, indices = torch.topk(scores, k, dim=1)
-    # ties: lower id first (torch.topk leaves equal values in any order)
-    order = np.lexsort((indices.numpy(), -values.numpy().astype(np.float64)), axis=1) if k else None
-    if order is not None:
-        order = torch.from_numpy(order)
-        values, indices = values.gather(1, order), indices.gather(1, order)
+    boundary = values[:, -1:]
+    overflow = ((scores >= boundary) & torch.isfinite(boundary)).sum(1) > k  # ties across the K-th place
+    order = torch.from_numpy(np.lexsort((indices.numpy(), -values.numpy().astype(np.float64)), axis=1))
+    values, indices = values.gather(1, order), indices.gather(1, order)
+    for row in torch.nonzero(overflow).view(-1).tolist():
+        row_values, row_indices = torch.sort(scores[row], descending=True, stable=True)
+        values[row], indices[row] = row_values[:k], row_indices[:k]
     return values, indices
