@@ -423,3 +423,18 @@ def fake_engine(monkeypatch):
     monkeypatch.setattr(engine, "execute_run", fake_execute)
     monkeypatch.setattr(engine, "prepare_runs", lambda suite, pending: [(*run, {}) for run in pending])
     return calls
+
+
+def test_every_committed_suite_file_loads():
+    """A suite file is a command of the docs: each one in benchmarks/suites parses and validates (a comment line that
+    lost its '#' once broke one while its driver was about to start)."""
+    import glob
+
+    from recbole_llm.bench.spec import load_suite
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = sorted(glob.glob(os.path.join(root, "benchmarks", "suites", "*.yaml")))
+    assert len(files) > 5
+    for path in files:
+        suite = load_suite(path)
+        assert suite["rows"] and suite["seeds"], path
